@@ -1,0 +1,33 @@
+# The two commands in the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+LISTEN ?= 127.0.0.1:8469
+
+.PHONY: install install-test prometheus demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+
+# Real Prometheus and promtool for the tests (Debian package `prometheus`).
+prometheus:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || scripts/install-prometheus.sh
+
+demo: install
+	$(BIN)/mfu-agent demo --listen $(LISTEN)
+
+lint: install-test
+	$(BIN)/ruff check .
+
+test: install-test prometheus lint
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

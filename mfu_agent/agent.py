@@ -1,0 +1,99 @@
+"""The running agent: wires a GPU backend to the sampler, the event thread and the metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client.core import Metric
+
+from . import __version__
+from .events import EventCounter, EventWatcher
+from .gpu.model import GpuBackend
+from .metrics import MetricSource, make_registry
+from .metrics.agent import agent_families
+from .metrics.gpu import gpu_families
+from .sampler import Sampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentOptions:
+    interval: float = 1.0
+    node_name: str = ""
+    proc_root: str = "/proc"
+
+
+class PodLookup:
+    """Caches pid -> (pod_uid, container_id, slurm_job_id) so /proc is read once per process."""
+
+    def __init__(self, proc_root: str) -> None:
+        self.proc_root = proc_root
+        self._cache: dict[int, tuple[str, str, str]] = {}
+
+    def __call__(self, pid: int) -> tuple[str, str, str]:
+        found = self._cache.get(pid)
+        if found is None:
+            from .attribution import attribute_pid
+
+            a = attribute_pid(pid, self.proc_root)
+            found = self._cache[pid] = (a.pod_uid, a.container_id, a.slurm_job_id)
+        return found
+
+    def keep_only(self, pids: Iterable[int]) -> None:
+        live = set(pids)
+        for pid in [p for p in self._cache if p not in live]:
+            del self._cache[pid]
+
+
+class Agent:
+    def __init__(self, backend: GpuBackend, options: AgentOptions | None = None,
+                 extra_sources: list[MetricSource] | None = None) -> None:
+        self.options = options or AgentOptions()
+        self.backend = backend
+        self.sampler = Sampler(backend, self.options.interval)
+        self.events = EventCounter()
+        self.watcher = EventWatcher(backend, self.events)
+        self.pods = PodLookup(self.options.proc_root)
+        self.sources: list[MetricSource] = [self._gpu_metrics, self._agent_metrics, *(extra_sources or [])]
+        self.registry = make_registry(self.sources)
+        self._running = False
+
+    def start(self) -> None:
+        self.sampler.start()
+        self.watcher.start()
+        self._running = True
+
+    def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        self.sampler.stop()
+        if self.watcher.stop():
+            self.backend.close()
+        else:  # a driver call that never returns: leave the buffers to process exit rather than race it
+            log.warning("GPU event thread did not stop in time; skipping NVML clean-up")
+
+    @property
+    def ready(self) -> bool:
+        return self.sampler.latest is not None
+
+    def _gpu_metrics(self) -> Iterable[Metric]:
+        snapshot = self.sampler.latest
+        if snapshot is not None:
+            self.pods.keep_only(p.pid for g in snapshot.gpus for p in (g.processes or ()))
+        return gpu_families(snapshot, self.events.snapshot(), self.pods)
+
+    def _agent_metrics(self) -> Iterable[Metric]:
+        gateway = getattr(self.backend, "gateway", None)
+        return agent_families(
+            version=__version__,
+            backend=self.backend.name,
+            node=self.options.node_name,
+            snapshot=self.sampler.latest,
+            ticks=self.sampler.ticks_total,
+            failures=self.sampler.failures_total,
+            nvml_errors=gateway.errors_snapshot() if gateway else {},
+        )

@@ -1,0 +1,1 @@
+"""HTTP routers; `mfu_agent.app` joins them into one FastAPI app."""

@@ -1,0 +1,52 @@
+"""/metrics, health, readiness and the GPU snapshot as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client.exposition import choose_encoder
+
+router = APIRouter()
+
+
+@router.get("/metrics", summary="Prometheus metrics (text format, or OpenMetrics when asked for)")
+def metrics(request: Request) -> Response:
+    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encoder(request.app.state.agent.registry), media_type=content_type)
+
+
+@router.get("/healthz", summary="Liveness: the process is up", response_class=PlainTextResponse)
+def healthz() -> str:
+    return "ok\n"
+
+
+@router.get("/readyz", summary="Readiness: the first GPU snapshot exists", response_class=PlainTextResponse)
+def readyz(request: Request) -> Response:
+    if request.app.state.agent.ready:
+        return PlainTextResponse("ready\n")
+    return PlainTextResponse("waiting for the first GPU sample\n", status_code=503)
+
+
+@router.get("/v1/gpus", summary="The latest GPU snapshot as JSON")
+def gpus(request: Request) -> Any:
+    snapshot = request.app.state.agent.sampler.latest
+    if snapshot is None:
+        return JSONResponse({"detail": "no GPU sample yet"}, status_code=503)
+    return {
+        "taken_at": snapshot.taken_at,
+        "driver_version": snapshot.driver_version,
+        "backend": snapshot.backend,
+        "sample_duration_seconds": snapshot.sample_duration_seconds,
+        "gpus": [_gpu_json(g) for g in snapshot.gpus],
+    }
+
+
+def _gpu_json(gpu: Any) -> dict[str, Any]:
+    data = dataclasses.asdict(gpu)
+    identity = data.pop("identity")
+    reasons = data.get("clock_event_reasons")
+    data["clock_event_reasons"] = sorted(reasons) if reasons is not None else None
+    return {**identity, **data}

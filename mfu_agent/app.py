@@ -1,0 +1,32 @@
+"""The FastAPI app: joins the routers and runs the agent for the app's lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from . import __version__
+from .agent import Agent
+from .api import system
+
+
+def create_app(agent: Agent, routers: list[APIRouter] | None = None, manage_agent: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_agent:
+            agent.start()
+        try:
+            yield
+        finally:
+            if manage_agent:
+                agent.stop()
+
+    app = FastAPI(title="mfu-agent", version=__version__, lifespan=lifespan,
+                  description="GPU telemetry and live model FLOPs utilisation, as Prometheus metrics.")
+    app.state.agent = agent
+    app.include_router(system.router)
+    for router in routers or []:
+        app.include_router(router)
+    return app

@@ -1,0 +1,160 @@
+"""`mfu-agent run | demo | --version`. Every flag can also be set as MFU_AGENT_<FLAG>."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+DEFAULT_PORT = 8469  # outside 9100-9999, the Prometheus exporter range, which is fully allocated
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+DEMO_SPEC = "8xNVIDIA H100 80GB HBM3"
+DEMO_FAULTS = ["busy-idle:7"]
+
+log = logging.getLogger("mfu_agent")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    match = re.fullmatch(r"\[?([^\[\]]*?)\]?:(\d{1,5})", value.strip())
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. {DEFAULT_LISTEN}), got {value!r}")
+    return match.group(1) or "0.0.0.0", int(match.group(2))
+
+
+def positive_float(minimum: float):
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        if not number >= minimum or number == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {minimum}, got {value!r}")
+        return number
+
+    return parse
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value!r}")
+    return number
+
+
+def _env(flag: str, default: str | None = None) -> str | None:
+    return os.environ.get("MFU_AGENT_" + flag.upper().replace("-", "_"), default)
+
+
+def _env_list(flag: str, default: list[str]) -> list[str]:
+    value = _env(flag)
+    return [item for item in value.split(",") if item.strip()] if value else default
+
+
+def _add_common(parser: argparse.ArgumentParser, listen_default: str) -> None:
+    parser.add_argument("--listen", type=parse_listen, default=_env("listen", listen_default),
+                        help=f"HOST:PORT to serve on (default {listen_default}; env MFU_AGENT_LISTEN)")
+    parser.add_argument("--interval", type=positive_float(0.2), default=_env("interval", "1"),
+                        help="seconds between GPU samples, at least 0.2 (default 1; env MFU_AGENT_INTERVAL)")
+    parser.add_argument("--node-name", default=_env("node-name", ""),
+                        help="node name for mfu_agent_build_info (default: the host name; env MFU_AGENT_NODE_NAME)")
+    parser.add_argument("--log-level", default=_env("log-level", "info"),
+                        choices=["debug", "info", "warning", "error"], help="env MFU_AGENT_LOG_LEVEL")
+    parser.add_argument("--proc-root", default=_env("proc-root", "/proc"), help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mfu-agent",
+        description="GPU telemetry and live model FLOPs utilisation (MFU), as Prometheus metrics.",
+    )
+    parser.add_argument("--version", action="version", version=f"mfu-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="{run,demo}", required=True)
+
+    run = commands.add_parser("run", help="run the agent on this node")
+    _add_common(run, DEFAULT_LISTEN)
+    run.add_argument("--backend", choices=["auto", "nvml", "simulated"], default=_env("backend", "auto"),
+                     help="where GPU readings come from (default auto: NVML; env MFU_AGENT_BACKEND)")
+    run.add_argument("--simulate", default=_env("simulate", DEMO_SPEC),
+                     help=f"simulated GPUs as COUNTxDEVICE NAME (default {DEMO_SPEC!r}; env MFU_AGENT_SIMULATE)")
+    run.add_argument("--fault", action="append", default=_env_list("fault", []),
+                     help="simulated fault, repeatable: lost:GPU, busy-idle:GPU, throttle:GPU, ecc:GPU, "
+                          "xid:GPU:CODE (env MFU_AGENT_FAULT, comma-separated)")
+
+    demo = commands.add_parser("demo", help=f"run with simulated GPUs ({DEMO_SPEC}) and a synthetic training job")
+    _add_common(demo, DEFAULT_LISTEN)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "demo":
+        args.backend, args.simulate, args.fault = "simulated", DEMO_SPEC, list(DEMO_FAULTS)
+    try:
+        backend = make_backend(args.backend, args.simulate, args.fault)
+    except BackendError as exc:
+        print(f"mfu-agent: error: {exc}", file=sys.stderr)
+        return 2
+    return serve(args, backend)
+
+
+class BackendError(Exception):
+    pass
+
+
+def make_backend(kind: str, simulate: str, faults: list[str]):
+    if kind == "simulated":
+        from .gpu.simulated import SimulatedBackend
+
+        try:
+            backend = SimulatedBackend(simulate)
+            for fault in faults:
+                backend.apply_fault(fault)
+        except ValueError as exc:
+            raise BackendError(str(exc)) from None
+        return backend
+    if faults:
+        raise BackendError("--fault applies only to --backend simulated")
+    from .gpu.nvml import NvmlUnavailable
+    from .gpu.nvml_backend import NvmlBackend
+
+    backend = NvmlBackend()
+    try:
+        backend.start()
+    except NvmlUnavailable as exc:
+        raise BackendError(
+            f"{exc}. On a machine without NVIDIA GPUs, try `mfu-agent demo` or `mfu-agent run --backend simulated`."
+        ) from None
+    return backend
+
+
+def serve(args: argparse.Namespace, backend) -> int:
+    import socket
+
+    import uvicorn
+
+    from .agent import Agent, AgentOptions
+    from .app import create_app
+
+    options = AgentOptions(interval=args.interval, node_name=args.node_name or socket.gethostname(),
+                           proc_root=args.proc_root)
+    agent = Agent(backend, options)
+    app = create_app(agent)
+    host, port = args.listen
+    log.info("mfu-agent %s serving on http://%s:%d (backend %s)", __version__, host, port, backend.name)
+    config = uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=False)
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

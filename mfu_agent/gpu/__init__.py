@@ -1,0 +1,1 @@
+"""GPU readers: the NVML backend, the simulated backend and the data they produce."""

@@ -1,0 +1,119 @@
+"""Immutable records of what the GPU readers saw. Units are base units: bytes, watts, joules, hertz."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+SmActivitySource = Literal["gpm", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProcess:
+    pid: int
+    used_memory_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SmActivity:
+    """GPM metrics as ratios 0..1; a field is None when that metric could not be read."""
+
+    sm_active: float | None = None
+    sm_occupancy: float | None = None
+    tensor_active: float | None = None
+    dram_active: float | None = None
+    fp16_active: float | None = None
+    fp32_active: float | None = None
+    fp64_active: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RemappedRows:
+    corrected: int
+    uncorrected: int
+    pending: bool
+    failure: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GpuIdentity:
+    index: int
+    uuid: str
+    name: str
+    pci_bus_id: str = ""
+    architecture: str = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReading:
+    """One GPU at one tick. Any reading the GPU does not support is None (exported as absent)."""
+
+    identity: GpuIdentity
+    up: bool = True
+    sm_activity_source: SmActivitySource = "none"
+    utilization_ratio: float | None = None
+    memory_utilization_ratio: float | None = None
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    power_watts: float | None = None
+    power_limit_watts: float | None = None
+    energy_joules: float | None = None
+    temperature_celsius: float | None = None
+    sm_clock_hertz: float | None = None
+    sm_clock_max_hertz: float | None = None
+    clock_event_reasons: frozenset[str] | None = None
+    ecc_corrected_total: int | None = None
+    ecc_uncorrected_total: int | None = None
+    remapped_rows: RemappedRows | None = None
+    processes: tuple[GpuProcess, ...] | None = None
+    activity: SmActivity | None = None
+
+    @property
+    def index(self) -> int:
+        return self.identity.index
+
+    @property
+    def uuid(self) -> str:
+        return self.identity.uuid
+
+
+@dataclass(frozen=True, slots=True)
+class GpuEvent:
+    """A hardware event from NVML's event set: an XID error or a double-bit ECC error."""
+
+    gpu_index: int
+    uuid: str
+    kind: Literal["xid", "double_bit_ecc"]
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the sampler read in one tick. Never mutated; replaced whole each tick."""
+
+    taken_at: float
+    driver_version: str
+    gpus: tuple[GpuReading, ...]
+    sample_duration_seconds: float
+    backend: str = "nvml"
+    by_uuid: dict[str, GpuReading] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.by_uuid.update({gpu.uuid: gpu for gpu in self.gpus})
+
+    def gpu_for_pid(self, pid: int) -> list[GpuReading]:
+        return [g for g in self.gpus if g.processes and any(p.pid == pid for p in g.processes)]
+
+
+class GpuBackend(Protocol):
+    """What the sampler and the event thread need from a source of GPU readings."""
+
+    name: str
+
+    def driver_version(self) -> str: ...
+
+    def read_all(self) -> list[GpuReading]: ...
+
+    def wait_for_events(self, timeout_seconds: float) -> list[GpuEvent]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,383 @@
+"""The NVML gateway: the only module that imports pynvml.
+
+Every NVML call goes through `NvmlGateway.call`, which sorts failures into four kinds:
+
+- absent:   NotSupported / NoPermission (remembered per GPU and call, never retried) and
+            FunctionNotFound / NVMLLibraryMismatchError (remembered per call): the reading is absent;
+- gpu down: GpuIsLost / Unknown: `GpuDown` is raised so the caller marks that GPU down, others carry on;
+- agent:    Uninitialized / DriverNotLoaded / LibraryNotFound: `NvmlUnavailable`, fatal only at start-up;
+- other:    anything else (Timeout, InsufficientPower, ...): absent this tick, retried next tick.
+
+Every failure is counted in `errors` by (call, error) for `mfu_agent_nvml_errors_total`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pynvml
+
+T = TypeVar("T")
+
+
+class _Absent:
+    """Sentinel for a reading NVML could not give; falsy and distinct from 0."""
+
+    _instance: _Absent | None = None
+
+    def __new__(cls) -> _Absent:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+
+
+class NvmlUnavailable(RuntimeError):
+    """NVML cannot be used at all: no library, no driver, or not initialised."""
+
+
+class GpuDown(RuntimeError):
+    """A GPU stopped answering (GpuIsLost or Unknown)."""
+
+    def __init__(self, gpu: int | None, call: str, error: str) -> None:
+        super().__init__(f"GPU {gpu} is down: {call} failed with {error}")
+        self.gpu = gpu
+
+
+_ABSENT_ERRORS = (pynvml.NVMLError_NotSupported, pynvml.NVMLError_NoPermission)
+_MISSING_ERRORS = (pynvml.NVMLError_FunctionNotFound, pynvml.NVMLLibraryMismatchError)
+_GPU_DOWN_ERRORS = (pynvml.NVMLError_GpuIsLost, pynvml.NVMLError_Unknown)
+_AGENT_ERRORS = (
+    pynvml.NVMLError_Uninitialized,
+    pynvml.NVMLError_DriverNotLoaded,
+    pynvml.NVMLError_LibraryNotFound,
+)
+
+ARCHITECTURES = {
+    getattr(pynvml, name): name.removeprefix("NVML_DEVICE_ARCH_").lower()
+    for name in dir(pynvml)
+    if name.startswith("NVML_DEVICE_ARCH_") and name != "NVML_DEVICE_ARCH_UNKNOWN"
+}
+
+CLOCK_EVENT_REASONS = {
+    pynvml.nvmlClocksEventReasonGpuIdle: "gpu_idle",
+    pynvml.nvmlClocksEventReasonApplicationsClocksSetting: "applications_clocks_setting",
+    pynvml.nvmlClocksEventReasonSwPowerCap: "sw_power_cap",
+    pynvml.nvmlClocksEventReasonHwSlowdown: "hw_slowdown",
+    pynvml.nvmlClocksEventReasonSyncBoost: "sync_boost",
+    pynvml.nvmlClocksEventReasonSwThermalSlowdown: "sw_thermal_slowdown",
+    pynvml.nvmlClocksEventReasonHwThermalSlowdown: "hw_thermal_slowdown",
+    pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown: "hw_power_brake_slowdown",
+    pynvml.nvmlClocksEventReasonDisplayClockSetting: "display_clock_setting",
+}
+
+GPM_METRICS = {
+    "sm_active": pynvml.NVML_GPM_METRIC_SM_UTIL,
+    "sm_occupancy": pynvml.NVML_GPM_METRIC_SM_OCCUPANCY,
+    "tensor_active": pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+    "dram_active": pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
+    "fp16_active": pynvml.NVML_GPM_METRIC_FP16_UTIL,
+    "fp32_active": pynvml.NVML_GPM_METRIC_FP32_UTIL,
+    "fp64_active": pynvml.NVML_GPM_METRIC_FP64_UTIL,
+}
+
+XID_EVENT = pynvml.nvmlEventTypeXidCriticalError
+DOUBLE_BIT_ECC_EVENT = pynvml.nvmlEventTypeDoubleBitEccError
+
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def error_name(exc: BaseException) -> str:
+    """A bounded snake_case name for an NVML failure, for metric labels."""
+    if isinstance(exc, pynvml.NVMLLibraryMismatchError):
+        return "library_mismatch"
+    if isinstance(exc, pynvml.NVMLError):
+        name = type(exc).__name__.removeprefix("NVMLError_")
+        if name != "NVMLError":
+            return _CAMEL.sub("_", name).lower()
+    return "other"
+
+
+def handle_key(handle: Any) -> int:
+    """The address a device handle points at: equal for handles of the same device."""
+    return ctypes.cast(handle, ctypes.c_void_p).value or 0
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    handle_key: int
+    event_type: int
+    data: int
+
+
+class NvmlGateway:
+    def __init__(self) -> None:
+        self.errors: Counter[tuple[str, str]] = Counter()
+        self._absent: set[tuple[int | None, str]] = set()
+        self._missing: set[str] = set()
+        self._lock = threading.Lock()
+        self._initialised = False
+
+    # -- the one place NVML is called -------------------------------------------------------
+    def call(self, gpu: int | None, name: str, fn: Callable[..., T], *args: Any) -> T:
+        if name in self._missing or (gpu, name) in self._absent:
+            return ABSENT
+        try:
+            return fn(*args)
+        except _ABSENT_ERRORS as exc:
+            self._count(name, exc)
+            with self._lock:
+                self._absent.add((gpu, name))
+            return ABSENT
+        except _MISSING_ERRORS as exc:
+            self._count(name, exc)
+            with self._lock:
+                self._missing.add(name)
+            return ABSENT
+        except _GPU_DOWN_ERRORS as exc:
+            self._count(name, exc)
+            raise GpuDown(gpu, name, error_name(exc)) from exc
+        except _AGENT_ERRORS as exc:
+            self._count(name, exc)
+            raise NvmlUnavailable(f"NVML {name} failed: {exc}") from exc
+        except pynvml.NVMLError as exc:
+            self._count(name, exc)
+            return ABSENT
+
+    def _count(self, name: str, exc: BaseException) -> None:
+        with self._lock:
+            self.errors[(name, error_name(exc))] += 1
+
+    def errors_snapshot(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self.errors)
+
+    def forget_absent(self, gpu: int) -> None:
+        """Let a GPU that came back be probed afresh."""
+        with self._lock:
+            self._absent = {key for key in self._absent if key[0] != gpu}
+
+    # -- library ------------------------------------------------------------------------------
+    def init(self) -> None:
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError_LibraryNotFound as exc:
+            raise NvmlUnavailable(
+                "no NVIDIA driver found: the NVML library (libnvidia-ml.so.1) could not be loaded"
+            ) from exc
+        except pynvml.NVMLError_DriverNotLoaded as exc:
+            raise NvmlUnavailable("the NVIDIA kernel driver is not loaded (NVML: Driver Not Loaded)") from exc
+        except (pynvml.NVMLError, pynvml.NVMLLibraryMismatchError) as exc:
+            raise NvmlUnavailable(f"NVML could not be initialised: {exc}") from exc
+        self._initialised = True
+
+    def shutdown(self) -> None:
+        if self._initialised:
+            self._initialised = False
+            self.call(None, "nvmlShutdown", pynvml.nvmlShutdown)
+
+    def driver_version(self) -> str:
+        version = self.call(None, "nvmlSystemGetDriverVersion", pynvml.nvmlSystemGetDriverVersion)
+        return str(version) if version is not ABSENT else ""
+
+    def device_count(self) -> int:
+        count = self.call(None, "nvmlDeviceGetCount", pynvml.nvmlDeviceGetCount)
+        return int(count) if count is not ABSENT else 0
+
+    def handle(self, index: int) -> Any:
+        return self.call(index, "nvmlDeviceGetHandleByIndex", pynvml.nvmlDeviceGetHandleByIndex, index)
+
+    # -- identity -----------------------------------------------------------------------------
+    def name(self, gpu: int, handle: Any) -> str:
+        value = self.call(gpu, "nvmlDeviceGetName", pynvml.nvmlDeviceGetName, handle)
+        return str(value) if value is not ABSENT else "unknown"
+
+    def uuid(self, gpu: int, handle: Any) -> str:
+        value = self.call(gpu, "nvmlDeviceGetUUID", pynvml.nvmlDeviceGetUUID, handle)
+        return str(value) if value is not ABSENT else ""
+
+    def pci_bus_id(self, gpu: int, handle: Any) -> str:
+        info = self.call(gpu, "nvmlDeviceGetPciInfo", pynvml.nvmlDeviceGetPciInfo_v3, handle)
+        return str(info.busId) if info is not ABSENT else ""
+
+    def architecture(self, gpu: int, handle: Any) -> str:
+        value = self.call(gpu, "nvmlDeviceGetArchitecture", pynvml.nvmlDeviceGetArchitecture, handle)
+        return ARCHITECTURES.get(value, "unknown") if value is not ABSENT else "unknown"
+
+    # -- readings (NVML units; the backend converts) ------------------------------------------
+    def utilization(self, gpu: int, handle: Any) -> tuple[int, int] | None:
+        rates = self.call(gpu, "nvmlDeviceGetUtilizationRates", pynvml.nvmlDeviceGetUtilizationRates, handle)
+        return (rates.gpu, rates.memory) if rates is not ABSENT else None
+
+    def memory(self, gpu: int, handle: Any) -> tuple[int, int] | None:
+        """(used, total) bytes from the v2 struct, or v1 where the driver has no v2."""
+        info = self.call(
+            gpu, "nvmlDeviceGetMemoryInfo_v2", pynvml.nvmlDeviceGetMemoryInfo, handle, pynvml.nvmlMemory_v2
+        )
+        if info is ABSENT and "nvmlDeviceGetMemoryInfo_v2" in self._missing:
+            info = self.call(gpu, "nvmlDeviceGetMemoryInfo", pynvml.nvmlDeviceGetMemoryInfo, handle)
+        return (info.used, info.total) if info is not ABSENT else None
+
+    def power_mw(self, gpu: int, handle: Any) -> int | None:
+        return _opt(self.call(gpu, "nvmlDeviceGetPowerUsage", pynvml.nvmlDeviceGetPowerUsage, handle))
+
+    def power_limit_mw(self, gpu: int, handle: Any) -> int | None:
+        return _opt(
+            self.call(gpu, "nvmlDeviceGetEnforcedPowerLimit", pynvml.nvmlDeviceGetEnforcedPowerLimit, handle)
+        )
+
+    def energy_mj(self, gpu: int, handle: Any) -> int | None:
+        return _opt(
+            self.call(
+                gpu,
+                "nvmlDeviceGetTotalEnergyConsumption",
+                pynvml.nvmlDeviceGetTotalEnergyConsumption,
+                handle,
+            )
+        )
+
+    def temperature_c(self, gpu: int, handle: Any) -> int | None:
+        return _opt(
+            self.call(
+                gpu, "nvmlDeviceGetTemperature", pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU
+            )
+        )
+
+    def sm_clock_mhz(self, gpu: int, handle: Any) -> int | None:
+        return _opt(
+            self.call(gpu, "nvmlDeviceGetClockInfo", pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_SM)
+        )
+
+    def sm_clock_max_mhz(self, gpu: int, handle: Any) -> int | None:
+        return _opt(
+            self.call(
+                gpu, "nvmlDeviceGetMaxClockInfo", pynvml.nvmlDeviceGetMaxClockInfo, handle, pynvml.NVML_CLOCK_SM
+            )
+        )
+
+    def clock_event_reasons(self, gpu: int, handle: Any) -> frozenset[str] | None:
+        mask = self.call(
+            gpu,
+            "nvmlDeviceGetCurrentClocksEventReasons",
+            pynvml.nvmlDeviceGetCurrentClocksEventReasons,
+            handle,
+        )
+        if mask is ABSENT:
+            return None
+        return frozenset(name for bit, name in CLOCK_EVENT_REASONS.items() if mask & bit)
+
+    def ecc_errors(self, gpu: int, handle: Any) -> tuple[int, int] | None:
+        """(corrected, uncorrected) volatile totals: counts since the driver loaded."""
+        counts = []
+        for error_type in (pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED):
+            value = self.call(
+                gpu,
+                "nvmlDeviceGetTotalEccErrors",
+                pynvml.nvmlDeviceGetTotalEccErrors,
+                handle,
+                error_type,
+                pynvml.NVML_VOLATILE_ECC,
+            )
+            if value is ABSENT:
+                return None
+            counts.append(int(value))
+        return counts[0], counts[1]
+
+    def remapped_rows(self, gpu: int, handle: Any) -> tuple[int, int, int, int] | None:
+        rows = self.call(gpu, "nvmlDeviceGetRemappedRows", pynvml.nvmlDeviceGetRemappedRows, handle)
+        return tuple(rows) if rows is not ABSENT else None  # type: ignore[return-value]
+
+    def compute_processes(self, gpu: int, handle: Any) -> list[tuple[int, int | None]] | None:
+        procs = self.call(
+            gpu,
+            "nvmlDeviceGetComputeRunningProcesses",
+            pynvml.nvmlDeviceGetComputeRunningProcesses,
+            handle,
+        )
+        if procs is ABSENT:
+            return None
+        return [(int(p.pid), p.usedGpuMemory) for p in procs]
+
+    # -- GPM ----------------------------------------------------------------------------------
+    def gpm_supported(self, gpu: int, handle: Any) -> bool:
+        support = self.call(gpu, "nvmlGpmQueryDeviceSupport", pynvml.nvmlGpmQueryDeviceSupport, handle)
+        return support is not ABSENT and bool(support.isSupportedDevice)
+
+    def gpm_sample_alloc(self, gpu: int) -> Any:
+        return self.call(gpu, "nvmlGpmSampleAlloc", pynvml.nvmlGpmSampleAlloc)
+
+    def gpm_sample_free(self, gpu: int, sample: Any) -> None:
+        self.call(gpu, "nvmlGpmSampleFree", pynvml.nvmlGpmSampleFree, sample)
+
+    def gpm_sample_get(self, gpu: int, handle: Any, sample: Any) -> bool:
+        return self.call(gpu, "nvmlGpmSampleGet", pynvml.nvmlGpmSampleGet, handle, sample) is not ABSENT
+
+    def gpm_metrics(self, gpu: int, request: Any, older: Any, newer: Any) -> dict[str, float]:
+        """GPM metrics between two samples, in NVML's percent 0..100, keyed as GPM_METRICS."""
+        request.sample1 = older
+        request.sample2 = newer
+        if self.call(gpu, "nvmlGpmMetricsGet", pynvml.nvmlGpmMetricsGet, request) is ABSENT:
+            return {}
+        values = {}
+        for i, key in enumerate(GPM_METRICS):
+            metric = request.metrics[i]
+            if metric.nvmlReturn == pynvml.NVML_SUCCESS:
+                values[key] = float(metric.value)
+        return values
+
+    @staticmethod
+    def gpm_request() -> Any:
+        request = pynvml.c_nvmlGpmMetricsGet_t()
+        request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
+        request.numMetrics = len(GPM_METRICS)
+        for i, metric_id in enumerate(GPM_METRICS.values()):
+            request.metrics[i].metricId = metric_id
+        return request
+
+    # -- events -------------------------------------------------------------------------------
+    def event_set_create(self) -> Any:
+        return self.call(None, "nvmlEventSetCreate", pynvml.nvmlEventSetCreate)
+
+    def register_events(self, gpu: int, handle: Any, event_set: Any, wanted: int) -> int:
+        """Registers the wanted event types the device supports; returns the mask registered."""
+        supported = self.call(
+            gpu, "nvmlDeviceGetSupportedEventTypes", pynvml.nvmlDeviceGetSupportedEventTypes, handle
+        )
+        mask = wanted & supported if supported is not ABSENT else 0
+        if not mask:
+            return 0
+        done = self.call(gpu, "nvmlDeviceRegisterEvents", pynvml.nvmlDeviceRegisterEvents, handle, mask, event_set)
+        return mask if done is not ABSENT else 0
+
+    def wait_event(self, event_set: Any, timeout_ms: int) -> RawEvent | None:
+        """One event, or None on timeout. Timeouts are the normal case and are not counted as errors."""
+        try:
+            data = pynvml.nvmlEventSetWait_v2(event_set, timeout_ms)
+        except pynvml.NVMLError_Timeout:
+            return None
+        except pynvml.NVMLError as exc:
+            # The caller backs off: a lost GPU in the set can make every wait fail at once.
+            self._count("nvmlEventSetWait", exc)
+            raise
+        return RawEvent(handle_key(data.device), int(data.eventType), int(data.eventData))
+
+    def event_set_free(self, event_set: Any) -> None:
+        self.call(None, "nvmlEventSetFree", pynvml.nvmlEventSetFree, event_set)
+
+
+def _opt(value: Any) -> Any:
+    return None if value is ABSENT else value

@@ -1,0 +1,253 @@
+"""Reads every GPU through the NVML gateway into `GpuReading`s, converting to base units."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .model import GpuEvent, GpuIdentity, GpuProcess, GpuReading, RemappedRows, SmActivity
+from .nvml import (
+    ABSENT,
+    DOUBLE_BIT_ECC_EVENT,
+    XID_EVENT,
+    GpuDown,
+    NvmlGateway,
+    NvmlUnavailable,
+    handle_key,
+)
+
+log = logging.getLogger(__name__)
+
+GPM_MIN_GAP_SECONDS = 0.1  # NVML needs GPM samples more than 100 ms apart
+
+
+@dataclass
+class _GpmState:
+    """Two sample buffers: each tick one is filled and compared with the other, then they swap roles."""
+
+    samples: list[Any]
+    request: Any
+    older: int = -1  # index of the buffer holding the previous sample; -1 before the first
+    older_at: float = 0.0
+    last: SmActivity | None = None
+
+
+@dataclass
+class _Gpu:
+    index: int
+    handle: Any
+    identity: GpuIdentity
+    gpm: _GpmState | None = None
+    was_down: bool = False
+    down_logged: bool = False
+
+
+class NvmlBackend:
+    name = "nvml"
+
+    def __init__(self, gateway: NvmlGateway | None = None, clock=time.monotonic) -> None:
+        self.gateway = gateway or NvmlGateway()
+        self._clock = clock
+        self._gpus: list[_Gpu] = []
+        self._by_handle: dict[int, _Gpu] = {}
+        self._event_set: Any = ABSENT
+        self._closed = False
+        self._read_lock = threading.Lock()
+
+    # -- start-up -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Initialises NVML; raises NvmlUnavailable when there is no usable driver."""
+        gw = self.gateway
+        gw.init()
+        count = gw.device_count()
+        for index in range(count):
+            handle = ABSENT
+            try:
+                handle = gw.handle(index)
+            except GpuDown:
+                log.warning("GPU %d is down at start-up", index)
+            gpu = _Gpu(index, handle, GpuIdentity(index=index, uuid="", name="unknown"))
+            if handle is not ABSENT:
+                self._identify(gpu)
+                self._by_handle[handle_key(handle)] = gpu
+            self._gpus.append(gpu)
+        self._start_events()
+        log.info("NVML backend: driver %s, %d GPU(s)", gw.driver_version(), count)
+
+    def _identify(self, gpu: _Gpu) -> None:
+        gw, i, h = self.gateway, gpu.index, gpu.handle
+        try:
+            gpu.identity = GpuIdentity(
+                index=i,
+                uuid=gw.uuid(i, h),
+                name=gw.name(i, h),
+                pci_bus_id=gw.pci_bus_id(i, h),
+                architecture=gw.architecture(i, h),
+            )
+            if gw.gpm_supported(i, h):
+                gpu.gpm = self._gpm_state(gpu)
+        except GpuDown:
+            log.warning("GPU %d went down while being identified", i)
+
+    def _gpm_state(self, gpu: _Gpu) -> _GpmState | None:
+        samples = [self.gateway.gpm_sample_alloc(gpu.index) for _ in range(2)]
+        if any(s is ABSENT for s in samples):
+            for s in samples:
+                if s is not ABSENT:
+                    self.gateway.gpm_sample_free(gpu.index, s)
+            return None
+        state = _GpmState(samples=samples, request=self.gateway.gpm_request())
+        # Take a first sample now, so the first tick ~1 s later already has activity to report.
+        if self.gateway.gpm_sample_get(gpu.index, gpu.handle, samples[0]):
+            state.older, state.older_at = 0, self._clock()
+        return state
+
+    def _start_events(self) -> None:
+        event_set = self.gateway.event_set_create()
+        if event_set is ABSENT:
+            return
+        registered = 0
+        for gpu in self._gpus:
+            if gpu.handle is ABSENT:
+                continue
+            try:
+                if self.gateway.register_events(gpu.index, gpu.handle, event_set, XID_EVENT | DOUBLE_BIT_ECC_EVENT):
+                    registered += 1
+            except GpuDown:
+                continue
+        if registered:
+            self._event_set = event_set
+        else:
+            self.gateway.event_set_free(event_set)
+
+    # -- the GpuBackend protocol --------------------------------------------------------------
+    def driver_version(self) -> str:
+        return self.gateway.driver_version()
+
+    def read_all(self) -> list[GpuReading]:
+        with self._read_lock:
+            if self._closed:
+                return []
+            return [self._read(gpu) for gpu in self._gpus]
+
+    def wait_for_events(self, timeout_seconds: float) -> list[GpuEvent]:
+        if self._event_set is ABSENT or self._closed:
+            time.sleep(timeout_seconds)
+            return []
+        raw = self.gateway.wait_event(self._event_set, int(timeout_seconds * 1000))
+        if raw is None:
+            return []
+        gpu = self._by_handle.get(raw.handle_key)
+        index, uuid = (gpu.index, gpu.identity.uuid) if gpu else (-1, "")
+        if raw.event_type & XID_EVENT:
+            return [GpuEvent(index, uuid, "xid", raw.data)]
+        if raw.event_type & DOUBLE_BIT_ECC_EVENT:
+            return [GpuEvent(index, uuid, "double_bit_ecc")]
+        return []
+
+    def close(self) -> None:
+        """Frees GPM buffers and the event set, then shuts NVML down. Call after the event thread stopped."""
+        with self._read_lock:
+            if self._closed:
+                return
+            self._closed = True
+            for gpu in self._gpus:
+                if gpu.gpm is not None:
+                    for sample in gpu.gpm.samples:
+                        self.gateway.gpm_sample_free(gpu.index, sample)
+                    gpu.gpm = None
+            if self._event_set is not ABSENT:
+                self.gateway.event_set_free(self._event_set)
+                self._event_set = ABSENT
+            try:
+                self.gateway.shutdown()
+            except NvmlUnavailable:
+                pass
+
+    # -- one GPU ------------------------------------------------------------------------------
+    def _read(self, gpu: _Gpu) -> GpuReading:
+        if gpu.handle is ABSENT:
+            try:
+                gpu.handle = self.gateway.handle(gpu.index)
+            except GpuDown:
+                return self._down(gpu)
+            if gpu.handle is ABSENT:
+                return self._down(gpu)
+            self._identify(gpu)
+            self._by_handle[handle_key(gpu.handle)] = gpu
+        try:
+            reading = self._read_up(gpu)
+        except GpuDown:
+            return self._down(gpu)
+        if gpu.was_down:
+            log.warning("GPU %d (%s) answers again", gpu.index, gpu.identity.uuid)
+            gpu.was_down = gpu.down_logged = False
+        return reading
+
+    def _down(self, gpu: _Gpu) -> GpuReading:
+        gpu.was_down = True
+        if not gpu.down_logged:
+            log.error("GPU %d (%s) is down (lost or unknown error); other GPUs carry on", gpu.index, gpu.identity.uuid)
+            gpu.down_logged = True
+        return GpuReading(identity=gpu.identity, up=False, sm_activity_source="gpm" if gpu.gpm else "none")
+
+    def _read_up(self, gpu: _Gpu) -> GpuReading:
+        gw, i, h = self.gateway, gpu.index, gpu.handle
+        utilization = gw.utilization(i, h)
+        memory = gw.memory(i, h)
+        power = gw.power_mw(i, h)
+        power_limit = gw.power_limit_mw(i, h)
+        energy = gw.energy_mj(i, h)
+        sm_clock = gw.sm_clock_mhz(i, h)
+        sm_clock_max = gw.sm_clock_max_mhz(i, h)
+        ecc = gw.ecc_errors(i, h)
+        rows = gw.remapped_rows(i, h)
+        processes = gw.compute_processes(i, h)
+        temperature = gw.temperature_c(i, h)
+        return GpuReading(
+            identity=gpu.identity,
+            up=True,
+            sm_activity_source="gpm" if gpu.gpm else "none",
+            utilization_ratio=utilization[0] / 100 if utilization else None,
+            memory_utilization_ratio=utilization[1] / 100 if utilization else None,
+            memory_used_bytes=memory[0] if memory else None,
+            memory_total_bytes=memory[1] if memory else None,
+            power_watts=power / 1000 if power is not None else None,
+            power_limit_watts=power_limit / 1000 if power_limit is not None else None,
+            energy_joules=energy / 1000 if energy is not None else None,
+            temperature_celsius=float(temperature) if temperature is not None else None,
+            sm_clock_hertz=sm_clock * 1e6 if sm_clock is not None else None,
+            sm_clock_max_hertz=sm_clock_max * 1e6 if sm_clock_max is not None else None,
+            clock_event_reasons=gw.clock_event_reasons(i, h),
+            ecc_corrected_total=ecc[0] if ecc else None,
+            ecc_uncorrected_total=ecc[1] if ecc else None,
+            remapped_rows=RemappedRows(rows[0], rows[1], bool(rows[2]), bool(rows[3])) if rows else None,
+            processes=tuple(GpuProcess(pid, mem) for pid, mem in processes) if processes is not None else None,
+            activity=self._activity(gpu),
+        )
+
+    def _activity(self, gpu: _Gpu) -> SmActivity | None:
+        state = gpu.gpm
+        if state is None:
+            return None
+        now = self._clock()
+        if state.older >= 0 and now - state.older_at < GPM_MIN_GAP_SECONDS:
+            return state.last  # too soon for a new pair: keep the last figures
+        newer = 1 - state.older if state.older >= 0 else 0
+        if not self.gateway.gpm_sample_get(gpu.index, gpu.handle, state.samples[newer]):
+            state.older, state.last = -1, None
+            return None
+        if state.older >= 0:
+            percent = self.gateway.gpm_metrics(
+                gpu.index, state.request, state.samples[state.older], state.samples[newer]
+            )
+            state.last = SmActivity(**{key: _ratio(value) for key, value in percent.items()}) if percent else None
+        state.older, state.older_at = newer, now
+        return state.last
+
+
+def _ratio(percent: float) -> float:
+    return min(max(percent / 100.0, 0.0), 1.0)
