@@ -1,0 +1,524 @@
+"""Dense peak FLOP/s of NVIDIA GPUs by model and dtype, and the matching of NVML device names to models.
+
+Every figure is the DENSE peak: NVIDIA datasheets headline tensor-core throughput "with sparsity"
+(2:4 structured sparsity), which is twice the dense figure. MFU is measured against dense peaks, so
+sparse-only datasheet figures are halved here and the comment on each row says so.
+
+Conventions per dtype:
+
+* ``fp32``: plain (non-tensor) FP32 CUDA-core peak.
+* ``tf32``: tensor-core TF32 peak.
+* ``bf16`` / ``fp16``: tensor-core peak with FP32 accumulate (what training frameworks use; on
+  GeForce cards this is half the FP16-accumulate figure).
+* ``fp8``: tensor-core FP8 peak (FP32 accumulate where the datasheet distinguishes).
+* ``fp64``: the higher of the FP64 tensor-core and FP64 CUDA-core peaks.
+* ``int8``: tensor-core INT8 peak in OP/s, treated like FLOP/s.
+
+A dtype a GPU has no (datasheet) figure for is absent, so its peak is ``None``; nothing ever falls
+back to another GPU's or another dtype's peak.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "BUILTIN_PEAKS",
+    "DTYPES",
+    "PeakTable",
+    "SOURCES",
+    "known_models",
+    "load_overrides",
+    "match_model",
+    "normalize_dtype",
+    "peak_flops",
+    "peaks_for",
+]
+
+DTYPES: tuple[str, ...] = ("fp8", "bf16", "fp16", "tf32", "fp32", "fp64", "int8")
+
+_TERA = 1e12
+
+
+@dataclass(frozen=True)
+class _Model:
+    key: str
+    pattern: str  # full-match regex over the normalised device name (see _normalize)
+    tflops: Mapping[str, float]  # dense TFLOP/s (TOP/s for int8)
+    source: str
+
+
+# Building blocks of the name patterns. Names are normalised first: lower case, "-" and "_" to
+# spaces, whitespace collapsed. Every pattern must match the WHOLE name, so "nvidia l4" can never
+# match "nvidia l40s", nor "nvidia a10" match "nvidia a100 ...".
+_VENDOR = r"(?:nvidia )?(?:tesla )?(?:geforce )?"
+_MEM = r"(?: \d+ ?gb?)?"  # optional memory size: "80gb", "144g", "32 gb"
+
+# Ordered most specific first. Patterns are anchored full matches, so order only matters as a
+# tie-break; tests check that no real NVML name matches two patterns.
+_MODELS: tuple[_Model, ...] = (
+    # ---- Hopper ----------------------------------------------------------------------------------
+    # NVIDIA H100 NVL product brief / datasheet (per GPU, 2024 revision): FP64 30, FP64 Tensor 60,
+    # FP32 60 TFLOPS; TF32 835, BF16/FP16 1,671, FP8/INT8 3,341 are "with sparsity" -> halved here.
+    _Model(
+        "H100 NVL",
+        rf"{_VENDOR}h100 nvl{_MEM}",
+        {
+            "fp8": 1670.5,
+            "bf16": 835.5,
+            "fp16": 835.5,
+            "tf32": 417.5,
+            "fp32": 60.0,
+            "fp64": 60.0,
+            "int8": 1670.5,
+        },
+        "NVIDIA H100 NVL datasheet (per GPU); tensor figures halved from the sparse headline",
+    ),
+    # NVIDIA H100 Tensor Core GPU Architecture whitepaper (H100 PCIe column), dense figures:
+    # FP64 Tensor 51.2, FP32 51.2, TF32 378, BF16/FP16 756, FP8 1,513, INT8 1,513
+    # (datasheet sparse headline: 756 / 1,513 / 3,026).
+    _Model(
+        "H100 PCIe",
+        rf"{_VENDOR}h100{_MEM} pcie{_MEM}",
+        {
+            "fp8": 1513.0,
+            "bf16": 756.0,
+            "fp16": 756.0,
+            "tf32": 378.0,
+            "fp32": 51.2,
+            "fp64": 51.2,
+            "int8": 1513.0,
+        },
+        "NVIDIA H100 whitepaper, H100 PCIe dense column (datasheet headline is sparse, 2x)",
+    ),
+    # NVIDIA H100 Tensor Core GPU Architecture whitepaper (H100 SXM5 column), dense figures:
+    # FP64 Tensor 66.9, FP32 66.9, TF32 494.7, BF16/FP16 989.4; FP8/INT8 1,979 = datasheet's
+    # 3,958 "with sparsity" halved. NVML reports the SXM5 part as "NVIDIA H100 80GB HBM3".
+    _Model(
+        "H100 SXM",
+        rf"{_VENDOR}h100(?: sxm5?{_MEM}(?: hbm3)?|{_MEM} hbm3)",
+        {
+            "fp8": 1979.0,
+            "bf16": 989.4,
+            "fp16": 989.4,
+            "tf32": 494.7,
+            "fp32": 66.9,
+            "fp64": 66.9,
+            "int8": 1979.0,
+        },
+        "NVIDIA H100 whitepaper / datasheet, H100 SXM5 (dense; datasheet headline is sparse, 2x)",
+    ),
+    # NVIDIA H200 NVL datasheet: same compute as H100 NVL (FP64 30, FP64 Tensor 60, FP32 60;
+    # TF32 835, BF16/FP16 1,671, FP8/INT8 3,341 "with sparsity" -> halved).
+    _Model(
+        "H200 NVL",
+        rf"{_VENDOR}h200 nvl{_MEM}",
+        {
+            "fp8": 1670.5,
+            "bf16": 835.5,
+            "fp16": 835.5,
+            "tf32": 417.5,
+            "fp32": 60.0,
+            "fp64": 60.0,
+            "int8": 1670.5,
+        },
+        "NVIDIA H200 NVL datasheet; tensor figures halved from the sparse headline",
+    ),
+    # NVIDIA H200 datasheet (SXM): compute identical to H100 SXM (FP64 Tensor 67, FP32 67;
+    # TF32 989, BF16/FP16 1,979, FP8/INT8 3,958 "with sparsity"); the H100 SXM whitepaper's dense
+    # figures are used. NVML reports it as "NVIDIA H200".
+    _Model(
+        "H200 SXM",
+        rf"{_VENDOR}h200(?: sxm5?)?{_MEM}(?: hbm3e?)?",
+        {
+            "fp8": 1979.0,
+            "bf16": 989.4,
+            "fp16": 989.4,
+            "tf32": 494.7,
+            "fp32": 66.9,
+            "fp64": 66.9,
+            "int8": 1979.0,
+        },
+        "NVIDIA H200 datasheet (SXM) = H100 SXM compute; dense figures from the H100 whitepaper",
+    ),
+    # NVIDIA GH200 Grace Hopper Superchip datasheet, GPU part: FP64 Tensor 67, FP32 67, TF32 494,
+    # BF16/FP16 990, FP8/INT8 1,979 dense (it lists dense and sparse); same GPU as H100 SXM, whose
+    # whitepaper figures are used.
+    _Model(
+        "GH200",
+        rf"{_VENDOR}gh200{_MEM}(?: hbm3e?)?",
+        {
+            "fp8": 1979.0,
+            "bf16": 989.4,
+            "fp16": 989.4,
+            "tf32": 494.7,
+            "fp32": 66.9,
+            "fp64": 66.9,
+            "int8": 1979.0,
+        },
+        "NVIDIA GH200 datasheet, GPU (dense column; = H100 SXM whitepaper figures)",
+    ),
+    # ---- Blackwell -------------------------------------------------------------------------------
+    # NVIDIA GB200 NVL72 datasheet, "individual Blackwell GPU": FP8 10 PF, INT8 10 POPS,
+    # FP16/BF16 5 PF, TF32 2.5 PF (all "with sparsity" -> halved); FP32 80, FP64/FP64 Tensor 40 TF.
+    _Model(
+        "GB200",
+        rf"{_VENDOR}gb200{_MEM}(?: hbm3e?)?",
+        {
+            "fp8": 5000.0,
+            "bf16": 2500.0,
+            "fp16": 2500.0,
+            "tf32": 1250.0,
+            "fp32": 80.0,
+            "fp64": 40.0,
+            "int8": 5000.0,
+        },
+        "NVIDIA GB200 NVL72 datasheet, per GPU; tensor figures halved from the sparse headline",
+    ),
+    # NVIDIA HGX B200 datasheet, per GPU: FP8 9 PF, INT8 9 POPS, FP16/BF16 4.5 PF, TF32 2.2 PF
+    # (all "with sparsity" -> halved); FP32 75, FP64/FP64 Tensor 37 TF.
+    _Model(
+        "B200",
+        rf"{_VENDOR}b200{_MEM}(?: hbm3e?)?",
+        {
+            "fp8": 4500.0,
+            "bf16": 2250.0,
+            "fp16": 2250.0,
+            "tf32": 1100.0,
+            "fp32": 75.0,
+            "fp64": 37.0,
+            "int8": 4500.0,
+        },
+        "NVIDIA HGX B200 datasheet, per GPU; tensor figures halved from the sparse headline",
+    ),
+    # NVIDIA HGX B100 datasheet (Blackwell launch, 2024), per GPU: FP8 7 PF, INT8 7 POPS,
+    # FP16/BF16 3.5 PF, TF32 1.8 PF (all "with sparsity" -> halved); FP64 30 TF. No FP32 figure.
+    _Model(
+        "B100",
+        rf"{_VENDOR}b100{_MEM}(?: hbm3e?)?",
+        {"fp8": 3500.0, "bf16": 1750.0, "fp16": 1750.0, "tf32": 900.0, "fp64": 30.0, "int8": 3500.0},
+        "NVIDIA HGX B100 datasheet, per GPU; tensor figures halved from the sparse headline",
+    ),
+    # ---- Ampere ----------------------------------------------------------------------------------
+    # NVIDIA A100 Tensor Core GPU datasheet (40GB and 80GB, SXM and PCIe list the same compute):
+    # FP64 Tensor 19.5, FP32 19.5, TF32 156, BF16/FP16 312, INT8 624 dense (sparse: 312/624/1,248).
+    _Model(
+        "A100 SXM",
+        rf"{_VENDOR}a100{_MEM} sxm4?{_MEM}",
+        {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5, "fp64": 19.5, "int8": 624.0},
+        "NVIDIA A100 datasheet, SXM4 (dense column; the starred sparse figures are 2x)",
+    ),
+    # NVIDIA A100 datasheet, PCIe (same figures as SXM, see above).
+    _Model(
+        "A100 PCIe",
+        rf"{_VENDOR}a100{_MEM} pcie{_MEM}",
+        {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5, "fp64": 19.5, "int8": 624.0},
+        "NVIDIA A100 datasheet, PCIe (dense column; the starred sparse figures are 2x)",
+    ),
+    # A10G (AWS EC2 G5 only): NVIDIA publishes no datasheet. AWS-published figures (as tabulated in
+    # Baseten's "NVIDIA A10 vs A10G" comparison): FP32 35, TF32 35, BF16/FP16 70, INT8 140, dense.
+    # NOT the A10's figures: the A10G has more CUDA cores but half the A10's tensor rate.
+    _Model(
+        "A10G",
+        rf"{_VENDOR}a10g",
+        {"bf16": 70.0, "fp16": 70.0, "tf32": 35.0, "fp32": 35.0, "int8": 140.0},
+        "AWS EC2 G5 A10G figures (no NVIDIA datasheet; dense; less certain than the rest)",
+    ),
+    # NVIDIA A10 datasheet: FP32 31.2; TF32 62.5, BF16/FP16 125, INT8 250 dense (sparse 2x).
+    _Model(
+        "A10",
+        rf"{_VENDOR}a10{_MEM}",
+        {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2, "int8": 250.0},
+        "NVIDIA A10 datasheet (dense column; the starred sparse figures are 2x)",
+    ),
+    # NVIDIA A30 datasheet: FP64 Tensor 10.3, FP32 10.3; TF32 82, BF16/FP16 165, INT8 330 dense
+    # (sparse 2x).
+    _Model(
+        "A30",
+        rf"{_VENDOR}a30{_MEM}",
+        {"bf16": 165.0, "fp16": 165.0, "tf32": 82.0, "fp32": 10.3, "fp64": 10.3, "int8": 330.0},
+        "NVIDIA A30 datasheet (dense column; the starred sparse figures are 2x)",
+    ),
+    # NVIDIA A40 datasheet: FP32 37.4; TF32 74.8, BF16 149.7 (FP32 acc.), FP16 149.7,
+    # INT8 299.3 dense (sparse 2x).
+    _Model(
+        "A40",
+        rf"{_VENDOR}a40{_MEM}",
+        {"bf16": 149.7, "fp16": 149.7, "tf32": 74.8, "fp32": 37.4, "int8": 299.3},
+        "NVIDIA A40 datasheet (dense column; the starred sparse figures are 2x)",
+    ),
+    # NVIDIA Ampere GA102 whitepaper, GeForce RTX 3090: FP32 35.6; FP16/BF16 tensor with FP32
+    # accumulate 71, TF32 35.6, INT8 284 dense (sparse 2x; FP16-accumulate FP16 is 142).
+    _Model(
+        "RTX 3090",
+        rf"{_VENDOR}rtx 3090",
+        {"bf16": 71.0, "fp16": 71.0, "tf32": 35.6, "fp32": 35.6, "int8": 284.0},
+        "NVIDIA Ampere GA102 whitepaper, RTX 3090 (dense, FP32 accumulate)",
+    ),
+    # ---- Ada Lovelace ----------------------------------------------------------------------------
+    # NVIDIA L40S datasheet: FP32 91.6; TF32 183, BF16/FP16 362.05, FP8 733, INT8 733 dense
+    # (sparse 366 / 733 / 1,466 / 1,466).
+    _Model(
+        "L40S",
+        rf"{_VENDOR}l40s",
+        {"fp8": 733.0, "bf16": 362.05, "fp16": 362.05, "tf32": 183.0, "fp32": 91.6, "int8": 733.0},
+        "NVIDIA L40S datasheet (dense column; the starred sparse figures are 2x)",
+    ),
+    # NVIDIA L40 datasheet: FP32 90.5; TF32 90.5, BF16/FP16 181.05, FP8 362, INT8 362 dense
+    # (sparse 181 / 362.1 / 724 / 724).
+    _Model(
+        "L40",
+        rf"{_VENDOR}l40",
+        {"fp8": 362.0, "bf16": 181.05, "fp16": 181.05, "tf32": 90.5, "fp32": 90.5, "int8": 362.0},
+        "NVIDIA L40 datasheet (dense column; the starred sparse figures are 2x)",
+    ),
+    # NVIDIA L4 datasheet: FP32 30.3; TF32 120, BF16/FP16 242, FP8 485, INT8 485 are all
+    # "with sparsity" -> halved.
+    _Model(
+        "L4",
+        rf"{_VENDOR}l4",
+        {"fp8": 242.5, "bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3, "int8": 242.5},
+        "NVIDIA L4 datasheet; tensor figures halved from the sparse headline",
+    ),
+    # NVIDIA RTX 6000 Ada Generation datasheet: FP32 91.1 TFLOPS, tensor 1,457 "AI TFLOPS" (FP8
+    # with sparsity) -> FP8 dense 728.5. The datasheet gives no other tensor dtype; BF16/FP16 (half
+    # the FP8 rate), TF32 (a quarter) and INT8 (equal) follow the Ada ratios of the L40/L40S
+    # datasheets. Derived, so less certain than the rest.
+    _Model(
+        "RTX 6000 Ada",
+        rf"{_VENDOR}rtx 6000 ada(?: generation)?",
+        {"fp8": 728.5, "bf16": 364.25, "fp16": 364.25, "tf32": 182.125, "fp32": 91.1, "int8": 728.5},
+        "NVIDIA RTX 6000 Ada datasheet (FP8 halved from sparse; other tensor dtypes derived)",
+    ),
+    # NVIDIA Ada Lovelace whitepaper, GeForce RTX 4090: FP32 82.6; FP16/BF16 tensor with FP32
+    # accumulate 165.2, TF32 82.6, FP8 (FP32 acc.) 330.3, INT8 660.6 dense (sparse 2x;
+    # FP16-accumulate FP16 is 330.3).
+    _Model(
+        "RTX 4090",
+        rf"{_VENDOR}rtx 4090",
+        {"fp8": 330.3, "bf16": 165.2, "fp16": 165.2, "tf32": 82.6, "fp32": 82.6, "int8": 660.6},
+        "NVIDIA Ada Lovelace whitepaper, RTX 4090 (dense, FP32 accumulate)",
+    ),
+    # ---- Volta / Turing (no BF16, TF32 or FP8 tensor cores) --------------------------------------
+    # NVIDIA V100S datasheet (PCIe): FP64 8.2, FP32 16.4, tensor (FP16) 130 TFLOPS; no sparsity.
+    _Model(
+        "V100S PCIe",
+        rf"{_VENDOR}v100s pcie{_MEM}",
+        {"fp16": 130.0, "fp32": 16.4, "fp64": 8.2},
+        "NVIDIA V100 datasheet, V100S PCIe (Volta has no sparsity)",
+    ),
+    # NVIDIA V100 datasheet (SXM2): FP64 7.8, FP32 15.7, tensor (FP16) 125 TFLOPS; no sparsity.
+    _Model(
+        "V100 SXM2",
+        rf"{_VENDOR}v100{_MEM} sxm2{_MEM}",
+        {"fp16": 125.0, "fp32": 15.7, "fp64": 7.8},
+        "NVIDIA V100 datasheet, SXM2 (Volta has no sparsity)",
+    ),
+    # NVIDIA V100 datasheet (PCIe): FP64 7, FP32 14, tensor (FP16) 112 TFLOPS; no sparsity.
+    _Model(
+        "V100 PCIe",
+        rf"{_VENDOR}v100{_MEM} pcie{_MEM}",
+        {"fp16": 112.0, "fp32": 14.0, "fp64": 7.0},
+        "NVIDIA V100 datasheet, PCIe (Volta has no sparsity)",
+    ),
+    # NVIDIA T4 datasheet: FP32 8.1, mixed-precision FP16/FP32 65 TFLOPS, INT8 130 TOPS; no sparsity.
+    _Model(
+        "T4",
+        rf"{_VENDOR}t4",
+        {"fp16": 65.0, "fp32": 8.1, "int8": 130.0},
+        "NVIDIA T4 datasheet (Turing has no sparsity)",
+    ),
+)
+
+_COMPILED: tuple[tuple[_Model, re.Pattern[str]], ...] = tuple((m, re.compile(m.pattern)) for m in _MODELS)
+_KEY_BY_FOLDED: dict[str, str] = {m.key.casefold(): m.key for m in _MODELS}
+
+#: Built-in dense peaks in FLOP/s (OP/s for int8): {model key: {dtype: FLOP/s}}. Read-only.
+BUILTIN_PEAKS: Mapping[str, Mapping[str, float]] = MappingProxyType(
+    {m.key: MappingProxyType({dt: m.tflops[dt] * _TERA for dt in DTYPES if dt in m.tflops}) for m in _MODELS}
+)
+
+#: Where each built-in row comes from: {model key: source}.
+SOURCES: Mapping[str, str] = MappingProxyType({m.key: m.source for m in _MODELS})
+
+
+def known_models() -> tuple[str, ...]:
+    """Canonical model keys of the built-in table, in matching order."""
+    return tuple(m.key for m in _MODELS)
+
+
+def normalize_dtype(dtype: str) -> str:
+    """Return ``dtype`` as one of :data:`DTYPES` (case-insensitive) or raise ValueError."""
+    if isinstance(dtype, str):
+        folded = dtype.strip().lower()
+        if folded in DTYPES:
+            return folded
+    raise ValueError(f"unknown dtype {dtype!r}; allowed dtypes: {', '.join(DTYPES)}")
+
+
+def _normalize(name: str) -> str:
+    return " ".join(re.sub(r"[-_]", " ", name).lower().split())
+
+
+def _fold_device(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+def match_model(device_name: str) -> str | None:
+    """Canonical model key for a device name as NVML reports it (or a model key), else None.
+
+    MIG instance names ("... MIG 1g.10gb") deliberately match nothing: a slice has a fraction of
+    the GPU's peak.
+    """
+    if not isinstance(device_name, str):
+        return None
+    key = _KEY_BY_FOLDED.get(_fold_device(device_name))
+    if key is not None:
+        return key
+    name = _normalize(device_name)
+    if not name:
+        return None
+    for model, pattern in _COMPILED:
+        if pattern.fullmatch(name):
+            return model.key
+    return None
+
+
+def _check_peak(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: peak must be a number in FLOP/s (e.g. 989.4e12), got {value!r}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise ValueError(f"{where}: peak must be finite, got {value!r}")
+    if result <= 0:
+        raise ValueError(f"{where}: peak must be positive, got {value!r}")
+    return result
+
+
+def _validate_overrides(data: Any, origin: str) -> dict[str, dict[str, float]]:
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"{origin}: expected an object mapping device names or model keys to "
+            f'{{dtype: FLOP/s}} objects, e.g. {{"NVIDIA H100 80GB HBM3": {{"bf16": 989.4e12}}}}; '
+            f"got {type(data).__name__}"
+        )
+    result: dict[str, dict[str, float]] = {}
+    seen: dict[str, str] = {}
+    for key, peaks in data.items():
+        if not isinstance(key, str) or not key.strip():
+            raise ValueError(f"{origin}: keys must be non-empty device names or model keys, got {key!r}")
+        folded = _fold_device(key)
+        if folded in seen:
+            raise ValueError(f"{origin}: key {key!r} duplicates {seen[folded]!r} (keys are case-insensitive)")
+        seen[folded] = key
+        if not isinstance(peaks, Mapping):
+            raise ValueError(
+                f"{origin}: key {key!r}: expected an object of {{dtype: FLOP/s}}, got {type(peaks).__name__}"
+            )
+        entry: dict[str, float] = {}
+        for dtype, value in peaks.items():
+            where = f"{origin}: key {key!r}, dtype {dtype!r}"
+            try:
+                dt = normalize_dtype(dtype)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            if dt in entry:
+                raise ValueError(f"{where}: dtype given twice")
+            entry[dt] = _check_peak(value, where)
+        result[key.strip()] = entry
+    return result
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def load_overrides(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
+    """Read a JSON file of peak overrides: ``{device name or model key: {dtype: FLOP/s}}``.
+
+    Raises ValueError naming the file (and the key) for malformed JSON, a bad shape, non-numeric,
+    non-positive, NaN or infinite values, or unknown dtypes. OSError if the file cannot be read.
+    """
+    origin = os.fspath(path)
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    try:
+        data = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{origin}: not valid JSON: {exc}") from None
+    except ValueError as exc:  # duplicate key
+        raise ValueError(f"{origin}: {exc}") from None
+    return _validate_overrides(data, origin)
+
+
+class PeakTable:
+    """The built-in peak table plus operator overrides.
+
+    Override keys are a canonical model key (applies to every GPU of that model) or a device name
+    exactly as NVML reports it (case-insensitive; applies to that name only, and adds the device
+    if no built-in model matches it). Values are ``{dtype: FLOP/s}``; they replace the built-in
+    figure for those dtypes only. A device-name override wins over a model override, which wins
+    over the built-in table.
+    """
+
+    def __init__(self, overrides: Mapping[str, Mapping[str, float]] | None = None) -> None:
+        validated = _validate_overrides(overrides if overrides is not None else {}, "overrides")
+        self._model_overrides: dict[str, dict[str, float]] = {}
+        self._device_overrides: dict[str, tuple[str, dict[str, float]]] = {}
+        for key, peaks in validated.items():
+            folded = _fold_device(key)
+            canonical = _KEY_BY_FOLDED.get(folded)
+            if canonical is not None:
+                self._model_overrides[canonical] = peaks
+            else:
+                self._device_overrides[folded] = (key, peaks)
+
+    def match_model(self, device_name: str) -> str | None:
+        """Built-in model key for the name; else the override key when the name was added by one."""
+        model = match_model(device_name)
+        if model is not None or not isinstance(device_name, str):
+            return model
+        entry = self._device_overrides.get(_fold_device(device_name))
+        return entry[0] if entry is not None else None
+
+    def peak_flops(self, device_name: str, dtype: str = "bf16") -> float | None:
+        """Dense peak FLOP/s of ``device_name`` at ``dtype``; None when unknown or unsupported."""
+        return self.peaks_for(device_name).get(normalize_dtype(dtype))
+
+    def peaks_for(self, device_name: str) -> dict[str, float]:
+        """Every known dense peak of ``device_name``: {dtype: FLOP/s} (empty when unknown)."""
+        peaks: dict[str, float] = {}
+        model = match_model(device_name)
+        if model is not None:
+            peaks.update(BUILTIN_PEAKS[model])
+            peaks.update(self._model_overrides.get(model, {}))
+        if isinstance(device_name, str):
+            entry = self._device_overrides.get(_fold_device(device_name))
+            if entry is not None:
+                peaks.update(entry[1])
+        return {dt: peaks[dt] for dt in DTYPES if dt in peaks}
+
+
+_DEFAULT_TABLE = PeakTable()
+
+
+def peak_flops(device_name: str, dtype: str = "bf16") -> float | None:
+    """Dense peak FLOP/s from the built-in table (no overrides); see :class:`PeakTable`."""
+    return _DEFAULT_TABLE.peak_flops(device_name, dtype)
+
+
+def peaks_for(device_name: str) -> dict[str, float]:
+    """Every built-in dense peak of ``device_name``: {dtype: FLOP/s}."""
+    return _DEFAULT_TABLE.peaks_for(device_name)
