@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client.core import Metric
 
 from . import __version__
 from .events import EventCounter, EventWatcher
 from .gpu.model import GpuBackend
+from .jobs.registry import JobRegistry
 from .metrics import MetricSource, make_registry
 from .metrics.agent import agent_families
 from .metrics.gpu import gpu_families
+from .metrics.jobs import gpu_peak_families, job_families, report_families
 from .sampler import Sampler
+from .specs import PeakTable
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,11 @@ class AgentOptions:
     interval: float = 1.0
     node_name: str = ""
     proc_root: str = "/proc"
+    mfu_window_seconds: float = 60.0
+    max_ranks: int = 4096
+    rank_ttl_seconds: float = 600.0
+    report_token: str | None = None
+    peak_overrides: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class PodLookup:
@@ -49,19 +59,37 @@ class PodLookup:
 
 
 class Agent:
-    def __init__(self, backend: GpuBackend, options: AgentOptions | None = None,
-                 extra_sources: list[MetricSource] | None = None) -> None:
+    def __init__(
+        self,
+        backend: GpuBackend,
+        options: AgentOptions | None = None,
+        extra_sources: list[MetricSource] | None = None,
+    ) -> None:
         self.options = options or AgentOptions()
         self.backend = backend
         self.sampler = Sampler(backend, self.options.interval)
         self.events = EventCounter()
         self.watcher = EventWatcher(backend, self.events)
         self.pods = PodLookup(self.options.proc_root)
-        self.sources: list[MetricSource] = [self._gpu_metrics, self._agent_metrics, *(extra_sources or [])]
+        self.peaks = PeakTable(self.options.peak_overrides)
+        self._peaks_by_name: dict[str, dict[str, float]] = {}
+        self.jobs = JobRegistry(
+            self.peaks, self.options.mfu_window_seconds, self.options.max_ranks, self.options.rank_ttl_seconds
+        )
+        self.report_token = self.options.report_token
+        self._report_outcomes: Counter[str] = Counter()
+        self._outcomes_lock = threading.Lock()
+        self.sources: list[MetricSource] = [
+            self._gpu_metrics,
+            self._job_metrics,
+            self._agent_metrics,
+            *(extra_sources or []),
+        ]
         self.registry = make_registry(self.sources)
         self._running = False
 
     def start(self) -> None:
+        self.sampler.sample_once()  # ready, and able to attribute reports, before the first request
         self.sampler.start()
         self.watcher.start()
         self._running = True
@@ -85,6 +113,23 @@ class Agent:
         if snapshot is not None:
             self.pods.keep_only(p.pid for g in snapshot.gpus for p in (g.processes or ()))
         return gpu_families(snapshot, self.events.snapshot(), self.pods)
+
+    def count_reports(self, outcome: str, count: int) -> None:
+        with self._outcomes_lock:
+            self._report_outcomes[outcome] += count
+
+    def _peaks_for(self, name: str) -> dict[str, float]:
+        found = self._peaks_by_name.get(name)
+        if found is None:
+            found = self._peaks_by_name[name] = self.peaks.peaks_for(name)
+        return found
+
+    def _job_metrics(self) -> Iterable[Metric]:
+        yield from job_families(self.jobs.views())
+        yield from gpu_peak_families(self.sampler.latest, self._peaks_for)
+        with self._outcomes_lock:
+            outcomes = dict(self._report_outcomes)
+        yield from report_families(outcomes, len(self.jobs))
 
     def _agent_metrics(self) -> Iterable[Metric]:
         gateway = getattr(self.backend, "gateway", None)

@@ -2,31 +2,46 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
 from . import __version__
 from .agent import Agent
-from .api import system
+from .api import reports, system
 
 
-def create_app(agent: Agent, routers: list[APIRouter] | None = None, manage_agent: bool = True) -> FastAPI:
+def create_app(
+    agent: Agent,
+    routers: list[APIRouter] | None = None,
+    manage_agent: bool = True,
+    on_started: Callable[[], None] | None = None,
+    on_stopping: Callable[[], None] | None = None,
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manage_agent:
             agent.start()
+        if on_started:
+            on_started()
         try:
             yield
         finally:
+            if on_stopping:
+                on_stopping()
             if manage_agent:
                 agent.stop()
 
-    app = FastAPI(title="mfu-agent", version=__version__, lifespan=lifespan,
-                  description="GPU telemetry and live model FLOPs utilisation, as Prometheus metrics.")
+    app = FastAPI(
+        title="mfu-agent",
+        version=__version__,
+        lifespan=lifespan,
+        description="GPU telemetry and live model FLOPs utilisation, as Prometheus metrics.",
+    )
     app.state.agent = agent
     app.include_router(system.router)
+    app.include_router(reports.router)
     for router in routers or []:
         app.include_router(router)
     return app

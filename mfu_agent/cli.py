@@ -59,15 +59,59 @@ def _env_list(flag: str, default: list[str]) -> list[str]:
 
 
 def _add_common(parser: argparse.ArgumentParser, listen_default: str) -> None:
-    parser.add_argument("--listen", type=parse_listen, default=_env("listen", listen_default),
-                        help=f"HOST:PORT to serve on (default {listen_default}; env MFU_AGENT_LISTEN)")
-    parser.add_argument("--interval", type=positive_float(0.2), default=_env("interval", "1"),
-                        help="seconds between GPU samples, at least 0.2 (default 1; env MFU_AGENT_INTERVAL)")
-    parser.add_argument("--node-name", default=_env("node-name", ""),
-                        help="node name for mfu_agent_build_info (default: the host name; env MFU_AGENT_NODE_NAME)")
-    parser.add_argument("--log-level", default=_env("log-level", "info"),
-                        choices=["debug", "info", "warning", "error"], help="env MFU_AGENT_LOG_LEVEL")
+    parser.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=_env("listen", listen_default),
+        help=f"HOST:PORT to serve on (default {listen_default}; env MFU_AGENT_LISTEN)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=positive_float(0.2),
+        default=_env("interval", "1"),
+        help="seconds between GPU samples, at least 0.2 (default 1; env MFU_AGENT_INTERVAL)",
+    )
+    parser.add_argument(
+        "--node-name",
+        default=_env("node-name", ""),
+        help="node name for mfu_agent_build_info (default: the host name; env MFU_AGENT_NODE_NAME)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=_env("log-level", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="env MFU_AGENT_LOG_LEVEL",
+    )
     parser.add_argument("--proc-root", default=_env("proc-root", "/proc"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--report-token-file",
+        default=_env("report-token-file"),
+        help="file holding a bearer token that reports must carry (env MFU_AGENT_REPORT_TOKEN_FILE)",
+    )
+    parser.add_argument(
+        "--peak-flops-file",
+        default=_env("peak-flops-file"),
+        help="JSON file adding or overriding peak FLOP/s by GPU model and dtype "
+        "(env MFU_AGENT_PEAK_FLOPS_FILE; see docs/peak-flops.md)",
+    )
+    parser.add_argument(
+        "--mfu-window",
+        type=positive_float(1),
+        default=_env("mfu-window", "60"),
+        help="seconds of reports MFU is computed over (default 60; env MFU_AGENT_MFU_WINDOW)",
+    )
+    parser.add_argument(
+        "--max-ranks",
+        type=positive_int,
+        default=_env("max-ranks", "4096"),
+        help="most (job_id, rank) pairs tracked; more get HTTP 429 (default 4096)",
+    )
+    parser.add_argument(
+        "--rank-ttl",
+        type=positive_float(1),
+        default=_env("rank-ttl", "600"),
+        help="seconds after its last report that a rank is dropped (default 600)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,30 +124,67 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the agent on this node")
     _add_common(run, DEFAULT_LISTEN)
-    run.add_argument("--backend", choices=["auto", "nvml", "simulated"], default=_env("backend", "auto"),
-                     help="where GPU readings come from (default auto: NVML; env MFU_AGENT_BACKEND)")
-    run.add_argument("--simulate", default=_env("simulate", DEMO_SPEC),
-                     help=f"simulated GPUs as COUNTxDEVICE NAME (default {DEMO_SPEC!r}; env MFU_AGENT_SIMULATE)")
-    run.add_argument("--fault", action="append", default=_env_list("fault", []),
-                     help="simulated fault, repeatable: lost:GPU, busy-idle:GPU, throttle:GPU, ecc:GPU, "
-                          "xid:GPU:CODE (env MFU_AGENT_FAULT, comma-separated)")
+    run.add_argument(
+        "--backend",
+        choices=["auto", "nvml", "simulated"],
+        default=_env("backend", "auto"),
+        help="where GPU readings come from (default auto: NVML; env MFU_AGENT_BACKEND)",
+    )
+    run.add_argument(
+        "--simulate",
+        default=_env("simulate", DEMO_SPEC),
+        help=f"simulated GPUs as COUNTxDEVICE NAME (default {DEMO_SPEC!r}; env MFU_AGENT_SIMULATE)",
+    )
+    run.add_argument(
+        "--fault",
+        action="append",
+        default=_env_list("fault", []),
+        help="simulated fault, repeatable: lost:GPU, busy-idle:GPU, throttle:GPU, ecc:GPU, "
+        "xid:GPU:CODE (env MFU_AGENT_FAULT, comma-separated)",
+    )
 
-    demo = commands.add_parser("demo", help=f"run with simulated GPUs ({DEMO_SPEC}) and a synthetic training job")
+    demo = commands.add_parser(
+        "demo", help=f"run with simulated GPUs ({DEMO_SPEC}) and a synthetic training job"
+    )
     _add_common(demo, DEFAULT_LISTEN)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.command == "demo":
         args.backend, args.simulate, args.fault = "simulated", DEMO_SPEC, list(DEMO_FAULTS)
     try:
+        token, overrides = read_config_files(args)
         backend = make_backend(args.backend, args.simulate, args.fault)
     except BackendError as exc:
         print(f"mfu-agent: error: {exc}", file=sys.stderr)
         return 2
-    return serve(args, backend)
+    return serve(args, backend, token, overrides)
+
+
+def read_config_files(args: argparse.Namespace) -> tuple[str | None, dict[str, dict[str, float]]]:
+    token = None
+    if args.report_token_file:
+        try:
+            with open(args.report_token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise BackendError(f"cannot read --report-token-file: {exc}") from None
+        if not token:
+            raise BackendError(f"--report-token-file {args.report_token_file} is empty")
+    overrides: dict[str, dict[str, float]] = {}
+    if args.peak_flops_file:
+        from .specs import load_overrides
+
+        try:
+            overrides = load_overrides(args.peak_flops_file)
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"bad --peak-flops-file: {exc}") from None
+    return token, overrides
 
 
 class BackendError(Exception):
@@ -131,12 +212,15 @@ def make_backend(kind: str, simulate: str, faults: list[str]):
         backend.start()
     except NvmlUnavailable as exc:
         raise BackendError(
-            f"{exc}. On a machine without NVIDIA GPUs, try `mfu-agent demo` or `mfu-agent run --backend simulated`."
+            f"{exc}. On a machine without NVIDIA GPUs, try `mfu-agent demo` "
+            "or `mfu-agent run --backend simulated`."
         ) from None
     return backend
 
 
-def serve(args: argparse.Namespace, backend) -> int:
+def serve(
+    args: argparse.Namespace, backend, token: str | None, overrides: dict[str, dict[str, float]]
+) -> int:
     import socket
 
     import uvicorn
@@ -144,11 +228,28 @@ def serve(args: argparse.Namespace, backend) -> int:
     from .agent import Agent, AgentOptions
     from .app import create_app
 
-    options = AgentOptions(interval=args.interval, node_name=args.node_name or socket.gethostname(),
-                           proc_root=args.proc_root)
+    options = AgentOptions(
+        interval=args.interval,
+        node_name=args.node_name or socket.gethostname(),
+        proc_root=args.proc_root,
+        mfu_window_seconds=args.mfu_window,
+        max_ranks=args.max_ranks,
+        rank_ttl_seconds=args.rank_ttl,
+        report_token=token,
+        peak_overrides=overrides,
+    )
     agent = Agent(backend, options)
-    app = create_app(agent)
     host, port = args.listen
+    job = None
+    if args.command == "demo":
+        from .demo import SyntheticJob
+
+        local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+        url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
+        job = SyntheticJob(url, DEMO_SPEC.split("x", 1)[1], 8, {7})
+        if token:
+            os.environ.setdefault("MFU_AGENT_TOKEN", token)
+    app = create_app(agent, on_started=job.start if job else None, on_stopping=job.stop if job else None)
     log.info("mfu-agent %s serving on http://%s:%d (backend %s)", __version__, host, port, backend.name)
     config = uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=False)
     server = uvicorn.Server(config)

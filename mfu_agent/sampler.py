@@ -50,8 +50,9 @@ class Sampler:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        next_tick = time.monotonic()
-        while not self._stop.is_set():
+        # If a first sample was taken before start(), the next one is due an interval later.
+        next_tick = time.monotonic() + (self.interval if self.latest is not None else 0.0)
+        while not self._stop.wait(max(0.0, next_tick - time.monotonic())):
             try:
                 self.sample_once()
             except Exception:  # the agent must outlive any failure of one tick
@@ -61,4 +62,3 @@ class Sampler:
             now = time.monotonic()
             if next_tick < now:  # a slow tick: skip the missed ones rather than bunch up
                 next_tick = now + self.interval
-            self._stop.wait(next_tick - now)

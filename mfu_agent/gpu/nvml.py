@@ -253,19 +253,29 @@ class NvmlGateway:
     def temperature_c(self, gpu: int, handle: Any) -> int | None:
         return _opt(
             self.call(
-                gpu, "nvmlDeviceGetTemperature", pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU
+                gpu,
+                "nvmlDeviceGetTemperature",
+                pynvml.nvmlDeviceGetTemperature,
+                handle,
+                pynvml.NVML_TEMPERATURE_GPU,
             )
         )
 
     def sm_clock_mhz(self, gpu: int, handle: Any) -> int | None:
         return _opt(
-            self.call(gpu, "nvmlDeviceGetClockInfo", pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_SM)
+            self.call(
+                gpu, "nvmlDeviceGetClockInfo", pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_SM
+            )
         )
 
     def sm_clock_max_mhz(self, gpu: int, handle: Any) -> int | None:
         return _opt(
             self.call(
-                gpu, "nvmlDeviceGetMaxClockInfo", pynvml.nvmlDeviceGetMaxClockInfo, handle, pynvml.NVML_CLOCK_SM
+                gpu,
+                "nvmlDeviceGetMaxClockInfo",
+                pynvml.nvmlDeviceGetMaxClockInfo,
+                handle,
+                pynvml.NVML_CLOCK_SM,
             )
         )
 
@@ -283,7 +293,10 @@ class NvmlGateway:
     def ecc_errors(self, gpu: int, handle: Any) -> tuple[int, int] | None:
         """(corrected, uncorrected) volatile totals: counts since the driver loaded."""
         counts = []
-        for error_type in (pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED):
+        for error_type in (
+            pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED,
+            pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+        ):
             value = self.call(
                 gpu,
                 "nvmlDeviceGetTotalEccErrors",
@@ -360,7 +373,9 @@ class NvmlGateway:
         mask = wanted & supported if supported is not ABSENT else 0
         if not mask:
             return 0
-        done = self.call(gpu, "nvmlDeviceRegisterEvents", pynvml.nvmlDeviceRegisterEvents, handle, mask, event_set)
+        done = self.call(
+            gpu, "nvmlDeviceRegisterEvents", pynvml.nvmlDeviceRegisterEvents, handle, mask, event_set
+        )
         return mask if done is not ABSENT else 0
 
     def wait_event(self, event_set: Any, timeout_ms: int) -> RawEvent | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -114,7 +115,9 @@ class NvmlBackend:
             if gpu.handle is ABSENT:
                 continue
             try:
-                if self.gateway.register_events(gpu.index, gpu.handle, event_set, XID_EVENT | DOUBLE_BIT_ECC_EVENT):
+                if self.gateway.register_events(
+                    gpu.index, gpu.handle, event_set, XID_EVENT | DOUBLE_BIT_ECC_EVENT
+                ):
                     registered += 1
             except GpuDown:
                 continue
@@ -162,10 +165,8 @@ class NvmlBackend:
             if self._event_set is not ABSENT:
                 self.gateway.event_set_free(self._event_set)
                 self._event_set = ABSENT
-            try:
+            with contextlib.suppress(NvmlUnavailable):
                 self.gateway.shutdown()
-            except NvmlUnavailable:
-                pass
 
     # -- one GPU ------------------------------------------------------------------------------
     def _read(self, gpu: _Gpu) -> GpuReading:
@@ -190,7 +191,11 @@ class NvmlBackend:
     def _down(self, gpu: _Gpu) -> GpuReading:
         gpu.was_down = True
         if not gpu.down_logged:
-            log.error("GPU %d (%s) is down (lost or unknown error); other GPUs carry on", gpu.index, gpu.identity.uuid)
+            log.error(
+                "GPU %d (%s) is down (lost or unknown error); other GPUs carry on",
+                gpu.index,
+                gpu.identity.uuid,
+            )
             gpu.down_logged = True
         return GpuReading(identity=gpu.identity, up=False, sm_activity_source="gpm" if gpu.gpm else "none")
 
@@ -225,7 +230,9 @@ class NvmlBackend:
             ecc_corrected_total=ecc[0] if ecc else None,
             ecc_uncorrected_total=ecc[1] if ecc else None,
             remapped_rows=RemappedRows(rows[0], rows[1], bool(rows[2]), bool(rows[3])) if rows else None,
-            processes=tuple(GpuProcess(pid, mem) for pid, mem in processes) if processes is not None else None,
+            processes=tuple(GpuProcess(pid, mem) for pid, mem in processes)
+            if processes is not None
+            else None,
             activity=self._activity(gpu),
         )
 
@@ -244,7 +251,9 @@ class NvmlBackend:
             percent = self.gateway.gpm_metrics(
                 gpu.index, state.request, state.samples[state.older], state.samples[newer]
             )
-            state.last = SmActivity(**{key: _ratio(value) for key, value in percent.items()}) if percent else None
+            state.last = (
+                SmActivity(**{key: _ratio(value) for key, value in percent.items()}) if percent else None
+            )
         state.older, state.older_at = newer, now
         return state.last
 

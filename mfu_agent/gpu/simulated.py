@@ -67,7 +67,9 @@ def parse_spec(spec: str) -> list[str]:
     for part in spec.split(","):
         match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\S.*?)\s*", part)
         if not match:
-            raise ValueError(f"bad --simulate spec {part.strip()!r}: expected COUNTxDEVICE NAME, e.g. {DEFAULT_SPEC!r}")
+            raise ValueError(
+                f"bad --simulate spec {part.strip()!r}: expected COUNTxDEVICE NAME, e.g. {DEFAULT_SPEC!r}"
+            )
         count = int(match.group(1))
         if not 1 <= count <= 64:
             raise ValueError(f"bad --simulate spec {part.strip()!r}: COUNT must be 1..64")
@@ -205,7 +207,9 @@ class SimulatedBackend:
         prof = gpu.profile
         if gpu.lost:
             gpu.last_time = None
-            return GpuReading(identity=gpu.identity, up=False, sm_activity_source="gpm" if prof.gpm else "none")
+            return GpuReading(
+                identity=gpu.identity, up=False, sm_activity_source="gpm" if prof.gpm else "none"
+            )
         wave = math.sin(now / 23.0 + gpu.phase)
         slow = math.sin(now / 97.0 + 2 * gpu.phase)
         noise = self._rng.uniform(-0.02, 0.02)

@@ -14,51 +14,103 @@ MAX_PROCESSES_PER_GPU = 64  # bounds mfu_gpu_process_* cardinality; the largest 
 
 # (metric name, help, value getter): gauges with only the gpu and uuid labels, absent when None.
 _GAUGES: list[tuple[str, str, Callable[[GpuReading], float | None]]] = [
-    ("mfu_gpu_utilization_ratio", "Fraction of the sample period in which a kernel ran (NVML utilization.gpu).",
-     lambda g: g.utilization_ratio),
-    ("mfu_gpu_memory_utilization_ratio", "Fraction of the sample period in which device memory was read or written.",
-     lambda g: g.memory_utilization_ratio),
-    ("mfu_gpu_sm_active_ratio", "Fraction of cycles SMs had at least one warp resident (GPM SM utilisation).",
-     lambda g: g.activity.sm_active if g.activity else None),
-    ("mfu_gpu_sm_occupancy_ratio", "Resident warps as a fraction of the SMs' maximum (GPM SM occupancy).",
-     lambda g: g.activity.sm_occupancy if g.activity else None),
-    ("mfu_gpu_tensor_active_ratio", "Fraction of cycles any tensor pipe was active (GPM).",
-     lambda g: g.activity.tensor_active if g.activity else None),
-    ("mfu_gpu_dram_active_ratio", "DRAM bandwidth used as a fraction of the maximum (GPM).",
-     lambda g: g.activity.dram_active if g.activity else None),
-    ("mfu_gpu_fp16_active_ratio", "Fraction of cycles the non-tensor FP16 pipe was active (GPM).",
-     lambda g: g.activity.fp16_active if g.activity else None),
-    ("mfu_gpu_fp32_active_ratio", "Fraction of cycles the FP32 pipe was active (GPM).",
-     lambda g: g.activity.fp32_active if g.activity else None),
-    ("mfu_gpu_fp64_active_ratio", "Fraction of cycles the non-tensor FP64 pipe was active (GPM).",
-     lambda g: g.activity.fp64_active if g.activity else None),
-    ("mfu_gpu_memory_used_bytes", "Device memory in use (NVML memory info v2).", lambda g: g.memory_used_bytes),
+    (
+        "mfu_gpu_utilization_ratio",
+        "Fraction of the sample period in which a kernel ran (NVML utilization.gpu).",
+        lambda g: g.utilization_ratio,
+    ),
+    (
+        "mfu_gpu_memory_utilization_ratio",
+        "Fraction of the sample period in which device memory was read or written.",
+        lambda g: g.memory_utilization_ratio,
+    ),
+    (
+        "mfu_gpu_sm_active_ratio",
+        "Fraction of cycles SMs had at least one warp resident (GPM SM utilisation).",
+        lambda g: g.activity.sm_active if g.activity else None,
+    ),
+    (
+        "mfu_gpu_sm_occupancy_ratio",
+        "Resident warps as a fraction of the SMs' maximum (GPM SM occupancy).",
+        lambda g: g.activity.sm_occupancy if g.activity else None,
+    ),
+    (
+        "mfu_gpu_tensor_active_ratio",
+        "Fraction of cycles any tensor pipe was active (GPM).",
+        lambda g: g.activity.tensor_active if g.activity else None,
+    ),
+    (
+        "mfu_gpu_dram_active_ratio",
+        "DRAM bandwidth used as a fraction of the maximum (GPM).",
+        lambda g: g.activity.dram_active if g.activity else None,
+    ),
+    (
+        "mfu_gpu_fp16_active_ratio",
+        "Fraction of cycles the non-tensor FP16 pipe was active (GPM).",
+        lambda g: g.activity.fp16_active if g.activity else None,
+    ),
+    (
+        "mfu_gpu_fp32_active_ratio",
+        "Fraction of cycles the FP32 pipe was active (GPM).",
+        lambda g: g.activity.fp32_active if g.activity else None,
+    ),
+    (
+        "mfu_gpu_fp64_active_ratio",
+        "Fraction of cycles the non-tensor FP64 pipe was active (GPM).",
+        lambda g: g.activity.fp64_active if g.activity else None,
+    ),
+    (
+        "mfu_gpu_memory_used_bytes",
+        "Device memory in use (NVML memory info v2).",
+        lambda g: g.memory_used_bytes,
+    ),
     ("mfu_gpu_memory_total_bytes", "Device memory in all.", lambda g: g.memory_total_bytes),
     ("mfu_gpu_power_watts", "Power draw.", lambda g: g.power_watts),
     ("mfu_gpu_power_limit_watts", "Enforced power limit.", lambda g: g.power_limit_watts),
     ("mfu_gpu_temperature_celsius", "GPU die temperature.", lambda g: g.temperature_celsius),
     ("mfu_gpu_sm_clock_hertz", "Current SM clock.", lambda g: g.sm_clock_hertz),
     ("mfu_gpu_sm_clock_max_hertz", "Maximum SM clock.", lambda g: g.sm_clock_max_hertz),
-    ("mfu_gpu_remapped_rows_pending", "1 while a row remapping waits for a GPU reset.",
-     lambda g: float(g.remapped_rows.pending) if g.remapped_rows else None),
-    ("mfu_gpu_row_remap_failure", "1 when a row remapping failed: the GPU needs service.",
-     lambda g: float(g.remapped_rows.failure) if g.remapped_rows else None),
+    (
+        "mfu_gpu_remapped_rows_pending",
+        "1 while a row remapping waits for a GPU reset.",
+        lambda g: float(g.remapped_rows.pending) if g.remapped_rows else None,
+    ),
+    (
+        "mfu_gpu_row_remap_failure",
+        "1 when a row remapping failed: the GPU needs service.",
+        lambda g: float(g.remapped_rows.failure) if g.remapped_rows else None,
+    ),
 ]
 
 
-def gpu_families(snapshot: Snapshot | None, events: dict[tuple[int, str, str, int | None], int],
-                 pod_of: Callable[[int], tuple[str, str, str]] | None = None) -> Iterator[Metric]:
+def gpu_families(
+    snapshot: Snapshot | None,
+    events: dict[tuple[int, str, str, int | None], int],
+    pod_of: Callable[[int], tuple[str, str, str]] | None = None,
+) -> Iterator[Metric]:
     gpus = snapshot.gpus if snapshot else ()
     info = GaugeMetricFamily(
-        "mfu_gpu_info", "GPU identity; the value is always 1.",
-        labels=[*GPU_LABELS, "model", "driver_version", "pci_bus_id", "architecture", "sm_activity_source"])
-    up = GaugeMetricFamily("mfu_gpu_up", "1 when the GPU answered at the last sample, 0 when it is lost.",
-                           labels=GPU_LABELS)
+        "mfu_gpu_info",
+        "GPU identity; the value is always 1.",
+        labels=[*GPU_LABELS, "model", "driver_version", "pci_bus_id", "architecture", "sm_activity_source"],
+    )
+    up = GaugeMetricFamily(
+        "mfu_gpu_up", "1 when the GPU answered at the last sample, 0 when it is lost.", labels=GPU_LABELS
+    )
     for g in gpus:
         ident = g.identity
         labels = [str(ident.index), ident.uuid]
-        info.add_metric([*labels, ident.name, snapshot.driver_version, ident.pci_bus_id, ident.architecture,
-                         g.sm_activity_source], 1)
+        info.add_metric(
+            [
+                *labels,
+                ident.name,
+                snapshot.driver_version,
+                ident.pci_bus_id,
+                ident.architecture,
+                g.sm_activity_source,
+            ],
+            1,
+        )
         up.add_metric(labels, 1 if g.up else 0)
     yield info
     yield up
@@ -72,20 +124,32 @@ def gpu_families(snapshot: Snapshot | None, events: dict[tuple[int, str, str, in
                 family.add_metric([str(g.index), g.uuid], value)
         yield family
 
-    energy = CounterMetricFamily("mfu_gpu_energy_joules", "Energy used since the driver loaded.",
-                                 labels=GPU_LABELS)
-    reasons = GaugeMetricFamily("mfu_gpu_clock_event_active",
-                                "1 while this reason holds the clocks down (NVML clock event reasons).",
-                                labels=[*GPU_LABELS, "reason"])
-    ecc = CounterMetricFamily("mfu_gpu_ecc_errors", "ECC errors since the driver loaded (volatile count).",
-                              labels=[*GPU_LABELS, "type"])
-    rows = CounterMetricFamily("mfu_gpu_remapped_rows", "Memory rows remapped, by the error that caused it.",
-                               labels=[*GPU_LABELS, "type"])
-    memory = GaugeMetricFamily("mfu_gpu_process_memory_bytes", "GPU memory used by a compute process.",
-                               labels=[*GPU_LABELS, "pid"])
+    energy = CounterMetricFamily(
+        "mfu_gpu_energy_joules", "Energy used since the driver loaded.", labels=GPU_LABELS
+    )
+    reasons = GaugeMetricFamily(
+        "mfu_gpu_clock_event_active",
+        "1 while this reason holds the clocks down (NVML clock event reasons).",
+        labels=[*GPU_LABELS, "reason"],
+    )
+    ecc = CounterMetricFamily(
+        "mfu_gpu_ecc_errors",
+        "ECC errors since the driver loaded (volatile count).",
+        labels=[*GPU_LABELS, "type"],
+    )
+    rows = CounterMetricFamily(
+        "mfu_gpu_remapped_rows",
+        "Memory rows remapped, by the error that caused it.",
+        labels=[*GPU_LABELS, "type"],
+    )
+    memory = GaugeMetricFamily(
+        "mfu_gpu_process_memory_bytes", "GPU memory used by a compute process.", labels=[*GPU_LABELS, "pid"]
+    )
     process_info = GaugeMetricFamily(
-        "mfu_gpu_process_info", "A compute process on the GPU and the pod or Slurm job it belongs to; always 1.",
-        labels=[*GPU_LABELS, "pid", "pod_uid", "container_id", "slurm_job_id"])
+        "mfu_gpu_process_info",
+        "A compute process on the GPU and the pod or Slurm job it belongs to; always 1.",
+        labels=[*GPU_LABELS, "pid", "pod_uid", "container_id", "slurm_job_id"],
+    )
     for g in live:
         labels = [str(g.index), g.uuid]
         if g.energy_joules is not None:
@@ -109,11 +173,15 @@ def gpu_families(snapshot: Snapshot | None, events: dict[tuple[int, str, str, in
                 process_info.add_metric([*labels, pid, pod_uid, container_id, slurm_job_id], 1)
     yield from (energy, reasons, ecc, rows, memory, process_info)
 
-    xid = CounterMetricFamily("mfu_gpu_xid_errors", "XID error events, every one counted.",
-                              labels=[*GPU_LABELS, "xid"])
-    dbe = CounterMetricFamily("mfu_gpu_double_bit_ecc_events", "Double-bit ECC error events delivered by NVML.",
-                              labels=GPU_LABELS)
-    for (index, uuid, kind, code), count in sorted(events.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][3] or 0)):
+    xid = CounterMetricFamily(
+        "mfu_gpu_xid_errors", "XID error events, every one counted.", labels=[*GPU_LABELS, "xid"]
+    )
+    dbe = CounterMetricFamily(
+        "mfu_gpu_double_bit_ecc_events", "Double-bit ECC error events delivered by NVML.", labels=GPU_LABELS
+    )
+    for (index, uuid, kind, code), count in sorted(
+        events.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][3] or 0)
+    ):
         if kind == "xid":
             xid.add_metric([str(index), uuid, str(code)], count)
         else:

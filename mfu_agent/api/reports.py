@@ -1,0 +1,215 @@
+"""POST /v1/reports (training jobs report cumulative FLOPs) and GET /v1/jobs."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
+
+from ..jobs.registry import COUNTERS, ReportData, ReportRejected
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_BATCH = 1000
+JOB_ID_PATTERN = r"^[A-Za-z0-9._:/-]{1,128}$"
+LABEL_KEYS = ("pod", "namespace", "slurm_job_id", "hostname")
+
+router = APIRouter()
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
+        raise ValueError("must be a finite number (NaN, infinity and numbers past 1.8e308 are refused)")
+    return value
+
+
+def _integer(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be a whole number")
+    return value
+
+
+Count = Annotated[float, BeforeValidator(_number), Field(ge=0, allow_inf_nan=False)]
+Index = Annotated[int, BeforeValidator(_integer), Field(ge=0, le=1_000_000)]
+Uuid = Annotated[str, StringConstraints(pattern=r"^(GPU|MIG)-[A-Za-z0-9-]{1,80}$")]
+LabelValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:/@+-]{1,253}$")]
+
+
+class ReportIn(BaseModel):
+    """One rank's cumulative counters. Unknown fields are refused, so a typo never goes unnoticed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)] = Field(
+        description="1..128 characters of [A-Za-z0-9._:/-]"
+    )
+    rank: Index
+    local_rank: Index | None = None
+    world_size: Annotated[int, BeforeValidator(_integer), Field(ge=1, le=1_000_000)] | None = None
+    pid: Annotated[int, BeforeValidator(_integer), Field(ge=1, le=2**32 - 1)] | None = None
+    gpus: (
+        Annotated[
+            list[Annotated[int, BeforeValidator(_integer), Field(ge=0, le=1023)] | Uuid],
+            Field(min_length=1, max_length=64),
+        ]
+        | None
+    ) = None
+    dtype: Literal["fp8", "bf16", "fp16", "tf32", "fp32", "fp64", "int8"] = "bf16"
+    model_flops_total: Count
+    hardware_flops_total: Count | None = None
+    tokens_total: Count | None = None
+    samples_total: Count | None = None
+    step: Index | None = Field(default=None, description="last optimizer step, >= 0")
+    timestamp: Annotated[float, BeforeValidator(_number), Field(gt=0, allow_inf_nan=False)] | None = Field(
+        default=None, description="sender's Unix time (seconds) when the counters had these values"
+    )
+    labels: dict[Literal["pod", "namespace", "slurm_job_id", "hostname"], LabelValue] | None = None
+
+    def to_data(self) -> ReportData:
+        return ReportData(
+            job_id=self.job_id,
+            rank=self.rank,
+            model_flops_total=self.model_flops_total,
+            dtype=self.dtype,
+            local_rank=self.local_rank,
+            world_size=self.world_size,
+            pid=self.pid,
+            gpus=tuple(self.gpus) if self.gpus is not None else None,
+            hardware_flops_total=self.hardware_flops_total,
+            tokens_total=self.tokens_total,
+            samples_total=self.samples_total,
+            step=self.step,
+            timestamp=self.timestamp,
+            labels=tuple(sorted((self.labels or {}).items())),
+        )
+
+
+def _error(
+    status: int,
+    outcome: str,
+    agent: Any,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    agent.count_reports(outcome, 1)
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _field_path(loc: tuple[Any, ...], prefix: str) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not (isinstance(part, str) and part.startswith(("function-", "int", "str", "constrained-str"))):
+            path += ("." if path else "") + str(part)
+    return path
+
+
+@router.post("/v1/reports", status_code=202, summary="Report cumulative FLOPs of one rank, or a batch")
+async def post_reports(request: Request) -> JSONResponse:
+    agent = request.app.state.agent
+    token = agent.report_token
+    if token is not None:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return _error(
+                401,
+                "unauthorized",
+                agent,
+                "missing or wrong bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        return _error(413, "too_large", agent, f"body over {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return _error(413, "too_large", agent, f"body over {MAX_BODY_BYTES} bytes")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return _error(400, "invalid", agent, f"body is not valid JSON: {exc}")
+    batch = isinstance(payload, list)
+    items = payload if batch else [payload]
+    if batch and not items:
+        return _error(422, "invalid", agent, "empty batch: send at least one report", "reports")
+    if len(items) > MAX_BATCH:
+        return _error(
+            413, "too_large", agent, f"batch of {len(items)} reports; at most {MAX_BATCH}", "reports"
+        )
+    reports = []
+    for i, item in enumerate(items):
+        prefix = f"reports[{i}]" if batch else ""
+        if not isinstance(item, dict):
+            return _error(
+                422, "invalid", agent, f"{prefix or 'body'}: a report must be a JSON object", prefix or "body"
+            )
+        try:
+            reports.append(ReportIn.model_validate(item).to_data())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = _field_path(first["loc"], prefix)
+            messages = "; ".join(f"{_field_path(e['loc'], prefix)}: {e['msg']}" for e in exc.errors())
+            return _error(422, "invalid", agent, messages, field)
+    try:
+        accepted = agent.jobs.apply(reports, agent.sampler.latest)
+    except ReportRejected as exc:
+        outcome = "over_capacity" if exc.status == 429 else "invalid"
+        return _error(exc.status, outcome, agent, exc.message, exc.field)
+    agent.count_reports("accepted", accepted)
+    return JSONResponse({"accepted": accepted}, status_code=202)
+
+
+@router.get("/v1/jobs", summary="Active jobs: ranks, GPUs, MFU, HFU, tokens/s, last report age")
+def get_jobs(request: Request) -> dict[str, Any]:
+    agent = request.app.state.agent
+    now = time.time()
+    jobs: dict[str, dict[str, Any]] = {}
+    for v in agent.jobs.views():
+        job = jobs.setdefault(v.job_id, {"job_id": v.job_id, "ranks": []})
+        rates = dict(zip(COUNTERS, v.rates, strict=True)) if v.rates else {}
+        job["ranks"].append(
+            {
+                "rank": v.rank,
+                "local_rank": v.local_rank,
+                "world_size": v.world_size,
+                "pid": v.pid,
+                "dtype": v.dtype,
+                "attributed_by": v.attributed_by,
+                "gpus": [
+                    {"index": g.index, "uuid": g.uuid, "model": g.model, "peak_flops": g.peak_flops}
+                    for g in v.gpus
+                ],
+                "peak_flops": v.peak_flops,
+                "mfu": v.utilisation("model_flops"),
+                "hfu": v.utilisation("hardware_flops"),
+                "model_flops_per_second": rates.get("model_flops"),
+                "tokens_per_second": rates.get("tokens") if "tokens" in v.has else None,
+                "step": v.step,
+                "restarts": v.restarts,
+                "labels": dict(v.labels),
+                "last_report_age_seconds": max(0.0, now - v.last_received),
+            }
+        )
+    for job in jobs.values():
+        ranks = [r for r in job["ranks"] if r["mfu"] is not None]
+        peak = sum(r["peak_flops"] for r in ranks)
+        job["mfu"] = sum(r["model_flops_per_second"] for r in ranks) / peak if ranks else None
+    return {"jobs": list(jobs.values())}

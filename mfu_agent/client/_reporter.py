@@ -1,0 +1,719 @@
+"""The training-side reporter: cumulative model FLOPs posted to the node's mfu-agent.
+
+Standard library only. Nothing here may import the rest of ``mfu_agent`` (which pulls in
+fastapi, NVML bindings, ...): a training job installs the package for this module alone.
+
+Design
+------
+* ``Reporter.step()`` is the only call on the training loop's hot path. It adds a few numbers to
+  cumulative counters under a lock that nothing else holds for longer than a snapshot, reads
+  ``time.time()`` and returns. No I/O, no queue, no allocation that survives the call. It never
+  raises: a bad argument is logged once and ignored.
+* A daemon thread posts the *latest* cumulative state every ``interval`` seconds. Counters are
+  cumulative (like Prometheus counters), so a lost report loses nothing and there is never a
+  backlog to resend: memory stays constant however long the agent is down.
+* Failures back off exponentially with jitter (capped), are logged once per kind of failure and
+  once on recovery. 400/413/422 mean "this report is bad": logged once, dropped, not retried
+  early. 401/429/5xx/connection errors are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import math
+import os
+import random
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["DEFAULT_URL", "DTYPES", "LABEL_KEYS", "Reporter"]
+
+logger = logging.getLogger("mfu_agent.client")
+
+DEFAULT_URL = "http://127.0.0.1:8469"
+REPORTS_PATH = "/v1/reports"
+DTYPES = ("fp8", "bf16", "fp16", "tf32", "fp32", "fp64", "int8")
+LABEL_KEYS = ("pod", "namespace", "slurm_job_id", "hostname")
+JOB_ID_RE = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+# What the agent accepts (mfu_agent.api.reports); checked here so a report is never refused forever.
+LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9._:/@+-]{1,253}")
+GPU_UUID_RE = re.compile(r"(GPU|MIG)-[A-Za-z0-9-]{1,80}")
+MAX_INDEX = 1_000_000
+MAX_GPU_INDEX = 1023
+MAX_GPUS = 64
+
+# Spellings people (and frameworks) use for the dtypes the agent knows.
+_DTYPE_ALIASES = {
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "half": "fp16",
+    "float32": "fp32",
+    "float": "fp32",
+    "float64": "fp64",
+    "double": "fp64",
+    "float8": "fp8",
+    "float8_e4m3fn": "fp8",
+    "float8_e5m2": "fp8",
+    "tensorfloat32": "tf32",
+}
+
+_NO_RETRY_STATUS = frozenset({400, 413, 422})
+
+# urllib without proxies: the agent runs on this node, and a cluster-wide HTTP(S)_PROXY must not
+# swallow (or slow down) reports meant for 127.0.0.1 / the node IP.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+_live: weakref.WeakSet[Reporter] = weakref.WeakSet()
+_atexit_registered = False
+_atexit_lock = threading.Lock()
+
+
+def normalize_dtype(dtype: object) -> str:
+    """Map ``"bf16"``, ``"bfloat16"``, ``torch.bfloat16``, ... to the agent's dtype names.
+
+    Raises ValueError for anything the agent does not know.
+    """
+    text = str(dtype).strip().lower()
+    if text.startswith("torch."):
+        text = text[len("torch.") :]
+    text = _DTYPE_ALIASES.get(text, text)
+    if text not in DTYPES:
+        raise ValueError(f"mfu_agent.client: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return text
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value is not None and value.strip() != "":
+            return value.strip()
+    return None
+
+
+def _env_job_id() -> str | None:
+    job_id = _env("MFU_JOB_ID")
+    if job_id is None:
+        job_id = _env("TORCHELASTIC_RUN_ID")
+        if job_id == "none":  # torchrun's default --rdzv-id: not a job identity
+            job_id = None
+    if job_id is None:
+        job_id = _env("SLURM_JOB_ID")
+    return job_id
+
+
+def _int_arg(
+    name: str, value: object, env_names: tuple[str, ...], minimum: int, maximum: int = MAX_INDEX
+) -> int | None:
+    source = name
+    if value is None:
+        for env_name in env_names:
+            env_value = _env(env_name)
+            if env_value is not None:
+                value, source = env_value, f"environment variable {env_name}"
+                break
+        else:
+            return None
+    if isinstance(value, bool):
+        raise ValueError(f"mfu_agent.client: {source} must be an integer, got {value!r}")
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"mfu_agent.client: {source} must be an integer, got {value!r}") from None
+    if isinstance(value, float) and value != number:
+        raise ValueError(f"mfu_agent.client: {source} must be an integer, got {value!r}")
+    if not minimum <= number <= maximum:
+        raise ValueError(f"mfu_agent.client: {source} must be in {minimum}..{maximum}, got {number}")
+    return number
+
+
+def _default_per_step(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"mfu_agent.client: {name} must be a number >= 0, got {value!r}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"mfu_agent.client: {name} must be a number >= 0, got {value!r}") from None
+    if not (0.0 <= number < math.inf):
+        raise ValueError(f"mfu_agent.client: {name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def _read_token(token: str | None) -> str | None:
+    if token is not None:
+        token = token.strip()
+        return token or None
+    token = _env("MFU_AGENT_TOKEN")
+    if token is not None:
+        return token
+    path = _env("MFU_AGENT_TOKEN_FILE")
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as exc:
+        raise ValueError(f"mfu_agent.client: cannot read MFU_AGENT_TOKEN_FILE {path!r}: {exc}") from None
+    if not token:
+        raise ValueError(f"mfu_agent.client: MFU_AGENT_TOKEN_FILE {path!r} is empty")
+    return token
+
+
+def _label_value(value: str) -> str:
+    """Environment-derived label values are made acceptable rather than refused."""
+    return re.sub(r"[^A-Za-z0-9._:/@+-]", "_", value)[:253]
+
+
+def _default_labels() -> dict[str, str]:
+    labels: dict[str, str] = {}
+    pod = _env("POD_NAME")
+    if pod is None and _env("KUBERNETES_SERVICE_HOST") is not None:
+        pod = _env("HOSTNAME")
+    if pod is not None:
+        labels["pod"] = _label_value(pod)
+    namespace = _env("POD_NAMESPACE")
+    if namespace is not None:
+        labels["namespace"] = _label_value(namespace)
+    slurm_job_id = _env("SLURM_JOB_ID")
+    if slurm_job_id is not None:
+        labels["slurm_job_id"] = _label_value(slurm_job_id)
+    try:
+        hostname = socket.gethostname()
+    except OSError:
+        hostname = ""
+    if hostname:
+        labels["hostname"] = _label_value(hostname)
+    return labels
+
+
+def _check_labels(labels: Mapping[str, str | None]) -> dict[str, str]:
+    checked: dict[str, str] = {}
+    for key, value in labels.items():
+        if value is None or value == "":  # an explicit empty value removes a default label
+            continue
+        if key not in LABEL_KEYS:
+            raise ValueError(
+                f"mfu_agent.client: label {key!r} is not supported (allowed: {', '.join(LABEL_KEYS)})"
+            )
+        if not isinstance(value, str) or not LABEL_VALUE_RE.fullmatch(value):
+            raise ValueError(
+                f"mfu_agent.client: label {key}={value!r} must be 1..253 characters of [A-Za-z0-9._:/@+-]"
+            )
+        checked[key] = value
+    return checked
+
+
+def _check_gpus(gpus: Iterable[int | str] | None) -> list[int | str] | None:
+    if gpus is None:
+        return None
+    if isinstance(gpus, (str, int)):
+        gpus = [gpus]
+    checked: list[int | str] = []
+    for gpu in gpus:
+        if isinstance(gpu, bool) or not isinstance(gpu, (int, str)):
+            raise ValueError(
+                f"mfu_agent.client: gpus must hold GPU indices (int) or UUIDs (str), got {gpu!r}"
+            )
+        if isinstance(gpu, int) and not 0 <= gpu <= MAX_GPU_INDEX:
+            raise ValueError(f"mfu_agent.client: GPU index must be in 0..{MAX_GPU_INDEX}, got {gpu}")
+        if isinstance(gpu, str):
+            gpu = gpu.strip()
+            if not GPU_UUID_RE.fullmatch(gpu):
+                raise ValueError(f"mfu_agent.client: GPU UUID {gpu!r} must look like GPU-... or MIG-...")
+        checked.append(gpu)
+    if len(checked) > MAX_GPUS:
+        raise ValueError(f"mfu_agent.client: at most {MAX_GPUS} GPUs per rank, got {len(checked)}")
+    return checked or None
+
+
+def _count(value: float) -> int | float:
+    """Counts (tokens, samples) go out as integers when they are whole numbers."""
+    return int(value) if value.is_integer() else value
+
+
+def _close_all_at_exit() -> None:
+    for reporter in list(_live):
+        reporter.close(timeout=1.0)
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (e.g. a fork-started DataLoader worker) inherits the parent's reporters but
+    # not their sender threads, and possibly a lock held by one of them at the moment of the fork.
+    # Give the child fresh locks so step() can never block there, and retire the copies: the
+    # parent keeps reporting; the child must not post the parent's counters under the parent's pid.
+    for reporter in list(_live):
+        reporter._lock = threading.Lock()
+        reporter._send_lock = threading.Lock()
+        reporter._close_lock = threading.Lock()
+        reporter._closed = True
+        reporter._stop.set()
+    _live.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _sender_loop(ref: weakref.ReferenceType[Reporter], stop: threading.Event) -> None:
+    # Holds the Reporter only weakly between posts, so an abandoned Reporter can be collected.
+    while True:
+        reporter = ref()
+        if reporter is None:
+            return
+        delay = reporter._next_delay()
+        del reporter
+        if stop.wait(delay):
+            return
+        reporter = ref()
+        if reporter is None:
+            return
+        reporter._send_scheduled()
+        del reporter
+
+
+class Reporter:
+    """Reports a training rank's cumulative model FLOPs to the mfu-agent on its node.
+
+    Call :meth:`step` once per optimizer step; a daemon thread posts the latest cumulative
+    counters every ``interval`` seconds. Call :meth:`close` (or use ``with Reporter(...)``) at
+    the end of training to deliver the final totals.
+
+    Only construction can raise (``ValueError`` for bad configuration). ``step``, ``flush`` and
+    ``close`` never raise.
+    """
+
+    def __init__(
+        self,
+        job_id: str | None = None,
+        flops_per_step: float | None = None,
+        tokens_per_step: float | None = None,
+        dtype: str = "bf16",
+        url: str | None = None,
+        rank: int | None = None,
+        local_rank: int | None = None,
+        world_size: int | None = None,
+        gpus: Iterable[int | str] | None = None,
+        hardware_flops_per_step: float | None = None,
+        samples_per_step: float | None = None,
+        interval: float = 5.0,
+        token: str | None = None,
+        labels: Mapping[str, str | None] | None = None,
+        timeout: float = 2.0,
+        max_backoff: float = 60.0,
+    ) -> None:
+        # --- configuration (the only place that raises) ---------------------------------------
+        if job_id is None:
+            job_id = _env_job_id()
+            if job_id is None:
+                raise ValueError(
+                    "mfu_agent.client: no job id: pass job_id=... or set MFU_JOB_ID "
+                    "(TORCHELASTIC_RUN_ID and SLURM_JOB_ID are used when set)"
+                )
+        if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
+            raise ValueError(
+                f"mfu_agent.client: job id {job_id!r} must be 1..128 characters of [A-Za-z0-9._:/-]"
+            )
+        dtype = normalize_dtype(dtype)
+
+        base_url = url if url is not None else (_env("MFU_AGENT_URL") or DEFAULT_URL)
+        base_url = base_url.strip().rstrip("/")
+        if not re.match(r"^https?://[^/\s]+", base_url):
+            raise ValueError(f"mfu_agent.client: agent URL {base_url!r} must start with http:// or https://")
+        if base_url.endswith(REPORTS_PATH):
+            base_url = base_url[: -len(REPORTS_PATH)]
+
+        rank_value = _int_arg("rank", rank, ("RANK", "SLURM_PROCID"), 0)
+        local_rank_value = _int_arg("local_rank", local_rank, ("LOCAL_RANK", "SLURM_LOCALID"), 0)
+        world_size_value = _int_arg("world_size", world_size, ("WORLD_SIZE", "SLURM_NTASKS"), 1)
+
+        for name, value in (("interval", interval), ("timeout", timeout), ("max_backoff", max_backoff)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+                raise ValueError(
+                    f"mfu_agent.client: {name} must be a positive number of seconds, got {value!r}"
+                )
+
+        merged_labels: dict[str, str | None] = dict(_default_labels())
+        if labels is not None:
+            merged_labels.update(labels)
+        checked_labels = _check_labels(merged_labels)
+
+        self.job_id: str = job_id
+        self.dtype: str = dtype
+        self.url: str = base_url
+        self.endpoint: str = base_url + REPORTS_PATH
+        self.rank: int = rank_value if rank_value is not None else 0
+        self.local_rank: int | None = local_rank_value
+        self.world_size: int | None = world_size_value
+        self.pid: int = os.getpid()
+        self.gpus: list[int | str] | None = _check_gpus(gpus)
+        self.labels: dict[str, str] = checked_labels
+        self.interval: float = float(interval)
+        self.timeout: float = float(timeout)
+        self.max_backoff: float = max(float(max_backoff), self.interval)
+        self._token: str | None = _read_token(token)
+
+        self._d_model = _default_per_step("flops_per_step", flops_per_step)
+        self._d_hw = _default_per_step("hardware_flops_per_step", hardware_flops_per_step)
+        self._d_tokens = _default_per_step("tokens_per_step", tokens_per_step)
+        self._d_samples = _default_per_step("samples_per_step", samples_per_step)
+
+        # Static part of every report.
+        static: dict[str, Any] = {"job_id": self.job_id, "rank": self.rank, "pid": self.pid, "dtype": dtype}
+        if self.local_rank is not None:
+            static["local_rank"] = self.local_rank
+        if self.world_size is not None:
+            static["world_size"] = self.world_size
+        if self.gpus is not None:
+            static["gpus"] = list(self.gpus)
+        if self.labels:
+            static["labels"] = dict(self.labels)
+        self._static = static
+
+        # --- hot-path state: plain numbers behind one short lock --------------------------------
+        self._lock = threading.Lock()
+        self._model = 0.0
+        self._hw = 0.0
+        self._tokens = 0.0
+        self._samples = 0.0
+        self._steps = 0
+        self._ts = time.time()
+        # Optional counters are reported once they were ever given (as a default or per step).
+        self._has_hw = self._d_hw is not None
+        self._has_tokens = self._d_tokens is not None
+        self._has_samples = self._d_samples is not None
+        # The defaults step() adds when called without arguments.
+        self._add_model = self._d_model or 0.0
+        self._add_hw = self._d_hw or 0.0
+        self._add_tokens = self._d_tokens or 0.0
+        self._add_samples = self._d_samples or 0.0
+
+        # --- sender state (guarded by _send_lock) ---------------------------------------------
+        self._send_lock = threading.Lock()
+        self._failures = 0  # consecutive failed attempts (backoff exponent)
+        self._retry_after: float | None = None
+        self._logged: set[str] = set()  # failure kinds already logged during this outage
+        self._arg_logged: set[str] = set()  # bad step() arguments already logged
+        self._rng = random.Random()
+        self._stats = {"posts_ok": 0, "posts_failed": 0, "reports_dropped": 0}
+        self._last_error: str | None = None
+        self._last_status: int | None = None
+
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=_sender_loop,
+            args=(weakref.ref(self), self._stop),
+            name=f"mfu-agent-reporter-{self.job_id}-{self.rank}",
+            daemon=True,
+        )
+        self._thread.start()
+        _register_for_exit(self)
+
+    # ------------------------------------------------------------------------------------------
+    # hot path
+    # ------------------------------------------------------------------------------------------
+    def step(
+        self,
+        model_flops: float | None = None,
+        tokens: float | None = None,
+        hardware_flops: float | None = None,
+        samples: float | None = None,
+    ) -> None:
+        """Count one optimizer step. Adds the given amounts (or the per-step defaults).
+
+        Never blocks on I/O and never raises; a bad amount (negative, NaN, not a number) is
+        logged once and ignored, the step itself is still counted.
+        """
+        try:
+            if model_flops is None and tokens is None and hardware_flops is None and samples is None:
+                now = time.time()
+                with self._lock:
+                    self._model += self._add_model
+                    self._hw += self._add_hw
+                    self._tokens += self._add_tokens
+                    self._samples += self._add_samples
+                    self._steps += 1
+                    self._ts = now
+                return
+            mf = self._add_model if model_flops is None else self._amount("model_flops", model_flops)
+            hf = self._add_hw if hardware_flops is None else self._amount("hardware_flops", hardware_flops)
+            tk = self._add_tokens if tokens is None else self._amount("tokens", tokens)
+            sm = self._add_samples if samples is None else self._amount("samples", samples)
+            now = time.time()
+            with self._lock:
+                self._model += mf
+                self._hw += hf
+                self._tokens += tk
+                self._samples += sm
+                self._steps += 1
+                self._ts = now
+                if hardware_flops is not None:
+                    self._has_hw = True
+                if tokens is not None:
+                    self._has_tokens = True
+                if samples is not None:
+                    self._has_samples = True
+        except Exception as exc:  # pragma: no cover - defensive: step() must never raise
+            self._log_arg_once("step", f"mfu_agent.client: step() failed and was ignored: {exc!r}")
+
+    def _amount(self, name: str, value: object) -> float:
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            number = math.nan
+        if 0.0 <= number < math.inf and not isinstance(value, bool):
+            return number
+        self._log_arg_once(
+            name, f"mfu_agent.client: step({name}={value!r}) is not a finite number >= 0; ignored"
+        )
+        return 0.0
+
+    def _log_arg_once(self, kind: str, message: str) -> None:
+        try:
+            if kind not in self._arg_logged:
+                self._arg_logged.add(kind)
+                logger.warning(message + " (logged once)")
+        except Exception:  # pragma: no cover
+            pass
+
+    # ------------------------------------------------------------------------------------------
+    # read-only views
+    # ------------------------------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        """Optimizer steps counted so far."""
+        return self._steps
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def snapshot(self) -> dict[str, Any]:
+        """The report that would be posted now (a fresh dict)."""
+        with self._lock:
+            model, hw, tokens, samples = self._model, self._hw, self._tokens, self._samples
+            steps, ts = self._steps, self._ts
+            has_hw, has_tokens, has_samples = self._has_hw, self._has_tokens, self._has_samples
+        report = dict(self._static)
+        report["model_flops_total"] = model
+        if has_hw:
+            report["hardware_flops_total"] = hw
+        if has_tokens:
+            report["tokens_total"] = _count(tokens)
+        if has_samples:
+            report["samples_total"] = _count(samples)
+        report["step"] = steps
+        report["timestamp"] = ts
+        return report
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Delivery statistics: posts_ok, posts_failed, reports_dropped, consecutive_failures,
+        last_status, last_error."""
+        # Read without the send lock (a post may be in flight); each value is read atomically.
+        stats: dict[str, Any] = dict(self._stats)
+        stats["consecutive_failures"] = self._failures
+        stats["last_status"] = self._last_status
+        stats["last_error"] = self._last_error
+        return stats
+
+    # ------------------------------------------------------------------------------------------
+    # delivery
+    # ------------------------------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> bool:
+        """Post the current cumulative state now, in the calling thread, and wait for the answer.
+
+        Returns True when the agent accepted it. Waits at most ``timeout`` seconds (default: the
+        reporter's HTTP timeout) for the HTTP exchange, plus up to as long again for a post the
+        background thread may have in flight. Never raises.
+        """
+        try:
+            limit = self.timeout if timeout is None else float(timeout)
+            if not (limit > 0):
+                return False
+            if not self._send_lock.acquire(timeout=limit):
+                return False
+            try:
+                return self._post_locked(limit)
+            finally:
+                self._send_lock.release()
+        except Exception as exc:  # pragma: no cover - defensive
+            self._log_arg_once("flush", f"mfu_agent.client: flush() failed: {exc!r}")
+            return False
+
+    def close(self, timeout: float | None = None) -> None:
+        """Deliver the final totals (bounded wait) and stop the sender thread. Idempotent."""
+        try:
+            with self._close_lock:
+                if self._closed:
+                    return
+                self._closed = True
+            self._stop.set()
+            limit = min(self.timeout, 2.0) if timeout is None else float(timeout)
+            self.flush(timeout=limit)
+            if self._thread.is_alive() and self._thread is not threading.current_thread():
+                self._thread.join(timeout=limit)
+            _live.discard(self)
+        except Exception as exc:  # pragma: no cover - defensive
+            self._log_arg_once("close", f"mfu_agent.client: close() failed: {exc!r}")
+
+    def __enter__(self) -> Reporter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Reporter(job_id={self.job_id!r}, rank={self.rank}, url={self.url!r}, "
+            f"steps={self._steps}, closed={self._closed})"
+        )
+
+    # --- sender thread ------------------------------------------------------------------------
+    def _next_delay(self) -> float:
+        with self._send_lock:
+            failures, retry_after = self._failures, self._retry_after
+        if failures == 0:
+            return self.interval
+        backoff = min(self.max_backoff, self.interval * (2.0 ** min(failures, 30)))
+        delay = backoff * self._rng.uniform(0.5, 1.0)  # jitter: ranks do not retry in lockstep
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_backoff))
+        return delay
+
+    def _send_scheduled(self) -> None:
+        try:
+            with self._send_lock:
+                self._post_locked(self.timeout)
+        except Exception as exc:  # pragma: no cover - the sender thread must never die
+            self._log_arg_once("sender", f"mfu_agent.client: sender error: {exc!r}")
+
+    def _post_locked(self, timeout: float) -> bool:
+        """One POST of the latest state. Caller holds ``_send_lock``."""
+        body = json.dumps([self.snapshot()], separators=(",", ":"), allow_nan=False).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": "mfu-agent-client"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        request = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
+        status: int | None = None
+        retry_after: float | None = None
+        try:
+            with _OPENER.open(request, timeout=timeout) as response:
+                status = response.status
+                response.read()
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+            retry_after = _parse_retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+            detail = _error_detail(exc)
+            exc.close()
+            return self._failed(_status_kind(status), f"HTTP {status}{detail}", status, retry_after)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            kind = "timeout" if isinstance(reason, (TimeoutError, socket.timeout)) else "connection"
+            return self._failed(kind, f"{type(reason).__name__}: {reason}", None, None)
+        except Exception as exc:  # pragma: no cover - anything else urllib may throw
+            return self._failed("error", repr(exc), None, None)
+        if 200 <= status < 300:
+            self._succeeded(status)
+            return True
+        return self._failed(_status_kind(status), f"HTTP {status}", status, None)
+
+    def _succeeded(self, status: int) -> None:
+        self._stats["posts_ok"] += 1
+        self._last_status = status
+        if self._logged:
+            logger.info(
+                "mfu_agent.client: reports to %s are delivered again "
+                "(job %s rank %d, after %d failed attempts)",
+                self.endpoint,
+                self.job_id,
+                self.rank,
+                self._failures,
+            )
+            self._logged.clear()
+        self._failures = 0
+        self._retry_after = None
+        self._last_error = None
+
+    def _failed(self, kind: str, detail: str, status: int | None, retry_after: float | None) -> bool:
+        self._stats["posts_failed"] += 1
+        self._last_status = status
+        self._last_error = detail
+        if kind == "rejected":
+            # The agent says this report is bad: drop it and carry on at the normal pace (the
+            # next report carries newer cumulative totals anyway). No backoff, no early retry.
+            self._stats["reports_dropped"] += 1
+            message = "the agent rejected a report and it was dropped"
+        else:
+            self._failures += 1
+            self._retry_after = retry_after
+            message = {
+                "unauthorized": "the agent refused the token (check MFU_AGENT_TOKEN); retrying with backoff",
+                "over_capacity": "the agent is over capacity; retrying with backoff",
+                "server_error": "the agent failed; retrying with backoff",
+                "timeout": "the agent did not answer in time; retrying with backoff",
+                "connection": "cannot reach the agent; retrying with backoff",
+            }.get(kind, "reporting failed; retrying with backoff")
+        if kind not in self._logged:
+            self._logged.add(kind)
+            logger.warning(
+                "mfu_agent.client: %s (%s; POST %s, job %s rank %d). Training is not affected; "
+                "counters keep accumulating. Logged once until delivery recovers.",
+                message,
+                detail,
+                self.endpoint,
+                self.job_id,
+                self.rank,
+            )
+        return False
+
+
+def _status_kind(status: int) -> str:
+    if status in _NO_RETRY_STATUS:
+        return "rejected"
+    if status == 401 or status == 403:
+        return "unauthorized"
+    if status == 429:
+        return "over_capacity"
+    if status >= 500:
+        return "server_error"
+    return "http_error"
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < math.inf else None
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    try:
+        text = exc.read(300).decode("utf-8", "replace").strip()
+    except Exception:
+        return ""
+    return f": {text}" if text else ""
+
+
+def _register_for_exit(reporter: Reporter) -> None:
+    global _atexit_registered
+    _live.add(reporter)
+    if not _atexit_registered:
+        with _atexit_lock:
+            if not _atexit_registered:
+                atexit.register(_close_all_at_exit)
+                _atexit_registered = True

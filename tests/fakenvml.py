@@ -1,0 +1,847 @@
+"""A fake libnvidia-ml for tests, installed at the ctypes boundary of the real pynvml.
+
+The real ``pynvml`` wrappers (package nvidia-ml-py) stay in the call path: only ``pynvml.nvmlLib``
+is swapped for an object whose attributes are the C symbols. Each symbol receives exactly the
+ctypes arguments pynvml passes (``byref(...)`` objects, string buffers, ``c_uint`` values, ctypes
+arrays, opaque POINTER handles), writes its results into them as the driver would, and returns an
+``nvmlReturn_t`` code, which pynvml then maps to its exception classes.
+
+* A symbol that is absent (listed in ``missing_symbols``, or simply not implemented here) makes
+  pynvml raise ``NVMLError_FunctionNotFound``; lookups of absent symbols are counted in
+  ``FakeNvml.missing_lookups``.
+* Opaque handles (devices, event sets, GPM samples) are pointers to small buffers that the fake
+  owns and never releases, so each address is valid memory and never reused. A device always gets
+  the same address, so handles from separate calls compare equal by address (``handle_address``)
+  but NOT with ``==`` (ctypes pointers compare by identity).
+* Every call takes one lock; ``nvmlEventSetWait_v2`` waits on a Condition of that lock, so other
+  threads can sample (and ``queue_xid``) while an event thread is blocked in a wait.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import ctypes
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from typing import Any
+
+import pynvml
+import pytest
+
+__all__ = [
+    "DEFAULT_GPM_PERCENT",
+    "MEM_CLOCK_MHZ",
+    "MEM_CLOCK_MAX_MHZ",
+    "SUPPORTED_EVENT_TYPES",
+    "FakeDevice",
+    "FakeNvml",
+    "fake_nvml",
+    "handle_address",
+    "no_nvml",
+    "no_nvml_library",
+]
+
+DEFAULT_GPM_PERCENT: dict[int, float] = {
+    pynvml.NVML_GPM_METRIC_SM_UTIL: 71.5,
+    pynvml.NVML_GPM_METRIC_SM_OCCUPANCY: 38.25,
+    pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: 52.0,
+    pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: 44.5,
+    pynvml.NVML_GPM_METRIC_FP64_UTIL: 0.0,
+    pynvml.NVML_GPM_METRIC_FP32_UTIL: 6.75,
+    pynvml.NVML_GPM_METRIC_FP16_UTIL: 1.5,
+}
+
+# Event types every fake device supports (nvmlDeviceGetSupportedEventTypes).
+SUPPORTED_EVENT_TYPES: int = (
+    pynvml.nvmlEventTypeSingleBitEccError
+    | pynvml.nvmlEventTypeDoubleBitEccError
+    | pynvml.nvmlEventTypePState
+    | pynvml.nvmlEventTypeXidCriticalError
+    | pynvml.nvmlEventTypeClock
+)
+
+# Clocks the FakeDevice dataclass has no field for (NVML_CLOCK_MEM).
+MEM_CLOCK_MHZ = 2619
+MEM_CLOCK_MAX_MHZ = 2619
+
+_NOT_AVAILABLE_UINT = 0xFFFFFFFF  # gpuInstanceId/computeInstanceId outside MIG
+_NOT_AVAILABLE_ULL = 0xFFFFFFFFFFFFFFFF
+
+_GPM_METRIC_NAMES: dict[int, str] = {
+    pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL: "gr_util",
+    pynvml.NVML_GPM_METRIC_SM_UTIL: "sm_util",
+    pynvml.NVML_GPM_METRIC_SM_OCCUPANCY: "sm_occupancy",
+    pynvml.NVML_GPM_METRIC_INTEGER_UTIL: "integer_util",
+    pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: "any_tensor_util",
+    pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: "dram_bw_util",
+    pynvml.NVML_GPM_METRIC_FP64_UTIL: "fp64_util",
+    pynvml.NVML_GPM_METRIC_FP32_UTIL: "fp32_util",
+    pynvml.NVML_GPM_METRIC_FP16_UTIL: "fp16_util",
+}
+
+
+def default_uuid(index: int) -> str:
+    return f"GPU-00000000-0000-0000-0000-{index:012x}"
+
+
+def default_pci_bus_id(index: int) -> str:
+    return f"00000000:{0x18 + index:02X}:00.0"
+
+
+@dataclass
+class FakeDevice:
+    name: str = "NVIDIA H100 80GB HBM3"
+    uuid: str = ""  # default: default_uuid(index), filled in by FakeNvml
+    pci_bus_id: str = ""  # default: default_pci_bus_id(index), filled in by FakeNvml
+    architecture: int = pynvml.NVML_DEVICE_ARCH_HOPPER
+    utilization_gpu: int = 97  # percent
+    utilization_memory: int = 41
+    memory_total: int = 80 * 1024**3  # bytes
+    memory_used: int = 60 * 1024**3
+    memory_reserved: int = 512 * 1024**2
+    power_mw: int = 612_000
+    power_limit_mw: int = 700_000
+    energy_mj: int = 123_456_789
+    temperature_c: int = 64
+    sm_clock_mhz: int = 1755
+    sm_clock_max_mhz: int = 1980
+    clock_event_reasons: int = 0  # bitmask of pynvml.nvmlClocksEventReason*
+    ecc_corrected: int = 3  # served for both volatile and aggregate counters
+    ecc_uncorrected: int = 0
+    remapped_rows: tuple[int, int, int, int] = (2, 0, 0, 0)  # corrected, uncorrected, pending, failure
+    # (pid, used GPU memory bytes); None memory is reported as NVML_VALUE_NOT_AVAILABLE
+    processes: list[tuple[int, int | None]] = field(default_factory=list)
+    gpm_supported: bool = True
+    gpm_percent: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_GPM_PERCENT))
+    not_supported: set[str] = field(default_factory=set)  # symbols returning NVML_ERROR_NOT_SUPPORTED
+    lost: bool = False  # every per-device symbol returns NVML_ERROR_GPU_IS_LOST
+    unknown_error: set[str] = field(default_factory=set)  # symbols returning NVML_ERROR_UNKNOWN
+
+
+_DEVICE_FIELDS = frozenset(f.name for f in fields(FakeDevice))
+_NVML_KWARGS = frozenset({"devices", "driver_version", "missing_symbols", "init_error"})
+
+
+class _Ret(Exception):
+    """Raised inside a symbol implementation to return an NVML error code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass
+class _EventSet:
+    registrations: dict[int, int] = field(default_factory=dict)  # device index -> event type mask
+    queue: collections.deque[tuple[int, int, int]] = field(default_factory=collections.deque)
+    freed: bool = False
+
+
+@dataclass
+class _GpmSample:
+    device_index: int | None = None
+    seq: int = 0
+    cum: dict[int, tuple[Fraction, int]] = field(default_factory=dict)  # metric -> (sum of %, steps)
+    present: frozenset[int] = frozenset()  # metrics configured when this sample was taken
+
+
+_CArgType = type(ctypes.byref(ctypes.c_int()))
+
+
+def _target(arg: Any) -> Any:
+    """The object an out-parameter points at: byref(x) -> x, pointer(x) -> x, x -> x."""
+    if isinstance(arg, _CArgType):
+        return arg._obj
+    if isinstance(arg, ctypes._Pointer):
+        return arg.contents
+    return arg
+
+
+def _int(arg: Any) -> int:
+    return int(arg.value) if hasattr(arg, "value") else int(arg)
+
+
+def handle_address(handle: Any) -> int:
+    """The address an opaque NVML handle (device, event set, GPM sample) points at; 0 for NULL."""
+    if handle is None:
+        return 0
+    if isinstance(handle, int):
+        return handle
+    if isinstance(handle, ctypes.c_void_p):
+        return handle.value or 0
+    if isinstance(handle, _CArgType):
+        return handle_address(handle._obj)
+    return ctypes.cast(handle, ctypes.c_void_p).value or 0
+
+
+def _write_pointer(out: Any, address: int) -> None:
+    """Store ``address`` in the pointer variable behind ``out`` (a byref(POINTER()) argument)."""
+    ctypes.c_void_p.from_buffer(_target(out)).value = address
+
+
+def _write_str(buf: Any, length: Any, text: str) -> None:
+    data = text.encode() + b"\0"
+    if len(data) > _int(length):
+        raise _Ret(pynvml.NVML_ERROR_INSUFFICIENT_SIZE)
+    ctypes.memmove(buf, data, len(data))
+
+
+class _Symbol:
+    """One C symbol: a callable object, so pynvml may set ``.restype``/``.argtypes`` on it."""
+
+    def __init__(self, fake: FakeNvml, name: str, impl: Callable[..., int]) -> None:
+        self.__name__ = name
+        self.restype: Any = ctypes.c_int
+        self.argtypes: Any = None
+        self.errcheck: Any = None
+        self._fake = fake
+        self._impl = impl
+
+    def __call__(self, *args: Any) -> Any:
+        return self._fake._dispatch(self.__name__, self._impl, args)
+
+    def __repr__(self) -> str:
+        return f"<fake NVML symbol {self.__name__}>"
+
+
+class _FakeLib:
+    """Stands in for the CDLL: attribute lookup is symbol lookup; an absent symbol raises AttributeError."""
+
+    def __init__(self, fake: FakeNvml) -> None:
+        self._fake = fake
+
+    def __getattr__(self, name: str) -> _Symbol:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._fake._symbol(name)
+
+
+class FakeNvml:
+    """A scriptable libnvidia-ml. Mutate ``devices`` (and their fields) at run time freely."""
+
+    def __init__(
+        self,
+        devices: list[FakeDevice] | None = None,
+        driver_version: str = "550.54.15",
+        missing_symbols: set[str] | None = None,
+        init_error: int | None = None,
+    ) -> None:
+        self.devices: list[FakeDevice] = list(devices) if devices is not None else []
+        for i, dev in enumerate(self.devices):
+            dev.uuid = dev.uuid or default_uuid(i)
+            dev.pci_bus_id = dev.pci_bus_id or default_pci_bus_id(i)
+        self.driver_version = driver_version
+        self.cuda_driver_version = 12040
+        # pynvml caches symbol lookups: change this before install() or call clear_function_cache().
+        self.missing_symbols: set[str] = set(missing_symbols or ())
+        self.init_error = init_error
+        self.init_count = 0
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.missing_lookups: collections.Counter[str] = collections.Counter()
+        self.live_gpm_samples: set[int] = set()  # addresses of samples allocated and not yet freed
+
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._buffers: list[ctypes.Array[ctypes.c_char]] = []  # keeps every handed-out address valid
+        self._device_addr: dict[int, int] = {}  # device index -> address
+        self._addr_device: dict[int, int] = {}  # address -> device index
+        self._event_sets: dict[int, _EventSet] = {}
+        self._gpm_samples: dict[int, _GpmSample] = {}
+        self._gpm_seq: dict[int, int] = {}
+        self._gpm_cum: dict[int, dict[int, tuple[Fraction, int]]] = {}
+        self._symbols: dict[str, _Symbol] = {}
+        self._lib = _FakeLib(self)
+        self._saved: tuple[Any, int] | None = None
+        self._generation = 0  # bumped by uninstall(), so blocked waits return instead of hanging
+
+    # ----------------------------------------------------------------- construction helpers
+
+    @classmethod
+    def h100s(cls, count: int = 8, **kwargs: Any) -> FakeNvml:
+        """``count`` default H100s. Keyword arguments naming FakeNvml parameters (driver_version,
+        missing_symbols, init_error) go to FakeNvml; the rest are FakeDevice fields for every device."""
+        unknown = set(kwargs) - _DEVICE_FIELDS - _NVML_KWARGS
+        if unknown:
+            raise TypeError(f"unknown FakeNvml.h100s arguments: {sorted(unknown)}")
+        if "devices" in kwargs:
+            raise TypeError("FakeNvml.h100s builds the devices itself")
+        dev_kwargs = {k: v for k, v in kwargs.items() if k in _DEVICE_FIELDS}
+        nvml_kwargs = {k: v for k, v in kwargs.items() if k in _NVML_KWARGS}
+        devices = [FakeDevice(**copy.deepcopy(dev_kwargs)) for _ in range(count)]
+        return cls(devices, **nvml_kwargs)
+
+    # ----------------------------------------------------------------- install / uninstall
+
+    @property
+    def installed_now(self) -> bool:
+        return self._saved is not None
+
+    def install(self) -> None:
+        if self._saved is not None:
+            raise RuntimeError("FakeNvml is already installed")
+        with pynvml.libLoadLock:
+            self._saved = (pynvml.nvmlLib, pynvml._nvmlLib_refcount)
+            pynvml.nvmlLib = self._lib
+            pynvml._nvmlLib_refcount = 0
+            pynvml._nvmlGetFunctionPointer_cache.clear()
+
+    def uninstall(self) -> None:
+        if self._saved is None:
+            return
+        with pynvml.libLoadLock:
+            pynvml.nvmlLib, pynvml._nvmlLib_refcount = self._saved
+            pynvml._nvmlGetFunctionPointer_cache.clear()
+            self._saved = None
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    @contextmanager
+    def installed(self) -> Iterator[FakeNvml]:
+        self.install()
+        try:
+            yield self
+        finally:
+            self.uninstall()
+
+    @staticmethod
+    def clear_function_cache() -> None:
+        """Forget pynvml's cached symbol lookups (after changing ``missing_symbols``)."""
+        with pynvml.libLoadLock:
+            pynvml._nvmlGetFunctionPointer_cache.clear()
+
+    # ----------------------------------------------------------------- test-side controls
+
+    def queue_xid(self, device_index: int, xid: int) -> None:
+        """Queue an XID critical-error event for every event set registered for it on that device."""
+        self._queue_event(device_index, pynvml.nvmlEventTypeXidCriticalError, xid)
+
+    def queue_double_bit_ecc(self, device_index: int) -> None:
+        self._queue_event(device_index, pynvml.nvmlEventTypeDoubleBitEccError, 0)
+
+    def queue_event(self, device_index: int, event_type: int, event_data: int = 0) -> None:
+        self._queue_event(device_index, event_type, event_data)
+
+    def index_of(self, handle: Any) -> int | None:
+        """The device index a handle refers to, or None if it is not a device handle of this fake."""
+        return self._addr_device.get(handle_address(handle))
+
+    def pending_events(self) -> int:
+        with self._lock:
+            return sum(len(s.queue) for s in self._event_sets.values())
+
+    def _queue_event(self, device_index: int, event_type: int, event_data: int) -> None:
+        if not 0 <= device_index < len(self.devices):
+            raise ValueError(f"no fake device {device_index}")
+        with self._cond:
+            for es in self._event_sets.values():
+                if es.registrations.get(device_index, 0) & event_type:
+                    es.queue.append((device_index, event_type, event_data))
+            self._cond.notify_all()
+
+    # ----------------------------------------------------------------- dispatch machinery
+
+    def _symbol(self, name: str) -> _Symbol:
+        impl = getattr(self, "_c_" + name, None)
+        if impl is None or name in self.missing_symbols:
+            self.missing_lookups[name] += 1
+            raise AttributeError(name)
+        sym = self._symbols.get(name)
+        if sym is None:
+            sym = self._symbols[name] = _Symbol(self, name, impl)
+        return sym
+
+    def _dispatch(self, name: str, impl: Callable[..., int], args: tuple[Any, ...]) -> int:
+        with self._lock:
+            self.calls[name] += 1
+            try:
+                return impl(*args)
+            except _Ret as ret:
+                return ret.code
+
+    def _require_init(self) -> None:
+        if self.init_count <= 0:
+            raise _Ret(pynvml.NVML_ERROR_UNINITIALIZED)
+
+    def _new_address(self) -> int:
+        buf = ctypes.create_string_buffer(16)
+        self._buffers.append(buf)
+        return ctypes.addressof(buf)
+
+    def _handle_for(self, index: int) -> int:
+        addr = self._device_addr.get(index)
+        if addr is None:
+            addr = self._device_addr[index] = self._new_address()
+            self._addr_device[addr] = index
+        return addr
+
+    def _device_handle(self, index: int) -> Any:
+        return ctypes.cast(ctypes.c_void_p(self._handle_for(index)), pynvml.c_nvmlDevice_t)
+
+    def _check_device(self, name: str, index: int) -> FakeDevice:
+        if not 0 <= index < len(self.devices):
+            raise _Ret(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        dev = self.devices[index]
+        if dev.lost:
+            raise _Ret(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if name in dev.unknown_error:
+            raise _Ret(pynvml.NVML_ERROR_UNKNOWN)
+        if name in dev.not_supported:
+            raise _Ret(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return dev
+
+    def _device(self, name: str, handle: Any) -> tuple[int, FakeDevice]:
+        self._require_init()
+        index = self._addr_device.get(handle_address(handle))
+        if index is None:
+            raise _Ret(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return index, self._check_device(name, index)
+
+    def _event_set(self, handle: Any) -> _EventSet:
+        es = self._event_sets.get(handle_address(handle))
+        if es is None:
+            raise _Ret(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return es
+
+    def _gpm_sample(self, handle: Any) -> _GpmSample:
+        sample = self._gpm_samples.get(handle_address(handle))
+        if sample is None:
+            raise _Ret(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return sample
+
+    # ----------------------------------------------------------------- C symbols: library / system
+
+    def _c_nvmlInitWithFlags(self, flags: Any = 0) -> int:
+        if self.init_error is not None:
+            return self.init_error
+        self.init_count += 1
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlInit_v2(self) -> int:
+        return self._c_nvmlInitWithFlags(0)
+
+    def _c_nvmlShutdown(self) -> int:
+        self._require_init()
+        self.init_count -= 1
+        self._cond.notify_all()
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlErrorString(self, result: Any) -> bytes:
+        code = _int(result)
+        return pynvml.NVMLError._errcode_to_string.get(code, "Unknown Error").encode()
+
+    def _c_nvmlSystemGetDriverVersion(self, buf: Any, length: Any) -> int:
+        self._require_init()
+        _write_str(buf, length, self.driver_version)
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlSystemGetNVMLVersion(self, buf: Any, length: Any) -> int:
+        self._require_init()
+        _write_str(buf, length, f"{self.cuda_driver_version // 1000}.{self.driver_version}")
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlSystemGetCudaDriverVersion(self, out: Any) -> int:
+        self._require_init()
+        _target(out).value = self.cuda_driver_version
+        return pynvml.NVML_SUCCESS
+
+    _c_nvmlSystemGetCudaDriverVersion_v2 = _c_nvmlSystemGetCudaDriverVersion
+
+    # ----------------------------------------------------------------- C symbols: device enumeration
+
+    def _c_nvmlDeviceGetCount_v2(self, out: Any) -> int:
+        self._require_init()
+        _target(out).value = len(self.devices)
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetHandleByIndex_v2(self, index: Any, out: Any) -> int:
+        self._require_init()
+        i = _int(index)
+        self._check_device("nvmlDeviceGetHandleByIndex_v2", i)
+        _write_pointer(out, self._handle_for(i))
+        return pynvml.NVML_SUCCESS
+
+    def _lookup_by(self, name: str, key: Callable[[int, FakeDevice], str], wanted: Any, out: Any) -> int:
+        self._require_init()
+        text = _target(wanted).value
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        for i, dev in enumerate(self.devices):
+            if key(i, dev).lower() == text.lower():
+                self._check_device(name, i)
+                _write_pointer(out, self._handle_for(i))
+                return pynvml.NVML_SUCCESS
+        return pynvml.NVML_ERROR_NOT_FOUND
+
+    def _c_nvmlDeviceGetHandleByUUID(self, uuid: Any, out: Any) -> int:
+        return self._lookup_by("nvmlDeviceGetHandleByUUID", lambda i, d: d.uuid or default_uuid(i), uuid, out)
+
+    def _c_nvmlDeviceGetHandleByPciBusId_v2(self, bus_id: Any, out: Any) -> int:
+        name = "nvmlDeviceGetHandleByPciBusId_v2"
+        return self._lookup_by(name, lambda i, d: d.pci_bus_id or default_pci_bus_id(i), bus_id, out)
+
+    def _c_nvmlDeviceGetIndex(self, handle: Any, out: Any) -> int:
+        index, _ = self._device("nvmlDeviceGetIndex", handle)
+        _target(out).value = index
+        return pynvml.NVML_SUCCESS
+
+    # ----------------------------------------------------------------- C symbols: identity
+
+    def _c_nvmlDeviceGetName(self, handle: Any, buf: Any, length: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetName", handle)
+        _write_str(buf, length, dev.name)
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetUUID(self, handle: Any, buf: Any, length: Any) -> int:
+        index, dev = self._device("nvmlDeviceGetUUID", handle)
+        _write_str(buf, length, dev.uuid or default_uuid(index))
+        return pynvml.NVML_SUCCESS
+
+    @staticmethod
+    def _parse_bus_id(bus_id: str) -> tuple[int, int, int]:
+        domain, bus, devfn = bus_id.split(":")
+        return int(domain, 16), int(bus, 16), int(devfn.split(".")[0], 16)
+
+    def _c_nvmlDeviceGetPciInfo_v3(self, handle: Any, out: Any) -> int:
+        index, dev = self._device("nvmlDeviceGetPciInfo_v3", handle)
+        bus_id = dev.pci_bus_id or default_pci_bus_id(index)
+        domain, bus, device = self._parse_bus_id(bus_id)
+        info = _target(out)
+        info.busIdLegacy = f"{domain:04X}:{bus:02X}:{device:02X}.0".encode()
+        info.domain = domain
+        info.bus = bus
+        info.device = device
+        info.pciDeviceId = 0x233010DE
+        info.pciSubSystemId = 0x16C110DE
+        info.busId = bus_id.encode()
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetPciInfoExt(self, handle: Any, out: Any) -> int:
+        index, dev = self._device("nvmlDeviceGetPciInfoExt", handle)
+        info = _target(out)
+        if info.version != pynvml.nvmlPciInfoExt_v1:
+            return pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+        bus_id = dev.pci_bus_id or default_pci_bus_id(index)
+        info.domain, info.bus, info.device = self._parse_bus_id(bus_id)
+        info.pciDeviceId = 0x233010DE
+        info.pciSubSystemId = 0x16C110DE
+        info.baseClass = 0x3
+        info.subClass = 0x2
+        info.busId = bus_id.encode()
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetArchitecture(self, handle: Any, out: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetArchitecture", handle)
+        _target(out).value = dev.architecture
+        return pynvml.NVML_SUCCESS
+
+    # ----------------------------------------------------------------- C symbols: telemetry
+
+    def _c_nvmlDeviceGetUtilizationRates(self, handle: Any, out: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetUtilizationRates", handle)
+        util = _target(out)
+        util.gpu = dev.utilization_gpu
+        util.memory = dev.utilization_memory
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetMemoryInfo(self, handle: Any, out: Any) -> int:
+        # v1 semantics: "used" includes the driver-reserved memory; free = total - used.
+        _, dev = self._device("nvmlDeviceGetMemoryInfo", handle)
+        mem = _target(out)
+        used = dev.memory_used + dev.memory_reserved
+        mem.total = dev.memory_total
+        mem.used = used
+        mem.free = max(dev.memory_total - used, 0)
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetMemoryInfo_v2(self, handle: Any, out: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetMemoryInfo_v2", handle)
+        mem = _target(out)
+        if mem.version != pynvml.nvmlMemory_v2:
+            return pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+        mem.total = dev.memory_total
+        mem.reserved = dev.memory_reserved
+        mem.used = dev.memory_used
+        mem.free = max(dev.memory_total - dev.memory_reserved - dev.memory_used, 0)
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetPowerUsage(self, handle: Any, out: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetPowerUsage", handle)
+        _target(out).value = dev.power_mw
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetEnforcedPowerLimit(self, handle: Any, out: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetEnforcedPowerLimit", handle)
+        _target(out).value = dev.power_limit_mw
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetTotalEnergyConsumption(self, handle: Any, out: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetTotalEnergyConsumption", handle)
+        _target(out).value = dev.energy_mj
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetTemperature(self, handle: Any, sensor: Any, out: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetTemperature", handle)
+        if _int(sensor) != pynvml.NVML_TEMPERATURE_GPU:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        _target(out).value = dev.temperature_c
+        return pynvml.NVML_SUCCESS
+
+    def _clock(self, name: str, handle: Any, clock_type: Any, out: Any, maximum: bool) -> int:
+        _, dev = self._device(name, handle)
+        kind = _int(clock_type)
+        if kind in (pynvml.NVML_CLOCK_SM, pynvml.NVML_CLOCK_GRAPHICS):
+            value = dev.sm_clock_max_mhz if maximum else dev.sm_clock_mhz
+        elif kind == pynvml.NVML_CLOCK_MEM:
+            value = MEM_CLOCK_MAX_MHZ if maximum else MEM_CLOCK_MHZ
+        elif kind == pynvml.NVML_CLOCK_VIDEO:
+            return pynvml.NVML_ERROR_NOT_SUPPORTED
+        else:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        _target(out).value = value
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetClockInfo(self, handle: Any, clock_type: Any, out: Any) -> int:
+        return self._clock("nvmlDeviceGetClockInfo", handle, clock_type, out, maximum=False)
+
+    def _c_nvmlDeviceGetMaxClockInfo(self, handle: Any, clock_type: Any, out: Any) -> int:
+        return self._clock("nvmlDeviceGetMaxClockInfo", handle, clock_type, out, maximum=True)
+
+    def _c_nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any, out: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetCurrentClocksEventReasons", handle)
+        _target(out).value = dev.clock_event_reasons
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: Any, out: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetCurrentClocksThrottleReasons", handle)
+        _target(out).value = dev.clock_event_reasons
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetTotalEccErrors(
+        self, handle: Any, error_type: Any, counter_type: Any, out: Any
+    ) -> int:
+        _, dev = self._device("nvmlDeviceGetTotalEccErrors", handle)
+        if _int(counter_type) not in (pynvml.NVML_VOLATILE_ECC, pynvml.NVML_AGGREGATE_ECC):
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        kind = _int(error_type)
+        if kind == pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED:
+            _target(out).value = dev.ecc_corrected
+        elif kind == pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED:
+            _target(out).value = dev.ecc_uncorrected
+        else:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetRemappedRows(
+        self, handle: Any, corr: Any, unc: Any, pending: Any, failure: Any
+    ) -> int:
+        _, dev = self._device("nvmlDeviceGetRemappedRows", handle)
+        for out, value in zip((corr, unc, pending, failure), dev.remapped_rows, strict=True):
+            _target(out).value = value
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetComputeRunningProcesses_v3(self, handle: Any, count: Any, infos: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetComputeRunningProcesses_v3", handle)
+        c_count = _target(count)
+        procs = list(dev.processes)
+        capacity = c_count.value
+        if capacity < len(procs):
+            c_count.value = len(procs)
+            return pynvml.NVML_ERROR_INSUFFICIENT_SIZE
+        if procs and infos is None:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        if isinstance(infos, ctypes.Array) and len(infos) < len(procs):
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        for i, (pid, used) in enumerate(procs):
+            entry = infos[i]
+            entry.pid = pid
+            # pynvml turns NVML_VALUE_NOT_AVAILABLE back into None
+            entry.usedGpuMemory = _NOT_AVAILABLE_ULL if used is None else used
+            entry.gpuInstanceId = _NOT_AVAILABLE_UINT
+            entry.computeInstanceId = _NOT_AVAILABLE_UINT
+        c_count.value = len(procs)
+        return pynvml.NVML_SUCCESS
+
+    # ----------------------------------------------------------------- C symbols: events
+
+    def _c_nvmlDeviceGetSupportedEventTypes(self, handle: Any, out: Any) -> int:
+        self._device("nvmlDeviceGetSupportedEventTypes", handle)
+        _target(out).value = SUPPORTED_EVENT_TYPES
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlEventSetCreate(self, out: Any) -> int:
+        self._require_init()
+        addr = self._new_address()
+        self._event_sets[addr] = _EventSet()
+        _write_pointer(out, addr)
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceRegisterEvents(self, handle: Any, event_types: Any, event_set: Any) -> int:
+        index, _ = self._device("nvmlDeviceRegisterEvents", handle)
+        es = self._event_set(event_set)
+        types = _int(event_types)
+        if types & ~SUPPORTED_EVENT_TYPES:
+            return pynvml.NVML_ERROR_NOT_SUPPORTED
+        es.registrations[index] = es.registrations.get(index, 0) | types
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlEventSetWait_v2(self, event_set: Any, out: Any, timeout_ms: Any) -> int:
+        self._require_init()
+        es = self._event_set(event_set)
+        timeout = _int(timeout_ms) / 1000.0
+        generation = self._generation
+        self._cond.wait_for(
+            lambda: bool(es.queue) or es.freed or self.init_count <= 0 or self._generation != generation,
+            timeout=timeout,
+        )
+        if es.freed:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        if self.init_count <= 0 or self._generation != generation:
+            return pynvml.NVML_ERROR_UNINITIALIZED
+        if not es.queue:
+            return pynvml.NVML_ERROR_TIMEOUT
+        index, event_type, event_data = es.queue.popleft()
+        data = _target(out)
+        data.device = self._device_handle(index)
+        data.eventType = event_type
+        data.eventData = event_data
+        data.gpuInstanceId = _NOT_AVAILABLE_UINT
+        data.computeInstanceId = _NOT_AVAILABLE_UINT
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlEventSetFree(self, event_set: Any) -> int:
+        self._require_init()
+        addr = handle_address(event_set)
+        es = self._event_sets.pop(addr, None)
+        if es is None:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        es.freed = True
+        self._cond.notify_all()
+        return pynvml.NVML_SUCCESS
+
+    # ----------------------------------------------------------------- C symbols: GPM
+
+    def _c_nvmlGpmQueryDeviceSupport(self, handle: Any, out: Any) -> int:
+        _, dev = self._device("nvmlGpmQueryDeviceSupport", handle)
+        support = _target(out)
+        if support.version != pynvml.NVML_GPM_SUPPORT_VERSION:
+            return pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+        support.isSupportedDevice = 1 if dev.gpm_supported else 0
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlGpmSampleAlloc(self, out: Any) -> int:
+        self._require_init()
+        addr = self._new_address()
+        self._gpm_samples[addr] = _GpmSample()
+        self.live_gpm_samples.add(addr)
+        _write_pointer(out, addr)
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlGpmSampleFree(self, sample: Any) -> int:
+        self._require_init()
+        addr = handle_address(sample)
+        if self._gpm_samples.pop(addr, None) is None:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        self.live_gpm_samples.discard(addr)
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlGpmSampleGet(self, handle: Any, sample: Any) -> int:
+        index, dev = self._device("nvmlGpmSampleGet", handle)
+        record = self._gpm_sample(sample)
+        if not dev.gpm_supported:
+            return pynvml.NVML_ERROR_NOT_SUPPORTED
+        seq = self._gpm_seq.get(index, 0) + 1
+        self._gpm_seq[index] = seq
+        cum = self._gpm_cum.setdefault(index, {})
+        for metric, percent in dev.gpm_percent.items():
+            total, steps = cum.get(metric, (Fraction(0), 0))
+            cum[metric] = (total + Fraction(percent), steps + 1)
+        record.device_index = index
+        record.seq = seq
+        record.cum = dict(cum)
+        record.present = frozenset(dev.gpm_percent)
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlGpmMetricsGet(self, out: Any) -> int:
+        self._require_init()
+        req = _target(out)
+        if req.version != pynvml.NVML_GPM_METRICS_GET_VERSION:
+            return pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+        if req.numMetrics > pynvml.NVML_GPM_METRIC_MAX:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        addr1, addr2 = handle_address(req.sample1), handle_address(req.sample2)
+        if addr1 == addr2:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        s1, s2 = self._gpm_sample(req.sample1), self._gpm_sample(req.sample2)
+        if s1.device_index is None or s2.device_index is None or s1.device_index != s2.device_index:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        if s2.seq <= s1.seq:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        if 0 <= s2.device_index < len(self.devices):
+            dev = self.devices[s2.device_index]
+            if "nvmlGpmMetricsGet" in dev.unknown_error:
+                return pynvml.NVML_ERROR_UNKNOWN
+            if "nvmlGpmMetricsGet" in dev.not_supported:
+                return pynvml.NVML_ERROR_NOT_SUPPORTED
+        for i in range(req.numMetrics):
+            metric = req.metrics[i]
+            mid = metric.metricId
+            if mid not in s2.present:
+                metric.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+                metric.value = 0.0
+                continue
+            total2, steps2 = s2.cum[mid]
+            total1, steps1 = s1.cum.get(mid, (Fraction(0), 0))
+            metric.value = float((total2 - total1) / (steps2 - steps1))
+            metric.nvmlReturn = pynvml.NVML_SUCCESS
+            short = _GPM_METRIC_NAMES.get(mid, f"metric_{mid}").encode()
+            metric.metricInfo.shortName = short
+            metric.metricInfo.longName = short
+            metric.metricInfo.unit = b"%"
+        return pynvml.NVML_SUCCESS
+
+
+@contextmanager
+def no_nvml_library() -> Iterator[None]:
+    """Make pynvml behave as on a host without the driver: loading libnvidia-ml.so.1 raises OSError,
+    so ``pynvml.nvmlInit()`` raises ``NVMLError_LibraryNotFound``. Restores pynvml on exit."""
+
+    def _no_library(name: Any, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+
+    had_cdll = "CDLL" in vars(pynvml)
+    saved_cdll = vars(pynvml).get("CDLL")
+    with pynvml.libLoadLock:
+        saved = (pynvml.nvmlLib, pynvml._nvmlLib_refcount)
+        pynvml.nvmlLib = None
+        pynvml._nvmlLib_refcount = 0
+        pynvml._nvmlGetFunctionPointer_cache.clear()
+        pynvml.CDLL = _no_library
+    try:
+        yield
+    finally:
+        with pynvml.libLoadLock:
+            if had_cdll:
+                pynvml.CDLL = saved_cdll
+            else:
+                del pynvml.CDLL
+            pynvml.nvmlLib, pynvml._nvmlLib_refcount = saved
+            pynvml._nvmlGetFunctionPointer_cache.clear()
+
+
+@pytest.fixture
+def fake_nvml() -> Iterator[FakeNvml]:
+    """Eight default H100s, installed into pynvml for the duration of the test (not yet nvmlInit'ed)."""
+    fake = FakeNvml.h100s(8)
+    with fake.installed():
+        yield fake
+
+
+@pytest.fixture
+def no_nvml() -> Iterator[None]:
+    """pynvml as on a machine without libnvidia-ml.so.1."""
+    with no_nvml_library():
+        yield
