@@ -4,11 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 LISTEN ?= 127.0.0.1:8469
 
-.PHONY: install install-test prometheus demo test lint bench clean
+.PHONY: install install-test prometheus deploy-tools demo run test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 
 install: $(BIN)/python
 	$(BIN)/pip install -q -e .
@@ -20,13 +19,20 @@ install-test: $(BIN)/python
 prometheus:
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || scripts/install-prometheus.sh
 
+# systemd-analyze for tests/test_deploy.py (Debian package `systemd`).
+deploy-tools:
+	@command -v systemd-analyze >/dev/null 2>&1 || scripts/install-deploy-tools.sh
+
 demo: install
 	$(BIN)/mfu-agent demo --listen $(LISTEN)
+
+run: install
+	$(BIN)/mfu-agent run --listen $(LISTEN)
 
 lint: install-test
 	$(BIN)/ruff check .
 
-test: install-test prometheus lint
+test: install-test prometheus deploy-tools lint
 	$(BIN)/pytest -q
 
 clean:

@@ -49,7 +49,9 @@ class PodLookup:
             from .attribution import attribute_pid
 
             a = attribute_pid(pid, self.proc_root)
-            found = self._cache[pid] = (a.pod_uid, a.container_id, a.slurm_job_id)
+            found = (a.pod_uid, a.container_id, a.slurm_job_id)
+            if any(found):  # an empty answer may be a race with a starting process: ask again next time
+                self._cache[pid] = found
         return found
 
     def keep_only(self, pids: Iterable[int]) -> None:

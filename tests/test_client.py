@@ -744,3 +744,17 @@ def test_forked_child_never_blocks_and_does_not_report(fake: FakeAgent) -> None:
         assert fake.latest()["step"] == 1  # type: ignore[index]
     finally:
         r.close()
+
+
+def test_step_without_any_flops_is_logged_once(
+    fake: FakeAgent, make_reporter: Callable[..., Reporter], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mfu_agent.client")
+    r = make_reporter(url=fake.url, interval=60)  # no flops_per_step
+    for _ in range(5):
+        r.step()
+    r.step(model_flops=7.0)
+    assert r.flush()
+    report = fake.latest()
+    assert report is not None and report["step"] == 6 and report["model_flops_total"] == 7.0
+    assert len(warnings_matching(caplog, "without flops_per_step")) == 1

@@ -97,3 +97,17 @@ def test_optional_counters_only_when_sent(snapshot):
     (view,) = registry.views()
     assert view.has == {"model_flops"}
     assert view.utilisation("hardware_flops") is None
+
+
+def test_stalled_rank_reposting_the_same_step_time_loses_its_mfu(snapshot):
+    clock = Clock()
+    registry = JobRegistry(window_seconds=60, clock=clock)
+    for t in range(0, 31, 5):
+        clock.now = 50_000.0 + t
+        registry.apply([report(1e14 * t, timestamp=1000.0 + t)], snapshot)
+    assert registry.views()[0].rates is not None
+    for _ in range(14):  # the client keeps posting the same totals and step time every 5 s
+        clock.now += 5
+        registry.apply([report(1e14 * 30, timestamp=1030.0)], snapshot)
+    assert registry.views()[0].rates is None
+    assert len(registry) == 1, "still reporting: the rank stays tracked"

@@ -70,7 +70,9 @@ class ReportIn(BaseModel):
     hardware_flops_total: Count | None = None
     tokens_total: Count | None = None
     samples_total: Count | None = None
-    step: Index | None = Field(default=None, description="last optimizer step, >= 0")
+    step: Annotated[int, BeforeValidator(_integer), Field(ge=0, le=2**63 - 1)] | None = Field(
+        default=None, description="last optimizer step, >= 0"
+    )
     timestamp: Annotated[float, BeforeValidator(_number), Field(gt=0, allow_inf_nan=False)] | None = Field(
         default=None, description="sender's Unix time (seconds) when the counters had these values"
     )

@@ -326,6 +326,8 @@ class Reporter:
         dtype = normalize_dtype(dtype)
 
         base_url = url if url is not None else (_env("MFU_AGENT_URL") or DEFAULT_URL)
+        if not isinstance(base_url, str):
+            raise ValueError(f"mfu_agent.client: agent URL must be a string, got {base_url!r}")
         base_url = base_url.strip().rstrip("/")
         if not re.match(r"^https?://[^/\s]+", base_url):
             raise ValueError(f"mfu_agent.client: agent URL {base_url!r} must start with http:// or https://")
@@ -360,6 +362,8 @@ class Reporter:
         self.interval: float = float(interval)
         self.timeout: float = float(timeout)
         self.max_backoff: float = max(float(max_backoff), self.interval)
+        if token is not None and not isinstance(token, str):
+            raise ValueError("mfu_agent.client: token must be a string")
         self._token: str | None = _read_token(token)
 
         self._d_model = _default_per_step("flops_per_step", flops_per_step)
@@ -436,7 +440,13 @@ class Reporter:
         logged once and ignored, the step itself is still counted.
         """
         try:
-            if model_flops is None and tokens is None and hardware_flops is None and samples is None:
+            if (
+                model_flops is None
+                and tokens is None
+                and hardware_flops is None
+                and samples is None
+                and self._d_model is not None
+            ):
                 now = time.time()
                 with self._lock:
                     self._model += self._add_model
@@ -446,6 +456,12 @@ class Reporter:
                     self._steps += 1
                     self._ts = now
                 return
+            if model_flops is None and self._d_model is None:
+                self._log_arg_once(
+                    "no_flops",
+                    "mfu_agent.client: step() without model_flops on a Reporter without flops_per_step "
+                    "counts 0 model FLOPs; MFU will read 0",
+                )
             mf = self._add_model if model_flops is None else self._amount("model_flops", model_flops)
             hf = self._add_hw if hardware_flops is None else self._amount("hardware_flops", hardware_flops)
             tk = self._add_tokens if tokens is None else self._amount("tokens", tokens)

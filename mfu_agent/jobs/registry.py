@@ -81,6 +81,7 @@ class RankState:
     totals: list[float] = field(default_factory=lambda: [0.0] * len(COUNTERS))  # accumulated, monotonic
     last_raw: list[float | None] = field(default_factory=lambda: [None] * len(COUNTERS))
     last_received: float = 0.0
+    last_progress: float = 0.0  # receive time of the last report whose sender time moved forward
     restarts: int = 0
     history: deque[_Point] = field(default_factory=lambda: deque(maxlen=HISTORY_SLOTS))
 
@@ -242,9 +243,8 @@ class JobRegistry:
             state.has.add(COUNTERS[i])
             previous = state.last_raw[i]
             if previous is None:
-                delta = (
-                    0.0 if state.history else value
-                )  # first sight mid-job: the backlog is not this window's work
+                # The first report brings the job's total so far; a counter first sent later starts here.
+                delta = 0.0 if state.history else value
             elif restarted or value < previous:
                 delta = value
             else:
@@ -256,10 +256,12 @@ class JobRegistry:
         point = _Point(t, tuple(state.totals))  # type: ignore[arg-type]
         history = state.history
         if history and t <= history[-1].t:
-            history[-1] = _Point(
-                history[-1].t, point.values
-            )  # sender clock went back: keep its time, new values
-        elif len(history) >= 2 and t - history[-2].t < self.window / (HISTORY_SLOTS - 2):
+            # The same step time again (a stalled job re-posting), or a sender clock that went back:
+            # keep the point's time, take the new values.
+            history[-1] = _Point(history[-1].t, point.values)
+            return
+        state.last_progress = now
+        if len(history) >= 2 and t - history[-2].t < self.window / (HISTORY_SLOTS - 2):
             history[-1] = point  # too close to the one before: merge
         else:
             history.append(point)
@@ -285,7 +287,9 @@ class JobRegistry:
 
     def _view(self, s: RankState, now: float) -> RankView:
         rates = None
-        if len(s.history) >= 2 and now - s.last_received <= self.window:
+        # No MFU for a rank whose work has not moved on for a whole window (silent, or stalled and
+        # re-posting the same step time): a stale figure would look healthy.
+        if len(s.history) >= 2 and now - s.last_progress <= self.window:
             first, last = s.history[0], s.history[-1]
             if last.t - first.t > self.window:  # the oldest point is older than the window: cut at its edge
                 first = next((p for p in s.history if p.t >= last.t - self.window), first)

@@ -1,0 +1,98 @@
+"""Hugging Face transformers integration.
+
+``Trainer(..., callbacks=[MfuTrainerCallback(flops_per_step=...)])``
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from mfu_agent.client import Reporter
+from mfu_agent.integrations import _ReporterOwner, cuda_gpu_uuids
+
+__all__ = ["MfuTrainerCallback", "training_args_dtype"]
+
+logger = logging.getLogger("mfu_agent.client")
+
+
+def training_args_dtype(args: TrainingArguments) -> str:
+    """The dtype whose peak FLOP/s is the MFU denominator, from bf16/fp16/tf32 in the arguments."""
+    if getattr(args, "bf16", False):
+        return "bf16"
+    if getattr(args, "fp16", False):
+        return "fp16"
+    if getattr(args, "tf32", None):
+        return "tf32"
+    try:
+        import torch
+
+        if torch.get_float32_matmul_precision() in ("high", "medium"):
+            return "tf32"
+    except Exception:  # pragma: no cover
+        pass
+    return "fp32"
+
+
+def _args_device(args: Any) -> Any:
+    try:
+        return args.device
+    except Exception:
+        return None
+
+
+class MfuTrainerCallback(TrainerCallback):
+    """Reports this rank's cumulative model FLOPs to the node's mfu-agent.
+
+    ``on_step_end`` (once per optimizer step, after gradient accumulation) counts one step of
+    ``flops_per_step`` model FLOPs: one optimizer step on this process, all micro-batches included.
+
+    Rank, local rank and world size come from the TrainingArguments (``process_index``,
+    ``local_process_index``, ``world_size``) and the dtype from ``bf16``/``fp16``/``tf32`` unless
+    given in ``reporter_kwargs`` (any :class:`mfu_agent.client.Reporter` argument). The Reporter is
+    created in ``on_train_begin`` and closed in ``on_train_end``; a ``reporter`` you pass in is
+    only flushed at the end (you close it).
+    """
+
+    def __init__(
+        self,
+        flops_per_step: float | None = None,
+        tokens_per_step: float | None = None,
+        reporter: Reporter | None = None,
+        **reporter_kwargs: Any,
+    ) -> None:
+        self._owner = _ReporterOwner(
+            "MfuTrainerCallback", flops_per_step, tokens_per_step, reporter, reporter_kwargs
+        )
+
+    @property
+    def reporter(self) -> Reporter | None:
+        return self._owner.reporter
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._owner.ensure(
+            {
+                "rank": getattr(args, "process_index", None),
+                "local_rank": getattr(args, "local_process_index", None),
+                "world_size": getattr(args, "world_size", None),
+                "dtype": training_args_dtype(args),
+                "gpus": cuda_gpu_uuids(_args_device(args)),
+            }
+        )
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        try:
+            self._owner.step()
+        except Exception as exc:  # pragma: no cover - never break training
+            logger.warning("MfuTrainerCallback: step not counted: %r", exc)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._owner.finish()

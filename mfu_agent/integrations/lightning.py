@@ -1,0 +1,123 @@
+"""Lightning integration: ``trainer = Trainer(callbacks=[MfuCallback(flops_per_step=...)])``.
+
+Works with the ``lightning`` package (``lightning.pytorch``) and falls back to the older
+``pytorch_lightning`` package.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+try:
+    import lightning.pytorch as pl
+except ImportError:  # pragma: no cover - depends on what is installed
+    try:
+        import pytorch_lightning as pl  # type: ignore[no-redef]
+    except ImportError as exc:
+        raise ImportError(
+            "mfu_agent.integrations.lightning needs the 'lightning' (or 'pytorch_lightning') package"
+        ) from exc
+
+from mfu_agent.client import Reporter
+from mfu_agent.integrations import _ReporterOwner, cuda_gpu_uuids
+
+__all__ = ["MfuCallback", "precision_to_dtype"]
+
+logger = logging.getLogger("mfu_agent.client")
+
+
+def precision_to_dtype(precision: object) -> str:
+    """Map a Lightning precision setting ("bf16-mixed", "16-mixed", "32-true", ...) to the dtype
+    whose peak FLOP/s is the MFU denominator."""
+    text = str(precision).lower()
+    if text.startswith("transformer-engine"):
+        return "fp8"
+    if text.startswith("bf16"):
+        return "bf16"
+    if text.startswith("16") or text.startswith("fp16"):
+        return "fp16"
+    if text.startswith("64"):
+        return "fp64"
+    try:
+        import torch
+
+        if torch.get_float32_matmul_precision() in ("high", "medium"):
+            return "tf32"
+    except Exception:  # pragma: no cover - torch always present with Lightning
+        pass
+    return "fp32"
+
+
+class MfuCallback(pl.Callback):
+    """Reports this rank's cumulative model FLOPs to the node's mfu-agent.
+
+    Counts one step per training batch that advanced ``trainer.global_step`` (an optimizer step;
+    with ``accumulate_grad_batches=k`` that is every k-th batch). ``flops_per_step`` is the model
+    FLOPs of one such step on this rank, all micro-batches included.
+
+    Rank, local rank and world size come from the trainer and the dtype from ``trainer.precision``
+    unless given in ``reporter_kwargs`` (any :class:`mfu_agent.client.Reporter` argument, e.g.
+    ``job_id``, ``url``, ``interval``). The Reporter is created in ``setup`` (in the training
+    process, after any launcher forked or spawned it) and closed when training ends. A
+    ``reporter`` you pass in is used as is and only flushed at the end (you close it).
+    """
+
+    def __init__(
+        self,
+        flops_per_step: float | None = None,
+        tokens_per_step: float | None = None,
+        reporter: Reporter | None = None,
+        **reporter_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self._owner = _ReporterOwner(
+            "MfuCallback", flops_per_step, tokens_per_step, reporter, reporter_kwargs
+        )
+        self._last_global_step: int | None = None
+
+    @property
+    def reporter(self) -> Reporter | None:
+        return self._owner.reporter
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._owner.ensure(
+            {
+                "rank": trainer.global_rank,
+                "local_rank": trainer.local_rank,
+                "world_size": trainer.world_size,
+                "dtype": precision_to_dtype(trainer.precision),
+                "gpus": cuda_gpu_uuids(getattr(trainer.strategy, "root_device", None)),
+            }
+        )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._owner.reporter is None or (self._owner.owned and self._owner.reporter.closed):
+            self.setup(trainer, pl_module, "fit")
+        self._last_global_step = trainer.global_step  # resumed runs do not count restored steps
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        try:
+            global_step = trainer.global_step
+            last = self._last_global_step
+            self._last_global_step = global_step
+            if last is not None and global_step > last:
+                self._owner.step()
+        except Exception as exc:  # pragma: no cover - never break training
+            logger.warning("MfuCallback: step not counted: %r", exc)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._owner.finish()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._owner.finish()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._owner.finish()

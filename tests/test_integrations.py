@@ -1,0 +1,383 @@
+"""Framework integrations, tested with the real libraries on tiny models on the CPU.
+
+The reporters post to a stdlib recording server (mfu_agent.client.testing.FakeAgent).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from mfu_agent.client import Reporter
+from mfu_agent.client.testing import FakeAgent
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+torch = pytest.importorskip("torch")
+
+F = 2.5e9  # model FLOPs per optimizer step
+T = 64  # tokens per optimizer step
+
+RANK_ENV = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "SLURM_NTASKS",
+    "MFU_AGENT_TOKEN",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in RANK_ENV + ("MFU_AGENT_URL", "MFU_JOB_ID", "MFU_AGENT_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAgent]:
+    with FakeAgent() as fake:
+        yield fake
+
+
+# --------------------------------------------------------------------------------------------------
+# Lightning
+# --------------------------------------------------------------------------------------------------
+
+
+def _lightning() -> Any:
+    if importlib.util.find_spec("lightning") is not None:
+        import lightning.pytorch as pl
+    else:
+        pl = pytest.importorskip("pytorch_lightning")
+    return pl
+
+
+def _tiny_lightning_module(pl: Any, with_validation: bool = False) -> Any:
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.layer(x), y)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+        def train_dataloader(self) -> Any:
+            g = torch.Generator().manual_seed(0)
+            data = torch.utils.data.TensorDataset(
+                torch.randn(16, 4, generator=g), torch.randn(16, 1, generator=g)
+            )
+            return torch.utils.data.DataLoader(data, batch_size=2)  # 8 batches per epoch
+
+    if with_validation:
+
+        class TinyWithVal(Tiny):
+            def validation_step(self, batch: Any, batch_idx: int) -> Any:
+                x, y = batch
+                return torch.nn.functional.mse_loss(self.layer(x), y)
+
+            def val_dataloader(self) -> Any:
+                return self.train_dataloader()
+
+        return TinyWithVal()
+    return Tiny()
+
+
+def _trainer(pl: Any, callback: Any, **kwargs: Any) -> Any:
+    options: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "callbacks": [callback],
+    }
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+@pytest.mark.parametrize(("accumulate", "optimizer_steps"), [(1, 8), (2, 4)])
+def test_lightning_callback_reports_optimizer_steps(
+    fake: FakeAgent, accumulate: int, optimizer_steps: int
+) -> None:
+    pl = _lightning()
+    from mfu_agent.integrations.lightning import MfuCallback
+
+    callback = MfuCallback(
+        flops_per_step=F, tokens_per_step=T, job_id="lit-job", url=fake.url, interval=60, token="lit-token"
+    )
+    trainer = _trainer(pl, callback, accumulate_grad_batches=accumulate)
+    trainer.fit(_tiny_lightning_module(pl))
+
+    assert trainer.global_step == optimizer_steps
+    reporter = callback.reporter
+    assert reporter is not None and reporter.closed  # closed at the end of training
+    report = fake.latest(
+        job_id="lit-job"
+    )  # close() delivered the final totals (interval=60: no periodic post)
+    assert report is not None
+    assert report["model_flops_total"] == pytest.approx(optimizer_steps * F)
+    assert report["tokens_total"] == optimizer_steps * T
+    assert report["step"] == optimizer_steps
+    assert (report["rank"], report["local_rank"], report["world_size"]) == (0, 0, 1)
+    assert report["pid"] == os.getpid()
+    assert report["dtype"] in ("fp32", "tf32")  # precision "32-true"
+    assert fake.posts[-1].headers["authorization"] == "Bearer lit-token"
+
+
+def test_lightning_validation_does_not_count_and_precision_sets_dtype(fake: FakeAgent) -> None:
+    pl = _lightning()
+    from mfu_agent.integrations.lightning import MfuCallback
+
+    callback = MfuCallback(flops_per_step=F, job_id="lit-bf16", url=fake.url, interval=60)
+    trainer = _trainer(pl, callback, precision="bf16-mixed", limit_val_batches=3, num_sanity_val_steps=2)
+    trainer.fit(_tiny_lightning_module(pl, with_validation=True))
+    report = fake.latest(job_id="lit-bf16")
+    assert report is not None
+    assert report["step"] == 8  # training batches only; sanity check and validation not counted
+    assert report["model_flops_total"] == pytest.approx(8 * F)
+    assert report["dtype"] == "bf16"
+    assert "tokens_total" not in report
+
+
+def test_lightning_user_reporter_is_flushed_not_closed(fake: FakeAgent) -> None:
+    pl = _lightning()
+    from mfu_agent.integrations.lightning import MfuCallback
+
+    reporter = Reporter(job_id="lit-own", url=fake.url, rank=3, interval=60)
+    try:
+        callback = MfuCallback(flops_per_step=F, tokens_per_step=T, reporter=reporter)
+        _trainer(pl, callback, max_steps=5).fit(_tiny_lightning_module(pl))
+        assert not reporter.closed  # the user owns it
+        report = fake.latest(job_id="lit-own")  # flushed at the end of training
+        assert report is not None
+        assert report["step"] == 5 and report["rank"] == 3  # the user's reporter settings are kept
+        assert report["model_flops_total"] == pytest.approx(5 * F)
+        assert report["tokens_total"] == 5 * T
+    finally:
+        reporter.close()
+
+
+def test_lightning_callback_argument_errors() -> None:
+    _lightning()
+    from mfu_agent.integrations.lightning import MfuCallback
+
+    with pytest.raises(ValueError, match="flops_per_step"):
+        MfuCallback(job_id="x")
+    with pytest.raises(TypeError, match="unknown Reporter argument"):
+        MfuCallback(flops_per_step=F, jobid="x")
+    with pytest.raises(ValueError, match="flops_per_step"):
+        MfuCallback(flops_per_step=-1.0)
+
+
+def test_lightning_precision_mapping() -> None:
+    _lightning()
+    from mfu_agent.integrations.lightning import precision_to_dtype
+
+    assert precision_to_dtype("bf16-mixed") == "bf16"
+    assert precision_to_dtype("bf16-true") == "bf16"
+    assert precision_to_dtype("16-mixed") == "fp16"
+    assert precision_to_dtype("64-true") == "fp64"
+    assert precision_to_dtype("transformer-engine") == "fp8"
+    assert precision_to_dtype("32-true") in ("fp32", "tf32")
+
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face transformers
+# --------------------------------------------------------------------------------------------------
+
+
+def _tiny_gpt2() -> Any:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(
+        n_layer=1, n_head=2, n_embd=8, vocab_size=32, n_positions=16, bos_token_id=0, eos_token_id=0
+    )
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def _tiny_lm_dataset(n: int = 16, seq_len: int = 8) -> list[dict[str, Any]]:
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(n):
+        ids = torch.randint(0, 32, (seq_len,), generator=g)
+        rows.append({"input_ids": ids, "labels": ids.clone()})
+    return rows
+
+
+def test_huggingface_trainer_reports_optimizer_steps(fake: FakeAgent, tmp_path: Any) -> None:
+    """The full transformers Trainer (needs accelerate, which Trainer requires for PyTorch)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
+    from mfu_agent.integrations.huggingface import MfuTrainerCallback
+
+    callback = MfuTrainerCallback(
+        flops_per_step=F, tokens_per_step=T, job_id="hf-job", url=fake.url, interval=60, token="hf-token"
+    )
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        report_to=[],
+        use_cpu=True,
+        max_steps=3,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = transformers.Trainer(
+        model=_tiny_gpt2(), args=args, train_dataset=_tiny_lm_dataset(), callbacks=[callback]
+    )
+    trainer.train()
+
+    assert trainer.state.global_step == 3
+    assert callback.reporter is not None and callback.reporter.closed
+    report = fake.latest(job_id="hf-job")
+    assert report is not None
+    assert report["model_flops_total"] == pytest.approx(3 * F)
+    assert report["tokens_total"] == 3 * T
+    assert report["step"] == 3
+    assert (report["rank"], report["local_rank"], report["world_size"]) == (0, 0, 1)
+    assert report["dtype"] in ("fp32", "tf32")
+    assert fake.posts[-1].headers["authorization"] == "Bearer hf-token"
+
+
+def test_huggingface_callback_in_a_real_training_loop(fake: FakeAgent) -> None:
+    """Drives the callback through transformers' own CallbackHandler, TrainerState and
+    TrainerControl around a real (tiny) GPT-2 trained on the CPU with gradient accumulation.
+    Runs without accelerate: ``args`` carries just what a TrainingArguments would."""
+    from transformers.trainer_callback import CallbackHandler, TrainerControl, TrainerState
+
+    from mfu_agent.integrations.huggingface import MfuTrainerCallback
+
+    model = _tiny_gpt2()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    callback = MfuTrainerCallback(
+        flops_per_step=F, tokens_per_step=T, job_id="hf-loop", url=fake.url, interval=60, token="t0k"
+    )
+    handler = CallbackHandler([callback], model, None, optimizer, None)
+    args = SimpleNamespace(
+        process_index=2, local_process_index=0, world_size=4, bf16=True, fp16=False, tf32=None
+    )
+    state = TrainerState()
+    control = TrainerControl()
+
+    data = _tiny_lm_dataset()
+    accumulation, optimizer_steps = 2, 3
+    control = handler.on_train_begin(args, state, control)
+    batches = iter(torch.utils.data.DataLoader(data, batch_size=2))
+    for _ in range(optimizer_steps):
+        for micro in range(accumulation):
+            batch = next(batches)
+            loss = model(**batch).loss / accumulation
+            loss.backward()
+            if micro < accumulation - 1:
+                control = handler.on_substep_end(args, state, control)  # must not count
+        optimizer.step()
+        optimizer.zero_grad()
+        state.global_step += 1
+        control = handler.on_step_end(args, state, control)
+    assert callback.reporter is not None and callback.reporter.steps == optimizer_steps
+    control = handler.on_train_end(args, state, control)
+
+    assert callback.reporter.closed
+    report = fake.latest(job_id="hf-loop")
+    assert report is not None
+    assert report["model_flops_total"] == pytest.approx(optimizer_steps * F)
+    assert report["tokens_total"] == optimizer_steps * T
+    assert report["step"] == optimizer_steps
+    assert (report["rank"], report["local_rank"], report["world_size"]) == (2, 0, 4)  # from args
+    assert report["dtype"] == "bf16"
+    assert fake.posts[-1].headers["authorization"] == "Bearer t0k"
+
+
+def test_huggingface_explicit_arguments_win_over_training_args(fake: FakeAgent) -> None:
+    from transformers.trainer_callback import TrainerControl, TrainerState
+
+    from mfu_agent.integrations.huggingface import MfuTrainerCallback
+
+    callback = MfuTrainerCallback(
+        flops_per_step=F, job_id="hf-explicit", url=fake.url, interval=60, rank=7, dtype="fp8"
+    )
+    args = SimpleNamespace(process_index=1, local_process_index=1, world_size=8, bf16=True, fp16=False)
+    state, control = TrainerState(), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    callback.on_step_end(args, state, control)
+    callback.on_train_end(args, state, control)
+    report = fake.latest(job_id="hf-explicit")
+    assert report is not None
+    assert (report["rank"], report["local_rank"], report["world_size"]) == (7, 1, 8)
+    assert report["dtype"] == "fp8"
+    assert report["step"] == 1
+
+
+def test_huggingface_callback_argument_errors() -> None:
+    pytest.importorskip("transformers")
+    from mfu_agent.integrations.huggingface import MfuTrainerCallback
+
+    with pytest.raises(ValueError, match="flops_per_step"):
+        MfuTrainerCallback(job_id="x")
+    with pytest.raises(TypeError, match="either reporter"):
+        MfuTrainerCallback(reporter=Reporter(job_id="x", url="http://127.0.0.1:9"), job_id="y")
+
+
+def test_integrations_package_imports_no_framework() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import mfu_agent.integrations\n"
+        "bad = [m for m in ('torch', 'lightning', 'pytorch_lightning', 'transformers') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_cuda_gpu_uuids_names_the_gpu_as_nvml_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mfu_agent.integrations import cuda_gpu_uuids
+
+    props = SimpleNamespace(uuid="0b42632a-bc5c-f731-724b-6936a19c4b24")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "NVIDIA H100 80GB HBM3")
+    assert cuda_gpu_uuids(torch.device("cuda", 1)) == ["GPU-0b42632a-bc5c-f731-724b-6936a19c4b24"]
+    assert cuda_gpu_uuids(torch.device("cpu")) is None
+    assert cuda_gpu_uuids(None) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "NVIDIA A100-SXM4-40GB MIG 1g.5gb")
+    assert cuda_gpu_uuids(torch.device("cuda", 0)) is None  # MIG: leave it to the agent
+
+    def broken(index: int) -> Any:
+        raise RuntimeError("no driver")
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", broken)
+    assert cuda_gpu_uuids(torch.device("cuda", 0)) is None  # best effort, never raises
+
+
+def test_lightning_end_to_end_with_the_real_agent(served: Any) -> None:
+    pl = _lightning()
+    from mfu_agent.integrations.lightning import MfuCallback
+
+    _agent, client = served
+    callback = MfuCallback(flops_per_step=F, tokens_per_step=T, job_id="lit-e2e", url=str(client.base_url))
+    _trainer(pl, callback, max_steps=6).fit(_tiny_lightning_module(pl))
+    stats = callback.reporter.stats  # type: ignore[union-attr]
+    assert stats["posts_ok"] >= 1 and stats["last_status"] == 202, stats
+    jobs = {j["job_id"]: j for j in client.get("/v1/jobs").json()["jobs"]}
+    (rank,) = jobs["lit-e2e"]["ranks"]
+    assert rank["step"] == 6
+    assert rank["rank"] == 0 and rank["local_rank"] == 0
