@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import Metric
 
 from . import __version__
+from .attribution import attribute_pid
 from .events import EventCounter, EventWatcher
 from .gpu.model import GpuBackend
 from .jobs.registry import JobRegistry
@@ -46,8 +47,6 @@ class PodLookup:
     def __call__(self, pid: int) -> tuple[str, str, str]:
         found = self._cache.get(pid)
         if found is None:
-            from .attribution import attribute_pid
-
             a = attribute_pid(pid, self.proc_root)
             found = (a.pod_uid, a.container_id, a.slurm_job_id)
             if any(found):  # an empty answer may be a race with a starting process: ask again next time
