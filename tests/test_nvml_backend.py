@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import fakenvml
 import pynvml
@@ -308,3 +309,25 @@ def test_run_without_a_driver_from_the_shell():
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "no NVIDIA driver found" in result.stderr
+
+
+def test_gpu_processes_are_attributed_to_pods_and_slurm_jobs(fake_nvml: FakeNvml):
+    """NVML's process list joined with /proc/<pid>/cgroup (fixture trees of real layouts)."""
+    fake_nvml.devices[0].processes = [(38810, 4 * 1024**3), (81234, 2 * 1024**3), (1337, 1024**2)]
+    backend = NvmlBackend(clock=Clock())
+    backend.start()
+    agent = Agent(backend, AgentOptions(proc_root=str(Path(__file__).parent / "fixtures" / "proc")))
+    agent.sampler.sample_once()
+    text = generate_latest(agent.registry).decode()
+    pod = one(text, "mfu_gpu_process_info", gpu="0", pid="38810")
+    assert pod == 1
+    assert values(
+        text,
+        "mfu_gpu_process_info",
+        pid="38810",
+        pod_uid="5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9",
+        container_id="fcde2b2edba56bf408601fb721fe9b5c338d10ee429ea04fae5511b68fbf8fb9",
+    )
+    assert values(text, "mfu_gpu_process_info", pid="81234", slurm_job_id="4242", pod_uid="")
+    assert values(text, "mfu_gpu_process_info", pid="1337", pod_uid="", container_id="", slurm_job_id="")
+    backend.close()
