@@ -6,7 +6,9 @@ import argparse
 import logging
 import os
 import re
+import socket
 import sys
+import zlib
 from collections.abc import Sequence
 
 from . import __version__
@@ -159,7 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.backend, args.simulate, args.fault = "simulated", DEMO_SPEC, list(DEMO_FAULTS)
     try:
         token, overrides = read_config_files(args)
-        backend = make_backend(args.backend, args.simulate, args.fault)
+        args.node_name = args.node_name or socket.gethostname()
+        backend = make_backend(
+            args.backend, args.simulate, args.fault, seed=zlib.crc32(args.node_name.encode())
+        )
     except BackendError as exc:
         print(f"mfu-agent: error: {exc}", file=sys.stderr)
         return 2
@@ -191,12 +196,12 @@ class BackendError(Exception):
     pass
 
 
-def make_backend(kind: str, simulate: str, faults: list[str]):
+def make_backend(kind: str, simulate: str, faults: list[str], seed: int = 0):
     if kind == "simulated":
         from .gpu.simulated import SimulatedBackend
 
         try:
-            backend = SimulatedBackend(simulate)
+            backend = SimulatedBackend(simulate, seed=seed)  # the seed gives each node its own UUIDs
             for fault in faults:
                 backend.apply_fault(fault)
         except ValueError as exc:
@@ -221,8 +226,6 @@ def make_backend(kind: str, simulate: str, faults: list[str]):
 def serve(
     args: argparse.Namespace, backend, token: str | None, overrides: dict[str, dict[str, float]]
 ) -> int:
-    import socket
-
     import uvicorn
 
     from .agent import Agent, AgentOptions
@@ -230,7 +233,7 @@ def serve(
 
     options = AgentOptions(
         interval=args.interval,
-        node_name=args.node_name or socket.gethostname(),
+        node_name=args.node_name,
         proc_root=args.proc_root,
         mfu_window_seconds=args.mfu_window,
         max_ranks=args.max_ranks,

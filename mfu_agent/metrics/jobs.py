@@ -13,10 +13,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from ..gpu.model import Snapshot
 from ..jobs.registry import COUNTERS, RankView
 
-SERIES = ["job_id", "rank", "gpu", "uuid"]
+SERIES = ["job_id", "rank", "gpu", "uuid", "dtype"]  # every job series: so `and`/`on` join them 1:1
 INFO_LABELS = [
     *SERIES,
-    "dtype",
     "pid",
     "local_rank",
     "world_size",
@@ -50,18 +49,18 @@ def job_families(views: list[RankView]) -> Iterator[Metric]:
     peak = GaugeMetricFamily(
         "mfu_job_peak_flops",
         "Dense peak FLOP/s of this GPU at the job's dtype: the MFU denominator.",
-        labels=[*SERIES, "dtype"],
+        labels=SERIES,
     )
     unknown = GaugeMetricFamily(
         "mfu_job_peak_flops_unknown",
         "1 where no peak FLOP/s is known for the GPU model and dtype, so MFU cannot be computed.",
-        labels=[*SERIES, "dtype", "model"],
+        labels=[*SERIES, "model"],
     )
     mfu = GaugeMetricFamily(
-        "mfu_job_mfu_ratio", "Model FLOPs utilisation over the agent's window.", labels=[*SERIES, "dtype"]
+        "mfu_job_mfu_ratio", "Model FLOPs utilisation over the agent's window.", labels=SERIES
     )
     hfu = GaugeMetricFamily(
-        "mfu_job_hfu_ratio", "Hardware FLOPs utilisation over the agent's window.", labels=[*SERIES, "dtype"]
+        "mfu_job_hfu_ratio", "Hardware FLOPs utilisation over the agent's window.", labels=SERIES
     )
     tokens_rate = GaugeMetricFamily(
         "mfu_job_tokens_per_second",
@@ -77,11 +76,10 @@ def job_families(views: list[RankView]) -> Iterator[Metric]:
         share = 1.0 / len(v.gpus)
         labels_map = dict(v.labels)
         for gpu in v.gpus:
-            series = [v.job_id, str(v.rank), str(gpu.index), gpu.uuid]
+            series = [v.job_id, str(v.rank), str(gpu.index), gpu.uuid, v.dtype]
             info.add_metric(
                 [
                     *series,
-                    v.dtype,
                     _text(v.pid),
                     _text(v.local_rank),
                     _text(v.world_size),
@@ -100,15 +98,15 @@ def job_families(views: list[RankView]) -> Iterator[Metric]:
                 step.add_metric(series, v.step)
             last.add_metric(series, v.last_received)
             if gpu.peak_flops is None:
-                unknown.add_metric([*series, v.dtype, gpu.model], 1)
+                unknown.add_metric([*series, gpu.model], 1)
                 continue
-            peak.add_metric([*series, v.dtype], gpu.peak_flops)
+            peak.add_metric(series, gpu.peak_flops)
             if v.rates is not None:
                 # Every GPU of the rank gets an equal share of its work, so each one's MFU is its own share
                 # over its own peak; for identical GPUs this equals the rank's MFU.
-                mfu.add_metric([*series, v.dtype], v.rates[0] * share / gpu.peak_flops)
+                mfu.add_metric(series, v.rates[0] * share / gpu.peak_flops)
                 if "hardware_flops" in v.has:
-                    hfu.add_metric([*series, v.dtype], v.rates[1] * share / gpu.peak_flops)
+                    hfu.add_metric(series, v.rates[1] * share / gpu.peak_flops)
                 if "tokens" in v.has:
                     tokens_rate.add_metric(series, v.rates[2] * share)
     yield info
