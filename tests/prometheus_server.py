@@ -1,0 +1,560 @@
+"""A real Prometheus server for tests.
+
+    with PrometheusServer(rule_files=[...], scrape_targets=["127.0.0.1:8469"], tmp_dir=tmp_path) as prom:
+        prom.wait_for(lambda: prom.query('up{job="mfu-agent"} == 1'), timeout=30)
+        prom.alerts()
+
+Starts the `prometheus` binary (``/usr/bin/prometheus`` or the one on PATH) with a generated
+configuration, a TSDB in ``tmp_dir`` and a free port on 127.0.0.1, waits until ``/-/ready``
+answers, and stops it on exit. ``make test`` (scripts/install-prometheus.sh) installs
+Prometheus and promtool when they are missing.
+
+Only the standard library and PyYAML are used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+# Talks to 127.0.0.1 only: never through an HTTP proxy from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+INSTALL_HINT = "run `make test` (it installs them with scripts/install-prometheus.sh)"
+
+
+class PrometheusNotInstalled(RuntimeError):
+    pass
+
+
+class PrometheusError(RuntimeError):
+    """Prometheus failed to start, or an API call failed."""
+
+
+class PrometheusAPIError(PrometheusError):
+    def __init__(self, status: int, error_type: str, error: str):
+        super().__init__(f"HTTP {status} {error_type}: {error}")
+        self.status = status
+        self.error_type = error_type
+        self.error = error
+
+
+def find_binary(name: str) -> str:
+    """Path of `prometheus` / `promtool`: /usr/bin first, then PATH; raises with an install hint."""
+    candidate = Path("/usr/bin") / name
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise PrometheusNotInstalled(f"`{name}` is not installed: {INSTALL_HINT}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rules_with_short_for(
+    rule_files: Iterable[Path], out_dir: Path, for_: str = "5s", rate_window: str | None = None
+) -> list[Path]:
+    """Copies of `rule_files` in `out_dir` with every alert's `for:` set to `for_` (for fast tests).
+
+    `rate_window` (e.g. "10s") also replaces the 5-minute windows (`[5m]`) of the MFU rates: a
+    series younger than its rate window has its rate underestimated (Prometheus divides the
+    increase by the whole window), so with `[5m]` a job's MFU only becomes right 5 minutes after
+    it started.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in rule_files:
+        path = Path(path)
+        doc = yaml.safe_load(path.read_text())
+        for group in doc.get("groups", []):
+            for rule in group.get("rules", []):
+                if "alert" in rule and "for" in rule:
+                    rule["for"] = for_
+                if rate_window:
+                    rule["expr"] = str(rule["expr"]).replace("[5m]", f"[{rate_window}]")
+        target = out_dir / path.name
+        if target.exists():
+            raise ValueError(f"two rule files named {path.name}")
+        target.write_text(yaml.safe_dump(doc, sort_keys=False, width=1000))
+        written.append(target)
+    return written
+
+
+class PrometheusServer:
+    """A Prometheus process scraping `scrape_targets` (job "mfu-agent") and evaluating `rule_files`.
+
+    `extra_config` is merged into the generated configuration: `scrape_configs` entries are
+    appended, `global` is merged key by key, any other key is set as given.
+    """
+
+    def __init__(
+        self,
+        rule_files: Iterable[Path] = (),
+        scrape_targets: Iterable[str] = (),
+        scrape_interval: str = "1s",
+        evaluation_interval: str = "1s",
+        tmp_dir: Path | None = None,
+        extra_config: dict[str, Any] | None = None,
+        *,
+        job_name: str = "mfu-agent",
+        metrics_path: str = "/metrics",
+        start_timeout: float = 30.0,
+        extra_args: Iterable[str] = (),
+    ):
+        if tmp_dir is None:
+            raise ValueError("tmp_dir is required (e.g. pytest's tmp_path)")
+        self.rule_files = [Path(p).resolve() for p in rule_files]
+        self.scrape_targets = list(scrape_targets)
+        self.scrape_interval = scrape_interval
+        self.evaluation_interval = evaluation_interval
+        self.tmp_dir = Path(tmp_dir)
+        self.extra_config = extra_config or {}
+        self.job_name = job_name
+        self.metrics_path = metrics_path
+        self.start_timeout = start_timeout
+        self.extra_args = list(extra_args)
+        self.binary = find_binary("prometheus")
+        self.config_path = self.tmp_dir / "prometheus.yml"
+        self.data_dir = self.tmp_dir / "prometheus-data"
+        self.log_path = self.tmp_dir / "prometheus.log"
+        self.port: int | None = None
+        self.process: subprocess.Popen | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "global": {
+                "scrape_interval": self.scrape_interval,
+                "evaluation_interval": self.evaluation_interval,
+            },
+            "rule_files": [str(p) for p in self.rule_files],
+            "scrape_configs": [],
+        }
+        if self.scrape_targets:
+            config["scrape_configs"].append(
+                {
+                    "job_name": self.job_name,
+                    "metrics_path": self.metrics_path,
+                    "scrape_interval": self.scrape_interval,
+                    "static_configs": [{"targets": self.scrape_targets}],
+                }
+            )
+        for key, value in self.extra_config.items():
+            if key == "scrape_configs":
+                config["scrape_configs"].extend(value)
+            elif key == "global":
+                config["global"].update(value)
+            else:
+                config[key] = value
+        return config
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise PrometheusError("Prometheus is not running")
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> PrometheusServer:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        last_error = None
+        for _attempt in range(3):  # a free port can be taken between choosing and binding it
+            try:
+                self._start_once()
+                return self
+            except PrometheusError as e:
+                last_error = e
+                if "address already in use" not in self.log().lower():
+                    break
+        raise last_error  # type: ignore[misc]
+
+    def _start_once(self) -> None:
+        self.port = free_port()
+        args = [
+            self.binary,
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.data_dir}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=info",
+            *self.extra_args,
+        ]
+        log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the process, closed in stop()
+        self._log_file = log
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp_dir)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self._fail(f"Prometheus exited with status {self.process.returncode} while starting")
+            try:
+                with _OPENER.open(self.url + "/-/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        self._fail(f"Prometheus was not ready within {self.start_timeout:.0f} s")
+
+    def _fail(self, message: str) -> None:
+        self.stop()
+        log = self.log()
+        print(f"{message}; its log ({self.log_path}):\n{log}")
+        raise PrometheusError(f"{message}; log:\n{log[-4000:]}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        log = getattr(self, "_log_file", None)
+        if log is not None:
+            log.close()
+            self._log_file = None
+
+    def __enter__(self) -> PrometheusServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- HTTP API ----------------------------------------------------------------------------
+
+    def api(self, path: str, params: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
+        """GET /api/v1/<path>; returns `data`, raises PrometheusAPIError on an error answer."""
+        url = f"{self.url}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        try:
+            with _OPENER.open(url, timeout=timeout) as r:
+                body = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                raise PrometheusAPIError(e.code, "http", raw.decode(errors="replace")) from None
+            raise PrometheusAPIError(e.code, body.get("errorType", ""), body.get("error", "")) from None
+        if body.get("status") != "success":
+            raise PrometheusAPIError(200, body.get("errorType", ""), body.get("error", ""))
+        return body["data"]
+
+    def query(self, expr: str, time_: float | None = None) -> list[dict[str, Any]]:
+        """Instant query; the `result` list (for a scalar or string: [{"value": [...]}])."""
+        params: dict[str, Any] = {"query": expr}
+        if time_ is not None:
+            params["time"] = time_
+        data = self.api("query", params)
+        if data["resultType"] in ("scalar", "string"):
+            return [{"metric": {}, "value": data["result"]}]
+        return data["result"]
+
+    def query_range(self, expr: str, start: float, end: float, step: float | str = 1) -> list[dict[str, Any]]:
+        data = self.api("query_range", {"query": expr, "start": start, "end": end, "step": step})
+        return data["result"]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Active (pending and firing) alerts from /api/v1/alerts."""
+        return self.api("alerts")["alerts"]
+
+    def firing(self, alertname: str | None = None) -> list[dict[str, Any]]:
+        return [
+            a
+            for a in self.alerts()
+            if a["state"] == "firing" and (alertname is None or a["labels"].get("alertname") == alertname)
+        ]
+
+    def rules(self, type_: str | None = None) -> list[dict[str, Any]]:
+        """Rule groups from /api/v1/rules (type_ "alert" or "record" to filter)."""
+        return self.api("rules", {"type": type_} if type_ else None)["groups"]
+
+    def targets(self) -> dict[str, Any]:
+        return self.api("targets")
+
+    def wait_for(
+        self, predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.25, what: str = ""
+    ) -> T:
+        """Polls `predicate` until it returns something truthy (returned); TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while True:
+            try:
+                last = predicate()
+            except PrometheusAPIError as e:
+                last = e
+            else:
+                if last:
+                    return last
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{what or 'condition'} not met within {timeout} s; last result: {last!r}")
+            time.sleep(interval)
+
+
+# -- PromQL helpers ---------------------------------------------------------------------------
+
+# Prometheus's own series, allowed in rules and dashboards besides the agent's metrics.
+PROMETHEUS_BUILTIN_METRICS = frozenset(
+    {
+        "up",
+        "scrape_duration_seconds",
+        "scrape_samples_scraped",
+        "scrape_samples_post_metric_relabeling",
+        "scrape_series_added",
+        "ALERTS",
+        "ALERTS_FOR_STATE",
+    }
+)
+
+_PROMQL_KEYWORDS = frozenset(
+    {
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "offset",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "atan2",
+        "inf",
+        "nan",
+    }
+)
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_NAME_MATCHER = re.compile(r'__name__\s*=\s*"([^"]+)"')
+_IDENTIFIER = re.compile(r"(?<![\w.:])([A-Za-z_:][A-Za-z0-9_:]*)(\s*\()?")
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects (identifiers that are not functions, keywords or labels).
+
+    A careful regex, not a parser: strings, label matchers, ranges and grouping label lists are
+    removed first; `{__name__="x"}` selectors are recognised.
+    """
+    names = set(_NAME_MATCHER.findall(expr))
+    s = re.sub(r"#[^\n]*", "", expr)  # comments
+    s = _STRING.sub('""', s)
+    s = re.sub(r"\{[^}]*\}", "{}", s)  # label matchers
+    s = re.sub(r"\[[^\]]*\]", "[]", s)  # range and subquery selectors
+    # grouping label lists: `sum by (a) (x)` -> `sum (x)`, `x * on (a) group_left (b) y` -> `x * y`
+    s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
+    for m in _IDENTIFIER.finditer(s):
+        word, call = m.group(1), m.group(2)
+        if call or word.lower() in _PROMQL_KEYWORDS:
+            continue  # a function (or aggregation) call, or a keyword
+        names.add(word)
+    return names
+
+
+def contract_metric_names(contract: Path) -> set[str]:
+    """Metric names listed in docs/metrics.md (every `mfu_...` word)."""
+    return set(re.findall(r"\bmfu_[a-z0-9_]+", Path(contract).read_text()))
+
+
+# -- A stand-in for the agent's /metrics -------------------------------------------------------
+
+
+class MetricsExporter:
+    """Serves `render()` (Prometheus text format) at http://127.0.0.1:<port>/metrics from a thread."""
+
+    def __init__(self, render: Callable[[], str]):
+        import http.server
+        import threading
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                body = outer.render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.render = render
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def target(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"{host}:{port}"
+
+    def __enter__(self) -> MetricsExporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+FAKE_PEAK_FLOPS = 1e15
+
+
+def fake_agent_metrics(elapsed: float) -> str:
+    """An exposition shaped like the agent's (docs/metrics.md), `elapsed` seconds in.
+
+    One node, four GPUs: job "llm" ranks 0 and 1 on GPUs 0 and 1 at MFU 0.5 (HFU 0.6); job "slow"
+    on GPU 2 at MFU 0.1, which also looks busy but is idle, is thermally throttled, has XID 79 and
+    uncorrectable ECC errors; job "new" on GPU 3, a GPU model without a known peak.
+    """
+    t = elapsed
+    out: list[str] = []
+
+    def m(name: str, labels: dict[str, str], value: float) -> None:
+        lbl = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        out.append(f"{name}{{{lbl}}} {value!r}" if lbl else f"{name} {value!r}")
+
+    m("mfu_agent_build_info", {"version": "0.0.0-test", "backend": "fake", "node": "node-1"}, 1)
+    m("mfu_agent_sample_duration_seconds", {}, 0.004)
+    m("mfu_agent_last_sample_timestamp_seconds", {}, time.time())
+    m("mfu_agent_nvml_errors_total", {"call": "nvmlDeviceGetPowerUsage", "error": "NotSupported"}, 3)
+    for outcome, n in (("accepted", 10 * t), ("invalid", 1)):
+        m("mfu_agent_reports_total", {"outcome": outcome}, n)
+    m("mfu_agent_tracked_ranks", {}, 4)
+
+    jobs = {0: ("llm", "0", 0.5), 1: ("llm", "1", 0.5), 2: ("slow", "0", 0.1), 3: ("new", "0", 0.3)}
+    reasons = [
+        "gpu_idle",
+        "applications_clocks_setting",
+        "sw_power_cap",
+        "hw_slowdown",
+        "sync_boost",
+        "sw_thermal_slowdown",
+        "hw_thermal_slowdown",
+        "hw_power_brake_slowdown",
+        "display_clock_setting",
+    ]
+    for gpu in range(4):
+        g = {"gpu": str(gpu), "uuid": f"GPU-fake-{gpu}"}
+        bad = gpu == 2
+        model = "NVIDIA Future GPU" if gpu == 3 else "NVIDIA H100 80GB HBM3"
+        m(
+            "mfu_gpu_info",
+            {
+                **g,
+                "model": model,
+                "driver_version": "550.54.15",
+                "pci_bus_id": f"00000000:{gpu + 1:02X}:00.0",
+                "architecture": "hopper",
+                "sm_activity_source": "gpm",
+            },
+            1,
+        )
+        m("mfu_gpu_up", g, 1)
+        m("mfu_gpu_utilization_ratio", g, 0.95 if bad else 0.98)
+        m("mfu_gpu_memory_utilization_ratio", g, 0.4)
+        m("mfu_gpu_sm_active_ratio", g, 0.3 if bad else 0.85)
+        m("mfu_gpu_sm_occupancy_ratio", g, 0.2 if bad else 0.5)
+        m("mfu_gpu_tensor_active_ratio", g, 0.05 if bad else 0.6)
+        m("mfu_gpu_dram_active_ratio", g, 0.1 if bad else 0.4)
+        for dt in ("fp16", "fp32", "fp64"):
+            m(f"mfu_gpu_{dt}_active_ratio", g, 0.01 if dt == "fp64" else 0.1)
+        m("mfu_gpu_memory_used_bytes", g, 60e9)
+        m("mfu_gpu_memory_total_bytes", g, 80e9)
+        m("mfu_gpu_power_watts", g, 650.0)
+        m("mfu_gpu_power_limit_watts", g, 700.0)
+        m("mfu_gpu_energy_joules_total", g, 1e9 + 650.0 * t)
+        m("mfu_gpu_temperature_celsius", g, 88.0 if bad else 65.0)
+        m("mfu_gpu_sm_clock_hertz", g, 1.2e9 if bad else 1.98e9)
+        m("mfu_gpu_sm_clock_max_hertz", g, 1.98e9)
+        for reason in reasons:
+            m(
+                "mfu_gpu_clock_event_active",
+                {**g, "reason": reason},
+                int(bad and reason == "hw_thermal_slowdown"),
+            )
+        for kind in ("corrected", "uncorrected"):
+            m(
+                "mfu_gpu_ecc_errors_total",
+                {**g, "type": kind},
+                (int(t) if bad else 0) + (7 if kind == "corrected" else 0),
+            )
+            m("mfu_gpu_remapped_rows_total", {**g, "type": kind}, 1 if bad else 0)
+        m("mfu_gpu_remapped_rows_pending", g, int(bad))
+        m("mfu_gpu_row_remap_failure", g, 0)
+        m("mfu_gpu_double_bit_ecc_events_total", g, int(t) if bad else 0)
+        if bad:
+            m("mfu_gpu_xid_errors_total", {**g, "xid": "79"}, 1 + int(t))
+            m("mfu_gpu_xid_errors_total", {**g, "xid": "13"}, 1)
+        pid = str(1000 + gpu)
+        m("mfu_gpu_process_memory_bytes", {**g, "pid": pid}, 59e9)
+        m(
+            "mfu_gpu_process_info",
+            {**g, "pid": pid, "pod_uid": f"pod-{gpu}", "container_id": f"c{gpu}", "slurm_job_id": ""},
+            1,
+        )
+        if gpu != 3:
+            m("mfu_gpu_peak_flops", {**g, "dtype": "bf16"}, FAKE_PEAK_FLOPS)
+
+        job_id, rank, mfu = jobs[gpu]
+        j = {"job_id": job_id, "rank": rank, **g, "dtype": "bf16"}
+        m(
+            "mfu_job_info",
+            {
+                **j,
+                "pid": pid,
+                "local_rank": rank,
+                "world_size": "2" if job_id == "llm" else "1",
+                "pod": f"{job_id}-{rank}",
+                "namespace": "training",
+                "slurm_job_id": "",
+                "hostname": "node-1",
+            },
+            1,
+        )
+        m("mfu_job_model_flops_total", j, mfu * FAKE_PEAK_FLOPS * t)
+        m("mfu_job_hardware_flops_total", j, 1.2 * mfu * FAKE_PEAK_FLOPS * t)
+        m("mfu_job_tokens_total", j, 5000.0 * t)
+        m("mfu_job_samples_total", j, 2.5 * t)
+        m("mfu_job_step", j, float(int(t)))
+        if gpu == 3:
+            m("mfu_job_peak_flops_unknown", {**j, "model": model}, 1)
+        else:
+            m("mfu_job_peak_flops", j, FAKE_PEAK_FLOPS)
+            m("mfu_job_mfu_ratio", j, mfu)
+            m("mfu_job_hfu_ratio", j, 1.2 * mfu)
+        m("mfu_job_tokens_per_second", j, 5000.0)
+        m("mfu_job_last_report_timestamp_seconds", j, time.time())
+    return "\n".join(out) + "\n"

@@ -1,0 +1,322 @@
+"""Grafana dashboards (dashboards/*.json) and provisioning (deploy/grafana): structure, datasource
+variable, metric names, and every query checked for valid PromQL by a real Prometheus."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_server import (
+    PROMETHEUS_BUILTIN_METRICS,
+    MetricsExporter,
+    PrometheusAPIError,
+    PrometheusNotInstalled,
+    PrometheusServer,
+    contract_metric_names,
+    fake_agent_metrics,
+    find_binary,
+    promql_metric_names,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD_FILES = sorted((ROOT / "dashboards").glob("*.json"))
+RULE_FILES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
+GRAFANA = ROOT / "deploy" / "grafana" / "provisioning"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+
+# Grafana's built-in variables, as they could be interpolated for a 1 h range (with a short
+# $__interval, so that subqueries find samples in the seconds-old test Prometheus).
+BUILTIN_VARIABLES = {
+    "__rate_interval": "1m",
+    "__interval": "1s",
+    "__interval_ms": "1000",
+    "__range": "1h",
+    "__range_s": "3600",
+    "__range_ms": "3600000",
+}
+# Dashboard variables: job_id is used with `=` (the fake agent's job "llm"), the others with `=~`
+# (".*" = All) or in a single-value repeat; ".*" is valid in both kinds of matcher.
+VARIABLE_VALUES = {"job_id": "llm"}
+VARIABLE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\$(\w+)|\[\[(\w+)(?::[^\]]*)?\]\]")
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def all_panels(panels: list[dict]) -> Iterator[dict]:
+    for panel in panels:
+        yield panel
+        yield from all_panels(panel.get("panels", []))
+
+
+def targets(dashboard: dict) -> Iterator[tuple[dict, dict]]:
+    for panel in all_panels(dashboard["panels"]):
+        for target in panel.get("targets", []):
+            yield panel, target
+
+
+def variable_queries(dashboard: dict) -> Iterator[tuple[dict, str]]:
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "query":
+            query = var["query"]
+            yield var, query["query"] if isinstance(query, dict) else query
+
+
+def variable_selector(query: str) -> str:
+    """The PromQL inside a Grafana variable query: label_values(<selector>, label), query_result(<expr>)."""
+    m = re.fullmatch(r"\s*label_values\((.*),\s*\w+\s*\)\s*", query, re.S)
+    if m:
+        return m.group(1)
+    m = re.fullmatch(r"\s*query_result\((.*)\)\s*", query, re.S)
+    if m:
+        return m.group(1)
+    m = re.fullmatch(r"\s*(?:metrics|label_names)\((.*)\)\s*", query, re.S)
+    if m:
+        return m.group(1) or "up"
+    return query
+
+
+def substitute(expr: str) -> str:
+    def value(m: re.Match) -> str:
+        name = m.group(1) or m.group(2) or m.group(3)
+        if name in BUILTIN_VARIABLES:
+            return BUILTIN_VARIABLES[name]
+        if name.startswith("__"):
+            raise AssertionError(f"unknown Grafana builtin ${name} in {expr!r}: add it to BUILTIN_VARIABLES")
+        return VARIABLE_VALUES.get(name, ".*")
+
+    return VARIABLE.sub(value, expr)
+
+
+def all_exprs() -> list[tuple[str, str, str]]:
+    """(dashboard file, where, expr) for every panel target and variable query."""
+    out = []
+    for path in DASHBOARD_FILES:
+        dashboard = load(path)
+        for panel, target in targets(dashboard):
+            out.append((path.name, f"{panel['title']} / {target['refId']}", target["expr"]))
+        for var, query in variable_queries(dashboard):
+            out.append((path.name, f"variable {var['name']}", variable_selector(query)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory):
+    """A real Prometheus with the project's rules, scraping a fake agent (see fake_agent_metrics)."""
+    try:
+        find_binary("prometheus")
+    except PrometheusNotInstalled as e:
+        pytest.fail(str(e), pytrace=False)
+    start = time.time()
+    with (
+        MetricsExporter(lambda: fake_agent_metrics(time.time() - start)) as agent,
+        PrometheusServer(
+            rule_files=RULE_FILES,
+            scrape_targets=[agent.target],
+            tmp_dir=tmp_path_factory.mktemp("prometheus"),
+        ) as prom,
+    ):
+        # A few scrapes and rule evaluations, so that rates, derivatives and recorded series exist:
+        # the last rules of each group that depends on rates have three samples.
+        prom.wait_for(
+            lambda: all(
+                prom.query(f"min(count_over_time({name}[1m])) >= 3")
+                for name in ("mfu:job_rank_mfu:ratio", "mfu:job_gpus_below_target:count")
+            ),
+            timeout=60,
+            what="recorded series with three samples each",
+        )
+        yield prom
+
+
+def test_the_three_dashboards_exist():
+    assert {p.name for p in DASHBOARD_FILES} >= {
+        "mfu-gpu-node.json",
+        "mfu-training-job.json",
+        "mfu-fleet.json",
+    }
+
+
+def test_dashboards_have_unique_uids_titles_and_tags():
+    uids, titles = set(), set()
+    for path in DASHBOARD_FILES:
+        d = load(path)
+        assert re.fullmatch(r"[a-z0-9-]{1,40}", d["uid"]), path.name
+        assert d["uid"] not in uids and d["title"] not in titles, path.name
+        uids.add(d["uid"])
+        titles.add(d["title"])
+        assert "mfu-agent" in d["tags"], path.name
+        assert d["schemaVersion"] >= 39, path.name
+        assert d.get("id") is None, f"{path.name}: an exported id breaks import and provisioning"
+    assert {"mfu-gpu-node", "mfu-training-job", "mfu-fleet"} <= uids
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.name)
+def test_datasource_variable_and_panel_datasources(path):
+    d = load(path)
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    ds = variables.get("datasource")
+    assert ds and ds["type"] == "datasource" and ds["query"] == "prometheus", "no datasource variable"
+    n_targets = 0
+    for panel, target in targets(d):
+        n_targets += 1
+        assert panel["datasource"] == DS, panel["title"]
+        assert target["datasource"] == DS, panel["title"]
+        assert target["expr"].strip(), panel["title"]
+    assert n_targets >= 10
+    for var, _ in variable_queries(d):
+        assert var["datasource"] == DS, var["name"]
+    # No datasource is hard-wired anywhere (only the variable and Grafana's own annotation source).
+    text = json.dumps(d["panels"])
+    assert '"uid": "prometheus"' not in text
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.name)
+def test_panels_have_unique_ids_and_fit_the_grid(path):
+    d = load(path)
+    ids = [p["id"] for p in all_panels(d["panels"])]
+    assert all(isinstance(i, int) for i in ids)
+    assert len(ids) == len(set(ids)), f"duplicate panel ids: {sorted(i for i in ids if ids.count(i) > 1)}"
+    for panel in all_panels(d["panels"]):
+        g = panel["gridPos"]
+        assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24 and g["h"] > 0, panel["title"]
+        assert panel["title"].strip()
+        if panel["type"] != "row":
+            assert panel.get("description", "").strip() or panel["type"] == "text", panel["title"]
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.name)
+def test_repeats_and_variables_refer_to_defined_variables(path):
+    d = load(path)
+    names = {v["name"] for v in d["templating"]["list"]}
+    for panel in all_panels(d["panels"]):
+        if panel.get("repeat"):
+            assert panel["repeat"] in names, panel["title"]
+    used = set()
+    for _, _, expr in [e for e in all_exprs() if e[0] == path.name]:
+        for m in VARIABLE.finditer(expr):
+            used.add(m.group(1) or m.group(2) or m.group(3))
+    assert used - set(BUILTIN_VARIABLES) <= names, used - set(BUILTIN_VARIABLES) - names
+
+
+def test_training_job_dashboard_selects_a_job():
+    d = load(ROOT / "dashboards" / "mfu-training-job.json")
+    job = next(v for v in d["templating"]["list"] if v["name"] == "job_id")
+    query = job["query"]["query"] if isinstance(job["query"], dict) else job["query"]
+    assert query == "label_values(mfu_job_info, job_id)"
+    exprs = [t["expr"] for _, t in targets(d)]
+    assert all('job_id="$job_id"' in e for e in exprs if "mfu_job_" in e or "mfu:job_" in e)
+
+
+def test_gpu_node_dashboard_has_a_node_variable():
+    d = load(ROOT / "dashboards" / "mfu-gpu-node.json")
+    names = {v["name"] for v in d["templating"]["list"]}
+    assert {"instance", "gpu"} <= names
+
+
+def test_exprs_use_only_contract_metrics_and_recording_rules():
+    recorded = set()
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            recorded |= {r["record"] for r in group["rules"] if "record" in r}
+    contract = contract_metric_names(ROOT / "docs" / "metrics.md")
+    known = contract | recorded | PROMETHEUS_BUILTIN_METRICS
+    used = set()
+    for name, where, expr in all_exprs():
+        names = promql_metric_names(substitute(expr))
+        assert names, f"{name} {where}: no metric in {expr!r}"
+        assert names <= known, f"{name} {where}: unknown metrics {names - known}"
+        used |= names
+    # The dashboards show what the brief asks for.
+    assert {
+        "mfu_gpu_utilization_ratio",
+        "mfu_gpu_sm_active_ratio",
+        "mfu_gpu_tensor_active_ratio",
+        "mfu_gpu_dram_active_ratio",
+        "mfu_gpu_power_watts",
+        "mfu_gpu_power_limit_watts",
+        "mfu_gpu_energy_joules_total",
+        "mfu_gpu_temperature_celsius",
+        "mfu_gpu_sm_clock_hertz",
+        "mfu_gpu_sm_clock_max_hertz",
+        "mfu_gpu_clock_event_active",
+        "mfu_gpu_memory_used_bytes",
+        "mfu_gpu_xid_errors_total",
+        "mfu_gpu_ecc_errors_total",
+        "mfu_gpu_remapped_rows_total",
+        "mfu_job_peak_flops",
+        "mfu_job_step",
+        "mfu_job_tokens_total",
+        "mfu:job_mfu:ratio",
+        "mfu:gpu_mfu:ratio",
+        "mfu:fleet_gpus_below_target:count",
+    } <= used
+
+
+def test_substitution_leaves_no_variables():
+    for name, where, expr in all_exprs():
+        assert "$" not in substitute(expr), f"{name} {where}"
+    assert substitute('rate(x{job_id="$job_id", g=~"${gpu:regex}"}[$__rate_interval])') == (
+        'rate(x{job_id="llm", g=~".*"}[1m])'
+    )
+
+
+def test_every_expr_is_valid_promql_and_shows_data(prometheus):
+    """Each query parses and evaluates (no 400 bad_data, no 422 execution error such as many-to-many
+    matching) on agent-shaped data, and returns series - except the few that only show problems the
+    fake agent does not have."""
+    exprs = all_exprs()
+    assert len(exprs) > 60
+    errors, empty = [], []
+    for name, where, expr in exprs:
+        try:
+            result = prometheus.query(substitute(expr))
+        except PrometheusAPIError as e:
+            errors.append(f"{name} {where}: {e} in {substitute(expr)!r}")
+            continue
+        if not result:
+            empty.append((name, where))
+    assert not errors, "\n".join(errors)
+    assert set(empty) <= EMPTY_ON_FAKE_DATA, set(empty) - EMPTY_ON_FAKE_DATA
+
+
+# Queries that return nothing on the fake agent's data, and why.
+EMPTY_ON_FAKE_DATA = {
+    # Job "llm" runs on the fake agent's healthy GPUs: no XIDs, no throttling there.
+    ("mfu-training-job.json", "Hardware events on the job's GPUs (time range) / A"),
+    ("mfu-training-job.json", "Throttling on the job's GPUs / A"),
+}
+
+
+def test_prometheus_rejects_invalid_promql(prometheus):
+    """The check above can fail: a parse error comes back as HTTP 400 bad_data."""
+    with pytest.raises(PrometheusAPIError) as e:
+        prometheus.query('sum by (job_id (rate(mfu_job_model_flops_total{job_id="x"}[1m]))')
+    assert e.value.status == 400 and e.value.error_type == "bad_data"
+
+
+def test_grafana_datasource_provisioning():
+    doc = yaml.safe_load((GRAFANA / "datasources" / "prometheus.yml").read_text())
+    assert doc["apiVersion"] == 1
+    (ds,) = doc["datasources"]
+    assert ds["uid"] == "prometheus"
+    assert ds["type"] == "prometheus"
+    assert ds["url"] == "http://prometheus:9090"
+    # The dashboards' datasource variable defaults to it.
+    for path in DASHBOARD_FILES:
+        var = next(v for v in load(path)["templating"]["list"] if v["name"] == "datasource")
+        assert var["current"]["value"] == "prometheus", path.name
+
+
+def test_grafana_dashboard_provisioning():
+    doc = yaml.safe_load((GRAFANA / "dashboards" / "mfu-agent.yml").read_text())
+    assert doc["apiVersion"] == 1
+    (provider,) = doc["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards/mfu-agent"

@@ -1,0 +1,256 @@
+"""End to end: a real Prometheus with our rules scraping two real agents (two nodes, simulated GPUs),
+one training job spread over both, reporting through the real client.
+
+Test-only changes to the rules, both made by `rules_with_short_for`: alerts' `for:` become 2 s,
+and the 5-minute rate windows 40 s, so that the suite takes well under two minutes. Prometheus
+scrapes every 0.5 s: rate() extrapolates at most half a scrape interval past the window's last
+sample, an error of up to interval / window that a 5-minute window makes negligible but 40 s not.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from conftest import free_port
+from prometheus_server import (
+    PROMETHEUS_BUILTIN_METRICS,
+    PrometheusAPIError,
+    PrometheusServer,
+    promql_metric_names,
+    rules_with_short_for,
+)
+from test_dashboards import RULE_FILES, VARIABLE_VALUES, all_exprs, substitute
+
+from mfu_agent.client import Reporter
+
+ROOT = Path(__file__).resolve().parents[1]
+H100_SXM_BF16 = 989.4e12  # NVIDIA H100 SXM datasheet, dense BF16
+JOB_ID = VARIABLE_VALUES["job_id"]
+JOB_MFU = 0.20  # below MfuLow's 0.25 threshold, on purpose
+RATE_WINDOW_SECONDS = 40
+# The rule is read as the mean of its evaluations over this many seconds after a full window: one
+# evaluation can be off by up to a scrape interval over the window (rate()'s extrapolation at the
+# window's edges, which moves with the moment of evaluation); the mean is what the reports imply.
+SETTLE_SECONDS = 10
+GPUS_PER_NODE = 4
+
+
+def start_agent(port: int, node: str, *faults: str) -> subprocess.Popen:
+    args = [
+        "run",
+        "--backend",
+        "simulated",
+        "--simulate",
+        f"{GPUS_PER_NODE}xNVIDIA H100 80GB HBM3",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--node-name",
+        node,
+        "--interval",
+        "0.5",
+        "--log-level",
+        "warning",
+    ]
+    for fault in faults:
+        args += ["--fault", fault]
+    return subprocess.Popen(
+        [sys.executable, "-m", "mfu_agent.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ},
+    )
+
+
+def wait_ready(url: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} not ready")
+
+
+class TrainingJob:
+    """Eight ranks, four per node, each doing JOB_MFU of an H100's dense bf16 peak."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.reporters = [
+            Reporter(
+                job_id=JOB_ID,
+                rank=node * GPUS_PER_NODE + local,
+                local_rank=local,
+                world_size=len(urls) * GPUS_PER_NODE,
+                url=url,
+                interval=0.1,
+                dtype="bf16",
+            )
+            for node, url in enumerate(urls)
+            for local in range(GPUS_PER_NODE)
+        ]
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(0.05):
+            now = time.monotonic()
+            flops = JOB_MFU * H100_SXM_BF16 * (now - last)
+            last = now
+            for reporter in self.reporters:
+                reporter.step(model_flops=flops, hardware_flops=flops * 4 / 3, tokens=flops / 6e9, samples=1)
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for reporter in self.reporters:
+            reporter.close(timeout=1)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    ports = [free_port(), free_port()]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    agents = [
+        start_agent(ports[0], "node-a", "busy-idle:3"),
+        start_agent(ports[1], "node-b", "xid:1:79", "xid:1:13", "throttle:2", "ecc:0"),
+    ]
+    job = None
+    try:
+        for url, proc in zip(urls, agents, strict=True):
+            wait_ready(url, proc)
+        job = TrainingJob(urls)
+        job.start()
+        rules = rules_with_short_for(
+            RULE_FILES, tmp / "rules", for_="2s", rate_window=f"{RATE_WINDOW_SECONDS}s"
+        )
+        with PrometheusServer(
+            rule_files=rules,
+            scrape_targets=[f"127.0.0.1:{p}" for p in ports],
+            tmp_dir=tmp,
+            scrape_interval="500ms",
+        ) as prom:
+            # A whole rate window of data, so Prometheus's rate() is not cut short by the series' start.
+            prom.wait_for(
+                lambda: time.monotonic() - job.started > RATE_WINDOW_SECONDS + SETTLE_SECONDS + 5,
+                timeout=RATE_WINDOW_SECONDS + SETTLE_SECONDS + 30,
+                what="a full rate window of reports",
+            )
+            yield prom, urls
+    finally:
+        if job is not None:
+            job.stop()
+        for proc in agents:
+            proc.terminate()
+            proc.wait(15)
+
+
+def test_both_agents_are_scraped(cluster):
+    prom, _ = cluster
+    up = prom.query('up{job="mfu-agent"}')
+    assert sorted(float(s["value"][1]) for s in up) == [1.0, 1.0]
+    gpus = prom.query("count(mfu_gpu_info)")
+    assert float(gpus[0]["value"][1]) == 2 * GPUS_PER_NODE, "each node has its own GPU UUIDs"
+    uuids = prom.query("count(count by (uuid) (mfu_gpu_info))")
+    assert float(uuids[0]["value"][1]) == 2 * GPUS_PER_NODE
+
+
+def test_job_mfu_recording_rule_matches_the_reports(cluster):
+    prom, _ = cluster
+    (series,) = prom.query(f'avg_over_time(mfu:job_mfu:ratio{{job_id="{JOB_ID}"}}[{SETTLE_SECONDS}s])')
+    assert float(series["value"][1]) == pytest.approx(JOB_MFU, rel=0.02)
+    (latest,) = prom.query(f'mfu:job_mfu:ratio{{job_id="{JOB_ID}"}}')
+    assert float(latest["value"][1]) == pytest.approx(JOB_MFU, rel=0.05)
+    # The same from the raw series, as the issue states the formula.
+    (raw,) = prom.query(
+        f'sum by (job_id) (rate(mfu_job_model_flops_total{{job_id="{JOB_ID}"}}'
+        f'[{RATE_WINDOW_SECONDS}s])) / sum by (job_id) (mfu_job_peak_flops{{job_id="{JOB_ID}"}})'
+    )
+    assert float(raw["value"][1]) == pytest.approx(JOB_MFU, rel=0.05)
+    nodes = prom.query(f'avg_over_time(mfu:job_node_mfu:ratio{{job_id="{JOB_ID}"}}[{SETTLE_SECONDS}s])')
+    assert len(nodes) == 2
+    assert [float(s["value"][1]) for s in nodes] == pytest.approx([JOB_MFU, JOB_MFU], rel=0.02)
+
+
+def test_busy_but_idle_and_low_mfu_alerts_reach_prometheus(cluster):
+    prom, _ = cluster
+
+    def active(name: str) -> list[dict]:
+        return [
+            a
+            for a in prom.alerts()
+            if a["labels"]["alertname"] == name and a["state"] in ("pending", "firing")
+        ]
+
+    busy = prom.wait_for(lambda: active("GpuBusyButIdle"), timeout=30, what="GpuBusyButIdle active")
+    assert {(a["labels"]["gpu"], a["labels"]["instance"].split(":")[-1]) for a in busy} == {
+        ("3", prom.scrape_targets[0].split(":")[-1])
+    }, "only the busy-but-idle GPU of node a"
+    low = prom.wait_for(lambda: active("MfuLow"), timeout=30, what="MfuLow active")
+    assert {a["labels"]["job_id"] for a in low} == {JOB_ID}
+    xid = prom.wait_for(lambda: active("GpuXidCritical"), timeout=30, what="GpuXidCritical active")
+    assert {a["labels"].get("xid") for a in xid} == {"79"}
+
+
+def test_every_dashboard_query_parses_and_returns_data(cluster):
+    prom, _ = cluster
+    errors, empty = [], []
+    for name, where, expr in all_exprs():
+        try:
+            if not prom.query(substitute(expr)):
+                empty.append(f"{name} {where}: {substitute(expr)}")
+        except PrometheusAPIError as exc:
+            errors.append(f"{name} {where}: {exc}")
+    assert not errors, "\n".join(errors)
+    unexpected = [e for e in empty if not any(e.startswith(allowed) for allowed in EMPTY_WITH_SIMULATED_GPUS)]
+    assert not unexpected, "queries with no data from real agents:\n" + "\n".join(unexpected)
+
+
+# Panels that stay empty here, and why.
+EMPTY_WITH_SIMULATED_GPUS = (
+    "mfu-gpu-node.json GPU processes /",  # simulated GPUs run no processes
+    "mfu-gpu-node.json NVML errors /",  # the simulated backend makes no NVML calls
+)
+
+
+def test_every_metric_name_in_dashboards_and_rules_is_exported(cluster):
+    _, urls = cluster
+    exported = set()
+    for url in urls:
+        for line in httpx.get(url + "/metrics").text.splitlines():
+            if line.startswith("# TYPE "):  # the text format names counters with _total, info with _info
+                exported.add(line.split()[2])
+
+    recorded, used = set(), {}
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "record" in rule:
+                    recorded.add(rule["record"])
+                for metric in promql_metric_names(str(rule["expr"])):
+                    used.setdefault(metric, f"{path.name}: {rule.get('record') or rule.get('alert')}")
+    for name, where, expr in all_exprs():
+        for metric in promql_metric_names(substitute(expr)):
+            used.setdefault(metric, f"{name} {where}")
+    unknown = {
+        m: where for m, where in used.items() if m not in exported | recorded | PROMETHEUS_BUILTIN_METRICS
+    }
+    assert not unknown, f"names the agent does not export: {unknown}"
