@@ -1,0 +1,66 @@
+# mfu-agent container image.
+#
+# NVML (libnvidia-ml.so) is NOT in this image: it comes from the host driver, injected at run time by
+# the NVIDIA Container Toolkit (docker run --gpus all / --runtime nvidia, or runtimeClassName: nvidia in
+# Kubernetes). The toolkit reads NVIDIA_VISIBLE_DEVICES (which GPUs) and NVIDIA_DRIVER_CAPABILITIES
+# (which driver libraries); "utility" is the capability that carries NVML and nvidia-smi, and is all a
+# monitoring agent needs (no compute, no graphics).
+#
+#   docker build -t mfu-agent .
+#   docker run -d --gpus all --pid host -p 8469:8469 mfu-agent
+#
+# --pid host lets the agent map the host pids NVML reports to pods / Slurm jobs (see docs/deploy.md).
+
+ARG PYTHON_IMAGE=python:3.12-slim
+
+# ---------------------------------------------------------------------------------------------------
+# Build stage: build the project's wheel and the wheels of its dependencies.
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY mfu_agent/ ./mfu_agent/
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# ---------------------------------------------------------------------------------------------------
+# Final stage: the wheels installed offline into a clean slim image; no compiler, no build backend,
+# no pip left behind.
+FROM ${PYTHON_IMAGE}
+
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="mfu-agent" \
+      org.opencontainers.image.description="Per-node GPU agent: NVML telemetry, SM activity and live model FLOPs utilisation (MFU) as Prometheus metrics" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="docker.io/library/python:3.12-slim"
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MFU_AGENT_LISTEN=0.0.0.0:8469 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=utility
+
+# A fixed numeric uid/gid so that Kubernetes' runAsNonRoot can verify it.
+RUN groupadd --system --gid 10001 mfu-agent \
+    && useradd --system --uid 10001 --gid mfu-agent --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin mfu-agent
+
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/mfu_agent-*.whl \
+    && pip uninstall --yes pip
+
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8469
+
+# slim has no curl: probe /healthz with the interpreter, on the port MFU_AGENT_LISTEN names.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('MFU_AGENT_LISTEN', ':8469').rpartition(':')[2] or '8469'; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
+
+ENTRYPOINT ["mfu-agent"]
+CMD ["run"]
