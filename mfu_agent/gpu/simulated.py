@@ -157,28 +157,32 @@ class SimulatedBackend:
             self._event_ready.notify_all()
 
     def apply_fault(self, spec: str) -> None:
-        """'lost:3', 'busy-idle:2', 'throttle:1', 'xid:4:79' or 'ecc:0' (as given to --fault)."""
-        parts = spec.strip().split(":")
-        kind = parts[0]
+        """'lost:3', 'busy-idle:2', 'throttle:1', 'ecc:0' or 'xid:4:79' (as given to --fault)."""
+        actions = {
+            "lost": self.set_lost,
+            "busy-idle": self.set_busy_idle,
+            "throttle": self.set_throttled,
+            "ecc": self.inject_double_bit_ecc,
+        }
+        kind, *numbers = spec.strip().split(":")
+        arity = 2 if kind == "xid" else 1
+        if (
+            (kind != "xid" and kind not in actions)
+            or len(numbers) != arity
+            or not all(n.isdigit() for n in numbers)
+        ):
+            raise ValueError(
+                f"bad --fault {spec!r}: expected lost:GPU, busy-idle:GPU, throttle:GPU, ecc:GPU "
+                "or xid:GPU:CODE"
+            )
+        index, *code = map(int, numbers)
         try:
-            if kind == "xid" and len(parts) == 3:
-                self.inject_xid(int(parts[1]), int(parts[2]))
-                return
-            if kind in ("lost", "busy-idle", "throttle", "ecc") and len(parts) == 2:
-                index = int(parts[1])
-                {
-                    "lost": self.set_lost,
-                    "busy-idle": self.set_busy_idle,
-                    "throttle": self.set_throttled,
-                    "ecc": self.inject_double_bit_ecc,
-                }[kind](index)
-                return
+            if kind == "xid":
+                self.inject_xid(index, code[0])
+            else:
+                actions[kind](index)
         except ValueError as exc:
-            if "no simulated GPU" in str(exc):
-                raise ValueError(f"bad --fault {spec!r}: {exc}") from None
-        raise ValueError(
-            f"bad --fault {spec!r}: expected lost:GPU, busy-idle:GPU, throttle:GPU, ecc:GPU or xid:GPU:CODE"
-        )
+            raise ValueError(f"bad --fault {spec!r}: {exc}") from None
 
     # -- the GpuBackend protocol --------------------------------------------------------------
     def driver_version(self) -> str:
