@@ -126,7 +126,7 @@ class Agent:
         return found
 
     def _job_metrics(self) -> Iterable[Metric]:
-        yield from job_families(self.jobs.views())
+        yield from job_families(self.jobs.views(), self.pods)
         yield from gpu_peak_families(self.sampler.latest, self._peaks_for)
         with self._outcomes_lock:
             outcomes = dict(self._report_outcomes)

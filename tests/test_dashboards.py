@@ -288,6 +288,8 @@ def test_every_expr_is_valid_promql_and_shows_data(prometheus):
 
 # Queries that return nothing on the fake agent's data, and why.
 EMPTY_ON_FAKE_DATA = {
+    # Every GPU of the fake agent runs a reporting job: no process goes unreported.
+    ("mfu-fleet.json", "GPU processes of jobs not reporting MFU / A"),
     # Job "llm" runs on the fake agent's healthy GPUs: no XIDs, no throttling there.
     ("mfu-training-job.json", "Hardware events on the job's GPUs (time range) / A"),
     ("mfu-training-job.json", "Throttling on the job's GPUs / A"),

@@ -227,6 +227,7 @@ def test_every_dashboard_query_parses_and_returns_data(cluster):
 # Panels that stay empty here, and why.
 EMPTY_WITH_SIMULATED_GPUS = (
     "mfu-gpu-node.json GPU processes /",  # simulated GPUs run no processes
+    "mfu-fleet.json GPU processes of jobs not reporting MFU /",  # likewise
     "mfu-gpu-node.json NVML errors /",  # the simulated backend makes no NVML calls
 )
 

@@ -331,3 +331,43 @@ def test_gpu_processes_are_attributed_to_pods_and_slurm_jobs(fake_nvml: FakeNvml
     assert values(text, "mfu_gpu_process_info", pid="81234", slurm_job_id="4242", pod_uid="")
     assert values(text, "mfu_gpu_process_info", pid="1337", pod_uid="", container_id="", slurm_job_id="")
     backend.close()
+
+
+def test_pid_attribution_through_nvml_gives_mfu_and_the_pod(fake_nvml: FakeNvml):
+    """A rank found by its pid in NVML's process list: MFU within 1% of rate / peak, joined to its pod."""
+    import json
+
+    import httpx
+    from conftest import serve
+
+    peak = 989.4e12  # H100 SXM datasheet, dense bf16
+    fake_nvml.devices[6].processes = [(38810, 30 * 1024**3)]
+    backend = NvmlBackend()
+    backend.start()
+    agent = Agent(backend, AgentOptions(proc_root=str(Path(__file__).parent / "fixtures" / "proc")))
+    with serve(agent) as url, httpx.Client(base_url=url) as client:
+        start = time.time() - 40
+        for t in range(0, 41, 5):
+            report = {
+                "job_id": "pid-job",
+                "rank": 0,
+                "pid": 38810,
+                "model_flops_total": 0.35 * peak * t,
+                "timestamp": start + t,
+            }
+            assert client.post("/v1/reports", content=json.dumps(report)).status_code == 202
+        text = client.get("/metrics").text
+    assert one(text, "mfu_job_mfu_ratio", job_id="pid-job", gpu="6", uuid=fake_nvml.devices[6].uuid) == (
+        pytest.approx(0.35, rel=0.01)
+    )
+    assert (
+        one(
+            text,
+            "mfu_job_info",
+            job_id="pid-job",
+            attributed_by="pid",
+            pid="38810",
+            pod_uid="5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9",
+        )
+        == 1
+    )

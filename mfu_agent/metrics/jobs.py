@@ -24,6 +24,8 @@ INFO_LABELS = [
     "namespace",
     "slurm_job_id",
     "hostname",
+    "pod_uid",
+    "container_id",
 ]
 
 _COUNTER_HELP = {
@@ -38,7 +40,12 @@ def _text(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def job_families(views: list[RankView]) -> Iterator[Metric]:
+def job_families(
+    views: list[RankView], pod_of: Callable[[int], tuple[str, str, str]] | None = None
+) -> Iterator[Metric]:
+    """`pod_of` maps a host pid to (pod_uid, container_id, slurm_job_id); it is asked only for ranks
+    found through NVML's process list, whose pid is known to be a host pid (a pid sent from inside a
+    container's PID namespace names some other process on the host)."""
     info = GaugeMetricFamily(
         "mfu_job_info", "A reporting rank on a GPU and where it runs; always 1.", labels=INFO_LABELS
     )
@@ -75,6 +82,9 @@ def job_families(views: list[RankView]) -> Iterator[Metric]:
     for v in views:
         share = 1.0 / len(v.gpus)
         labels_map = dict(v.labels)
+        pod_uid, container_id, cgroup_slurm_job = (
+            pod_of(v.pid) if pod_of and v.attributed_by == "pid" and v.pid else ("", "", "")
+        )
         for gpu in v.gpus:
             series = [v.job_id, str(v.rank), str(gpu.index), gpu.uuid, v.dtype]
             info.add_metric(
@@ -86,8 +96,10 @@ def job_families(views: list[RankView]) -> Iterator[Metric]:
                     v.attributed_by,
                     labels_map.get("pod", ""),
                     labels_map.get("namespace", ""),
-                    labels_map.get("slurm_job_id", ""),
+                    labels_map.get("slurm_job_id", "") or cgroup_slurm_job,
                     labels_map.get("hostname", ""),
+                    pod_uid,
+                    container_id,
                 ],
                 1,
             )
