@@ -35,5 +35,9 @@ lint: install-test
 test: install-test prometheus deploy-tools lint
 	$(BIN)/pytest -q
 
+# Benchmarks (docs/performance.md): about 7 minutes; BENCH_ARGS=--quick for about 2.
+bench: install-test
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

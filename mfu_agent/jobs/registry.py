@@ -8,6 +8,7 @@ is ever negative.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -140,6 +141,15 @@ class JobRegistry:
         self._lock = threading.Lock()
         self._unknown_peaks_logged: set[tuple[str, str]] = set()
         self.expired_total = 0
+        # Lower bound of every tracked rank's last_received: while now - it <= ttl no rank can be stale,
+        # so apply() skips the O(ranks) sweep (docs/performance.md).
+        self._oldest_received = math.inf
+        # GpuShare by (index, uuid, model, dtype): the peak lookup matches the model name against the
+        # peak table, the costliest step of a report; shares are immutable, so one object serves all.
+        self._shares: dict[tuple[int, str, str, str], GpuShare] = {}
+        self._shares_of: PeakTable | None = None
+        # The latest snapshot's GPUs by index and by UUID (the first of equals, as a scan would find).
+        self._gpu_maps: tuple[Snapshot | None, dict[int, GpuReading], dict[str, GpuReading]] = (None, {}, {})
 
     # -- ingest -------------------------------------------------------------------------------
     def apply(self, reports: Sequence[ReportData], snapshot: Snapshot | None) -> int:
@@ -147,8 +157,10 @@ class JobRegistry:
         now = self._clock()
         shares = [self._attribute(i, r, snapshot, len(reports) > 1) for i, r in enumerate(reports)]
         with self._lock:
-            self._expire(now)
-            new_keys = {(r.job_id, r.rank) for r in reports} - self._ranks.keys()
+            if now - self._oldest_received > self.ttl:
+                self._expire(now)
+            # Not `set - self._ranks.keys()`: that walks every tracked rank, this only the batch.
+            new_keys = {key for key in ((r.job_id, r.rank) for r in reports) if key not in self._ranks}
             if len(self._ranks) + len(new_keys) > self.max_ranks:
                 raise ReportRejected(
                     429,
@@ -169,10 +181,19 @@ class JobRegistry:
         chosen: list[GpuReading]
         if report.gpus is not None:
             chosen, how = [], "gpus"
+            maps = self._gpu_maps
+            if maps[0] is not snapshot or snapshot is None:
+                by_index: dict[int, GpuReading] = {}
+                by_uuid: dict[str, GpuReading] = {}
+                for g in all_gpus:
+                    by_index.setdefault(g.index, g)
+                    by_uuid.setdefault(g.uuid, g)
+                maps = self._gpu_maps = (snapshot, by_index, by_uuid)
             for wanted in report.gpus:
-                found = next(
-                    (g for g in all_gpus if (g.index if isinstance(wanted, int) else g.uuid) == wanted), None
-                )
+                try:
+                    found = (maps[1] if isinstance(wanted, int) else maps[2]).get(wanted)  # type: ignore[call-overload]
+                except TypeError:  # unhashable: equal to no GPU
+                    found = None
                 if found is None:
                     have = ", ".join(str(g.index) for g in all_gpus) or "none"
                     raise ReportRejected(
@@ -205,6 +226,19 @@ class JobRegistry:
         return tuple(self._share(g, report.dtype) for g in chosen), how
 
     def _share(self, gpu: GpuReading, dtype: str) -> GpuShare:
+        key = (gpu.index, gpu.uuid, gpu.identity.name, dtype)
+        if self._shares_of is self.peaks:
+            found = self._shares.get(key)
+            if found is not None:
+                return found
+        else:
+            self._shares_of, self._shares = self.peaks, {}
+        share = self._shares[key] = self._new_share(gpu, dtype)
+        if len(self._shares) > 4096:  # GPUs x dtypes: a handful; bounded whatever NVML reports
+            self._shares = {key: share}
+        return share
+
+    def _new_share(self, gpu: GpuReading, dtype: str) -> GpuShare:
         peak = self.peaks.peak_flops(gpu.identity.name, dtype)
         if peak is None and (gpu.identity.name, dtype) not in self._unknown_peaks_logged:
             self._unknown_peaks_logged.add((gpu.identity.name, dtype))
@@ -252,6 +286,8 @@ class JobRegistry:
             state.totals[i] += delta
             state.last_raw[i] = value
         state.last_received = now
+        if now < self._oldest_received:
+            self._oldest_received = now
         t = report.timestamp if report.timestamp is not None else now
         point = _Point(t, tuple(state.totals))  # type: ignore[arg-type]
         history = state.history
@@ -270,10 +306,17 @@ class JobRegistry:
 
     # -- reading ------------------------------------------------------------------------------
     def _expire(self, now: float) -> None:
-        stale = [key for key, s in self._ranks.items() if now - s.last_received > self.ttl]
+        stale = []
+        oldest = math.inf
+        for key, s in self._ranks.items():
+            if now - s.last_received > self.ttl:
+                stale.append(key)
+            elif s.last_received < oldest:
+                oldest = s.last_received
         for key in stale:
             del self._ranks[key]
         self.expired_total += len(stale)
+        self._oldest_received = oldest
 
     def views(self) -> list[RankView]:
         now = self._clock()
