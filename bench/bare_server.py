@@ -1,0 +1,50 @@
+"""The ingestion and standing-cost baseline: a bare FastAPI app that parses the same JSON and does
+nothing else, served by uvicorn with the same settings as `mfu-agent run` (mfu_agent/cli.py).
+
+    python -m bench.bare_server --port 8470
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="bare")
+
+    @app.post("/v1/reports", status_code=202)
+    async def post_reports(request: Request) -> JSONResponse:
+        payload = json.loads(await request.body())
+        count = len(payload) if isinstance(payload, list) else 1
+        return JSONResponse({"accepted": count}, status_code=202)
+
+    @app.get("/healthz", response_class=PlainTextResponse)
+    def healthz() -> str:
+        return "ok\n"
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> str:
+        return "# nothing here\n"
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args()
+    # The same uvicorn settings as mfu_agent.cli.serve.
+    config = uvicorn.Config(
+        create_app(), host="127.0.0.1", port=args.port, log_level=args.log_level, access_log=False
+    )
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Markdown tables from a `python -m bench.run --json PATH` result, as used in docs/performance.md:
+
+python -m bench.report PATH
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _ms(ns: float) -> str:
+    return f"{ns / 1e6:.2f}"
+
+
+def tables(r: dict) -> str:
+    out: list[str] = []
+    m = r["machine"]
+    out.append(
+        f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['implementation']} {m['python']}, "
+        f"{m['platform']}; load average at start {m['loadavg_at_start']}. "
+        f"Command: `{r['command']}` ({r['total_seconds']:.0f} s)."
+    )
+    out.append("")
+    out.append("| target | measured | goal | met |")
+    out.append("|---|---|---|---|")
+    for t in r["targets"]:
+        v = t["value"]
+        shown = f"{v:,.3f}" if isinstance(v, float) else f"{v:,}"
+        out.append(
+            f"| {t['target']} | {shown} {t['unit']} | {t['goal']} | {'yes' if t['met'] else '**no**'} |"
+        )
+    if "scrape" in r:
+        s = r["scrape"]
+        out.append("")
+        out.append(
+            "Scrape, median (p99) ms of one render in-process. text: no Accept header (format 0.0.4); "
+            "OpenMetrics: Prometheus 3's Accept header. /metrics renders with prometheus_client's encoders. "
+            "Baseline: the same encoder over a plain registry of the same series. Ratio: /metrics over "
+            "baseline."
+        )
+        out.append("")
+        out.append(
+            "| GPUs | ranks | series | text /metrics | text baseline | ratio "
+            "| OpenMetrics /metrics | OpenMetrics baseline | ratio | render peak MiB | KiB/rank |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for row in s["rows"]:
+            ns = row["ns"]
+
+            def cell(name: str, ns=ns) -> str:
+                return f"{_ms(ns[name]['median'])} ({_ms(ns[name]['p99'])})" if name in ns else "-"
+
+            state = f"{row['state_bytes'] / row['ranks'] / 1024:.1f}" if row.get("state_bytes") else "-"
+            out.append(
+                f"| {row['gpus']} | {row['ranks']} | {row['series']:,} | {cell('agent_text_library')} | "
+                f"{cell('baseline_text')} | {row['ratio_text_endpoint']:.2f} | "
+                f"{cell('agent_openmetrics_library')} | "
+                f"{cell('baseline_openmetrics')} | {row['ratio_openmetrics_endpoint']:.2f} | "
+                f"{row['render_peak_bytes'] / 2**20:.1f} | {state} |"
+            )
+        out.append("")
+        out.append("Fit of median render time against series count (time = a + b x series):")
+        out.append("")
+        out.append("| renderer | µs per series | intercept ms | R² |")
+        out.append("|---|---|---|---|")
+        for name, fit in s["growth"].items():
+            per, at0 = fit["ns_per_series"] / 1000, fit["intercept_ns"] / 1e6
+            out.append(f"| {name} | {per:.2f} | {at0:.2f} | {fit['r2']:.3f} |")
+        out.append("")
+        out.append("| 1024 ranks on 8 GPUs as | series | generate_latest median ms |")
+        out.append("|---|---|---|")
+        for row in s["jobs_vs_ranks"]:
+            out.append(f"| {row['jobs']} job(s) | {row['series']:,} | {_ms(row['ns']['median'])} |")
+        out.append("")
+        out.append(
+            "| reporting interval | points in the 60 s window | KiB per rank | MiB at --max-ranks 4096 |"
+        )
+        out.append("|---|---|---|---|")
+        for row in s["rank_memory"]:
+            out.append(
+                f"| {row['interval_s']:g} s | {row['history_points']} | {row['bytes_per_rank'] / 1024:.1f} | "
+                f"{row['bytes_per_rank'] * 4096 / 2**20:.0f} |"
+            )
+    if "ingest" in r:
+        i = r["ingest"]
+        out.append("")
+        out.append(
+            f"Ingestion ({i['concurrency']} keep-alive connections, {i['rounds']} interleaved rounds of "
+            f"{i['seconds_per_run']:g} s per server; medians):"
+        )
+        out.append("")
+        out.append(
+            "| load | agent reports/s | bare reports/s | ratio (per round) | agent p99 ms | bare p99 ms "
+            "| agent non-2xx / errors |"
+        )
+        out.append("|---|---|---|---|---|---|---|")
+        for mode in i["modes"]:
+            paired = ", ".join(f"{p:.2f}" for p in mode["paired_ratios"])
+            out.append(
+                f"| {mode['label']} | {mode['agent_reports_per_s']:,.0f} | "
+                f"{mode['bare_reports_per_s']:,.0f} | "
+                f"{mode['ratio']:.2f} ({paired}) | {mode['agent_latency_p99_ms']:.1f} | "
+                f"{mode['bare_latency_p99_ms']:.1f} | {mode['agent_non2xx']} / {mode['agent_errors']} |"
+            )
+        out.append("")
+        out.append("| ranks tracked | apply() µs per single report | µs per report in batches of 50 |")
+        out.append("|---|---|---|")
+        for row in i["apply_scaling"]:
+            out.append(
+                f"| {row['tracked']} | {row['ns_per_report_batch_1'] / 1000:.1f} | "
+                f"{row['ns_per_report_batch_50'] / 1000:.1f} |"
+            )
+    if "client" in r:
+        c = r["client"]
+        out.append("")
+        out.append(
+            "| Reporter | step() median ns | p99 ns | empty call median ns | ratio "
+            "| step(model_flops=, tokens=) ns |"
+        )
+        out.append("|---|---|---|---|---|---|")
+        for state in ("agent_up", "agent_down"):
+            x = c[state]
+            out.append(
+                f"| {state.replace('_', ' ')} | {x['step']['median']:.0f} | {x['step']['p99']:.0f} | "
+                f"{x['empty_call']['median']:.0f} | {x['ratio_to_empty']:.1f} | "
+                f"{x['step_args']['median']:.0f} |"
+            )
+        loop = c.get("torch_loop")
+        if loop:
+            med = {k: v / 1e3 for k, v in loop["median_step_ns"].items()}
+            (plo, phi), (alo, ahi) = loop["paired_ratio_median_ci95"], loop["a_a_ratio_median_ci95"]
+            in_loop = loop["in_loop_ns"]
+            out.append("")
+            out.append(
+                f"Torch loop ({loop['torch']}, {loop['threads']} thread, {loop['rounds']} rounds x "
+                f"{loop['steps_per_block']} steps per arm): without {med['without']:.1f} µs/step, "
+                f"with reporter {med['with']:.1f} µs/step, again without {med['without_again']:.1f} "
+                f"µs/step; median of the paired ratios with/without {loop['paired_ratio_median']:.4f} "
+                f"(95% CI {plo:.4f}-{phi:.4f}); A/A (without again / without) "
+                f"{loop['a_a_ratio_median']:.4f} (95% CI {alo:.4f}-{ahi:.4f}). step() timed inside the loop: "
+                f"median {in_loop['step']['median']:.0f} ns (p99 {in_loop['step']['p99']:.0f}); "
+                f"an empty call timed the same way: {in_loop['empty_call']['median']:.0f} ns."
+            )
+        post = c.get("post")
+        if post:
+            out.append("")
+            cpu, wall = post["cpu_ns"], post["wall_ns"]
+            out.append(
+                f"One post (`Reporter.flush()`, agent up): {cpu['median'] / 1e6:.2f} ms CPU in the posting "
+                f"thread (p99 {cpu['p99'] / 1e6:.2f}), {wall['median'] / 1e6:.2f} ms wall; "
+                f"{post['accepted']}/{post['posts']} accepted."
+            )
+        mem = c["memory_agent_down"]
+        cps = mem["checkpoints"]
+        out.append("")
+        traced = ", ".join(f"{cp['traced_bytes']:,}" for cp in cps)
+        out.append(
+            f"Agent down, {mem['steps']:,} steps in {mem['seconds']:.1f} s, {mem['posts_failed']} failed "
+            f"posts: traced memory {traced} bytes at each tenth."
+        )
+    if "standing" in r:
+        s = r["standing"]
+        out.append("")
+        out.append(
+            f"Standing cost ({s['seconds']:.0f} s after {s['warmup_seconds']:.0f} s warm-up, {s['gpus']} "
+            f"simulated GPUs, {s['ranks']} ranks posting every 1 s, a scrape every "
+            f"{s['scrape_every_seconds']:.0f} s):"
+        )
+        out.append("")
+        out.append(
+            "| process | CPU % of a core (thirds) | RSS MiB first / last third | RSS max MiB "
+            "| scrape ms (median) |"
+        )
+        out.append("|---|---|---|---|---|")
+        for name in ("agent", "bare"):
+            p = s[name]
+            thirds = ", ".join(f"{p['thirds'][k]['cpu_percent']:.2f}" for k in ("first", "middle", "last"))
+            scrapes = sorted(p["scrape_seconds"])
+            scrape = f"{scrapes[len(scrapes) // 2] * 1000:.1f}" if scrapes else "-"
+            first = p["thirds"]["first"]["rss_mean_bytes"] / 2**20
+            last = p["thirds"]["last"]["rss_mean_bytes"] / 2**20
+            out.append(
+                f"| {name} | {p['cpu_percent']:.2f} ({thirds}) | {first:.1f} / {last:.1f} | "
+                f"{p['rss_max_bytes'] / 2**20:.1f} | {scrape} |"
+            )
+        out.append("")
+        out.append(
+            f"Agent / bare: CPU x{s['cpu_ratio']:.2f} ({s['cpu_difference_percent']:+.2f} points), "
+            f"RSS x{s['rss_ratio']:.2f}. Posts delivered: {s['posts']}."
+        )
+    if "million" in r:
+        m = r["million"]
+        out.append("")
+        out.append(
+            f"{m['reports']:,} reports over {m['pairs']:,} (job, rank) pairs ({m['jobs']:,} jobs of 10 "
+            f"ranks, {m['reports_per_rank']} reports each, TTL {m['ttl_seconds']:g} s, fake clock) in "
+            f"{m['seconds']:.1f} s; at most {m['max_tracked']:,} tracked; {m['expired_total']:,} expired."
+        )
+        out.append("")
+        out.append("| reports so far | tracked | live blocks (above start) | RSS MiB |")
+        out.append("|---|---|---|---|")
+        for cp in m["checkpoints"]:
+            rss = cp["rss_bytes"] / 2**20
+            out.append(f"| {cp['reports']:,} | {cp['tracked']:,} | {cp['blocks']:,} | {rss:.1f} |")
+        out.append(
+            f"| all expired | {m['tracked_after_all_expired']} | {m['after_all_expired_blocks']:,} | |"
+        )
+    if "sampler" in r:
+        out.append("")
+        out.append("| sampler tick | median ms | p99 ms | NVML calls |")
+        out.append("|---|---|---|---|")
+        for name, st in r["sampler"].items():
+            if "median" in st:
+                calls = f"{st['nvml_calls_per_tick']:.0f}" if "nvml_calls_per_tick" in st else "-"
+                out.append(f"| {name} | {_ms(st['median'])} | {_ms(st['p99'])} | {calls} |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    with open(sys.argv[1], encoding="utf-8") as f:
+        print(tables(json.load(f)), end="")
+
+
+if __name__ == "__main__":
+    main()
