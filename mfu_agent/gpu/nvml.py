@@ -166,11 +166,6 @@ class NvmlGateway:
         with self._lock:
             return dict(self.errors)
 
-    def forget_absent(self, gpu: int) -> None:
-        """Let a GPU that came back be probed afresh."""
-        with self._lock:
-            self._absent = {key for key in self._absent if key[0] != gpu}
-
     # -- library ------------------------------------------------------------------------------
     def init(self) -> None:
         try:
