@@ -73,7 +73,6 @@ class Agent:
         self.watcher = EventWatcher(backend, self.events)
         self.pods = PodLookup(self.options.proc_root)
         self.peaks = PeakTable(self.options.peak_overrides)
-        self._peaks_by_name: dict[str, dict[str, float]] = {}
         self.jobs = JobRegistry(
             self.peaks, self.options.mfu_window_seconds, self.options.max_ranks, self.options.rank_ttl_seconds
         )
@@ -119,15 +118,9 @@ class Agent:
         with self._outcomes_lock:
             self._report_outcomes[outcome] += count
 
-    def _peaks_for(self, name: str) -> dict[str, float]:
-        found = self._peaks_by_name.get(name)
-        if found is None:
-            found = self._peaks_by_name[name] = self.peaks.peaks_for(name)
-        return found
-
     def _job_metrics(self) -> Iterable[Metric]:
         yield from job_families(self.jobs.views(), self.pods)
-        yield from gpu_peak_families(self.sampler.latest, self._peaks_for)
+        yield from gpu_peak_families(self.sampler.latest, self.peaks.peaks_for)
         with self._outcomes_lock:
             outcomes = dict(self._report_outcomes)
         yield from report_families(outcomes, len(self.jobs))

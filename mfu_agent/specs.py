@@ -484,6 +484,9 @@ class PeakTable:
                 self._model_overrides[canonical] = peaks
             else:
                 self._device_overrides[folded] = (key, peaks)
+        # peaks_for by device name: matching a name is the costly step, and the agent asks for the
+        # same few names on every report and scrape. Bounded whatever names callers pass.
+        self._peaks_by_name: dict[str, dict[str, float]] = {}
 
     def match_model(self, device_name: str) -> str | None:
         """Built-in model key for the name; else the override key when the name was added by one."""
@@ -495,10 +498,23 @@ class PeakTable:
 
     def peak_flops(self, device_name: str, dtype: str = "bf16") -> float | None:
         """Dense peak FLOP/s of ``device_name`` at ``dtype``; None when unknown or unsupported."""
-        return self.peaks_for(device_name).get(normalize_dtype(dtype))
+        return self._cached_peaks(device_name).get(normalize_dtype(dtype))
 
     def peaks_for(self, device_name: str) -> dict[str, float]:
         """Every known dense peak of ``device_name``: {dtype: FLOP/s} (empty when unknown)."""
+        return dict(self._cached_peaks(device_name))
+
+    def _cached_peaks(self, device_name: str) -> dict[str, float]:
+        if not isinstance(device_name, str):
+            return self._lookup_peaks(device_name)
+        found = self._peaks_by_name.get(device_name)
+        if found is None:
+            if len(self._peaks_by_name) >= 1024:
+                self._peaks_by_name.clear()
+            found = self._peaks_by_name[device_name] = self._lookup_peaks(device_name)
+        return found
+
+    def _lookup_peaks(self, device_name: str) -> dict[str, float]:
         peaks: dict[str, float] = {}
         model = match_model(device_name)
         if model is not None:

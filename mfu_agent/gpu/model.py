@@ -96,10 +96,18 @@ class Snapshot:
     gpus: tuple[GpuReading, ...]
     sample_duration_seconds: float
     backend: str = "nvml"
-    by_uuid: dict[str, GpuReading] = field(default_factory=dict, compare=False, repr=False)
+    # Lookups for report attribution, built once per tick (the first GPU wins where two share a key).
+    by_index: dict[int, GpuReading] = field(init=False, compare=False, repr=False)
+    by_uuid: dict[str, GpuReading] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.by_uuid.update({gpu.uuid: gpu for gpu in self.gpus})
+        by_index: dict[int, GpuReading] = {}
+        by_uuid: dict[str, GpuReading] = {}
+        for gpu in self.gpus:
+            by_index.setdefault(gpu.index, gpu)
+            by_uuid.setdefault(gpu.uuid, gpu)
+        object.__setattr__(self, "by_index", by_index)  # a frozen dataclass: set once, here
+        object.__setattr__(self, "by_uuid", by_uuid)
 
     def gpu_for_pid(self, pid: int) -> list[GpuReading]:
         return [g for g in self.gpus if g.processes and any(p.pid == pid for p in g.processes)]

@@ -144,12 +144,6 @@ class JobRegistry:
         # Lower bound of every tracked rank's last_received: while now - it <= ttl no rank can be stale,
         # so apply() skips the O(ranks) sweep (docs/performance.md).
         self._oldest_received = math.inf
-        # GpuShare by (index, uuid, model, dtype): the peak lookup matches the model name against the
-        # peak table, the costliest step of a report; shares are immutable, so one object serves all.
-        self._shares: dict[tuple[int, str, str, str], GpuShare] = {}
-        self._shares_of: PeakTable | None = None
-        # The latest snapshot's GPUs by index and by UUID (the first of equals, as a scan would find).
-        self._gpu_maps: tuple[Snapshot | None, dict[int, GpuReading], dict[str, GpuReading]] = (None, {}, {})
 
     # -- ingest -------------------------------------------------------------------------------
     def apply(self, reports: Sequence[ReportData], snapshot: Snapshot | None) -> int:
@@ -181,19 +175,13 @@ class JobRegistry:
         chosen: list[GpuReading]
         if report.gpus is not None:
             chosen, how = [], "gpus"
-            maps = self._gpu_maps
-            if maps[0] is not snapshot or snapshot is None:
-                by_index: dict[int, GpuReading] = {}
-                by_uuid: dict[str, GpuReading] = {}
-                for g in all_gpus:
-                    by_index.setdefault(g.index, g)
-                    by_uuid.setdefault(g.uuid, g)
-                maps = self._gpu_maps = (snapshot, by_index, by_uuid)
             for wanted in report.gpus:
-                try:
-                    found = (maps[1] if isinstance(wanted, int) else maps[2]).get(wanted)  # type: ignore[call-overload]
-                except TypeError:  # unhashable: equal to no GPU
+                if snapshot is None:
                     found = None
+                elif isinstance(wanted, int):
+                    found = snapshot.by_index.get(wanted)
+                else:
+                    found = snapshot.by_uuid.get(wanted)
                 if found is None:
                     have = ", ".join(str(g.index) for g in all_gpus) or "none"
                     raise ReportRejected(
@@ -226,19 +214,6 @@ class JobRegistry:
         return tuple(self._share(g, report.dtype) for g in chosen), how
 
     def _share(self, gpu: GpuReading, dtype: str) -> GpuShare:
-        key = (gpu.index, gpu.uuid, gpu.identity.name, dtype)
-        if self._shares_of is self.peaks:
-            found = self._shares.get(key)
-            if found is not None:
-                return found
-        else:
-            self._shares_of, self._shares = self.peaks, {}
-        share = self._shares[key] = self._new_share(gpu, dtype)
-        if len(self._shares) > 4096:  # GPUs x dtypes: a handful; bounded whatever NVML reports
-            self._shares = {key: share}
-        return share
-
-    def _new_share(self, gpu: GpuReading, dtype: str) -> GpuShare:
         peak = self.peaks.peak_flops(gpu.identity.name, dtype)
         if peak is None and (gpu.identity.name, dtype) not in self._unknown_peaks_logged:
             self._unknown_peaks_logged.add((gpu.identity.name, dtype))
