@@ -208,8 +208,7 @@ class JobRegistry:
                     422,
                     f"{where}gpus",
                     f"{where}gpus: cannot tell which GPU this rank uses: pid {report.pid} holds no GPU in "
-                    f"NVML's "
-                    f"process list and no local_rank was given; send gpus or local_rank",
+                    f"NVML's process list and no local_rank was given; send gpus or local_rank",
                 )
         return tuple(self._share(g, report.dtype) for g in chosen), how
 
