@@ -18,7 +18,8 @@ from .jobs.registry import JobRegistry
 from .metrics import MetricSource, make_registry
 from .metrics.agent import agent_families
 from .metrics.gpu import gpu_families
-from .metrics.jobs import gpu_peak_families, job_families, report_families
+from .metrics.jobs import job_families, report_families
+from .metrics.peaks import gpu_peak_families
 from .sampler import Sampler
 from .specs import PeakTable
 

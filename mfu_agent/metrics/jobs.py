@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ..gpu.model import Snapshot
 from ..jobs.registry import COUNTERS, RankView
 
 SERIES = ["job_id", "rank", "gpu", "uuid", "dtype"]  # every job series: so `and`/`on` join them 1:1
@@ -124,20 +123,6 @@ def job_families(
     yield info
     yield from counters.values()
     yield from (step, peak, unknown, mfu, hfu, tokens_rate, last)
-
-
-def gpu_peak_families(
-    snapshot: Snapshot | None, peaks_for: Callable[[str], dict[str, float]]
-) -> Iterator[Metric]:
-    family = GaugeMetricFamily(
-        "mfu_gpu_peak_flops",
-        "Dense peak FLOP/s of the GPU model at each dtype it supports.",
-        labels=["gpu", "uuid", "dtype"],
-    )
-    for gpu in snapshot.gpus if snapshot else ():
-        for dtype, value in peaks_for(gpu.identity.name).items():
-            family.add_metric([str(gpu.index), gpu.uuid, dtype], value)
-    yield family
 
 
 def report_families(outcomes: dict[str, int], tracked: int) -> Iterator[Metric]:
