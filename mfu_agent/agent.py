@@ -14,7 +14,8 @@ from . import __version__
 from .attribution import attribute_pid
 from .events import EventCounter, EventWatcher
 from .gpu.model import GpuBackend
-from .jobs.registry import JobRegistry
+from .jobs.registry import JobRegistry, pid_alive
+from .jobs.state import StateStore
 from .metrics import MetricSource, make_registry
 from .metrics.agent import agent_families
 from .metrics.gpu import gpu_families
@@ -36,6 +37,7 @@ class AgentOptions:
     rank_ttl_seconds: float = 600.0
     report_token: str | None = None
     peak_overrides: dict[str, dict[str, float]] = field(default_factory=dict)
+    state_dir: str | None = None  # where each rank's totals are kept across restarts; None: not kept
 
 
 class PodLookup:
@@ -75,7 +77,16 @@ class Agent:
         self.pods = PodLookup(self.options.proc_root)
         self.peaks = PeakTable(self.options.peak_overrides)
         self.jobs = JobRegistry(
-            self.peaks, self.options.mfu_window_seconds, self.options.max_ranks, self.options.rank_ttl_seconds
+            self.peaks,
+            self.options.mfu_window_seconds,
+            self.options.max_ranks,
+            self.options.rank_ttl_seconds,
+            pid_alive=lambda pid: pid_alive(pid, self.options.proc_root),
+        )
+        self.state = (
+            StateStore(self.options.state_dir, self.jobs, self.options.node_name)
+            if self.options.state_dir
+            else None
         )
         self.report_token = self.options.report_token
         self._report_outcomes: Counter[str] = Counter()
@@ -90,6 +101,9 @@ class Agent:
         self._running = False
 
     def start(self) -> None:
+        if self.state is not None:
+            self.state.load()
+            self.state.start()
         self.sampler.sample_once()  # ready, and able to attribute reports, before the first request
         self.sampler.start()
         self.watcher.start()
@@ -99,6 +113,8 @@ class Agent:
         if not self._running:
             return
         self._running = False
+        if self.state is not None:
+            self.state.stop()
         self.sampler.stop()
         if self.watcher.stop():
             self.backend.close()

@@ -109,6 +109,12 @@ def _add_common(parser: argparse.ArgumentParser, listen_default: str) -> None:
         help="most (job_id, rank) pairs tracked; more get HTTP 429 (default 4096)",
     )
     parser.add_argument(
+        "--state-dir",
+        default=_env("state-dir"),
+        help="directory where each rank's accumulated totals are kept, so exported counters never go "
+        "down when the agent restarts (env MFU_AGENT_STATE_DIR; default: not kept)",
+    )
+    parser.add_argument(
         "--rank-ttl",
         type=positive_float(1),
         default=_env("rank-ttl", "600"),
@@ -240,6 +246,7 @@ def serve(
         rank_ttl_seconds=args.rank_ttl,
         report_token=token,
         peak_overrides=overrides,
+        state_dir=args.state_dir,
     )
     agent = Agent(backend, options)
     host, port = args.listen

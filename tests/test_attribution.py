@@ -178,10 +178,7 @@ def test_v1_pod_and_container_on_different_lines() -> None:
 def test_v2_line_is_preferred_over_v1_lines() -> None:
     v2_uid = "11111111-2222-4333-8444-555555555555"
     v1_uid = "66666666-7777-4888-8999-aaaaaaaaaaaa"
-    text = (
-        f"12:memory:/kubepods/pod{v1_uid}/{'01' * 32}\n"
-        f"0::/kubepods/pod{v2_uid}/{'02' * 32}\n"
-    )
+    text = f"12:memory:/kubepods/pod{v1_uid}/{'01' * 32}\n0::/kubepods/pod{v2_uid}/{'02' * 32}\n"
     assert parse_cgroup(text) == ProcessAttribution(v2_uid, "02" * 32, "")
 
 

@@ -156,8 +156,11 @@ def test_dockerfile_runtime_settings(dockerfile: list[tuple[str, str]]) -> None:
     assert json.loads(joined["CMD"][-1]) == ["run"]
     assert str(PORT) in joined["EXPOSE"][-1].split()
     env = " ".join(joined["ENV"])
-    for setting in (f"MFU_AGENT_LISTEN=0.0.0.0:{PORT}", "NVIDIA_VISIBLE_DEVICES=all",
-                    "NVIDIA_DRIVER_CAPABILITIES=utility"):
+    for setting in (
+        f"MFU_AGENT_LISTEN=0.0.0.0:{PORT}",
+        "NVIDIA_VISIBLE_DEVICES=all",
+        "NVIDIA_DRIVER_CAPABILITIES=utility",
+    ):
         assert setting in env.split(), setting
     labels = " ".join(joined["LABEL"])
     for key in ("title", "description", "version", "licenses"):
@@ -173,7 +176,7 @@ def test_dockerfile_version_label_matches_pyproject(dockerfile: list[tuple[str, 
 
 def _healthcheck_argv(dockerfile: list[tuple[str, str]]) -> list[str]:
     (healthcheck,) = [a for k, a in _stages(dockerfile)[-1] if k == "HEALTHCHECK"]
-    exec_form = healthcheck[healthcheck.index("CMD") + 3:].strip()
+    exec_form = healthcheck[healthcheck.index("CMD") + 3 :].strip()
     argv = json.loads(exec_form)
     assert argv[0] == "python"
     return [sys.executable, *argv[1:]]
@@ -236,8 +239,11 @@ def _dockerignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerignore_keeps_build_inputs_only(dockerfile: list[tuple[str, str]]) -> None:
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.lstrip().startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     sources = []
     for keyword, args in dockerfile:
         if keyword == "COPY" and "--from" not in args:
@@ -311,7 +317,7 @@ def _container_to_host(service: dict[str, Any], container_path: str) -> Path | N
         if not source.startswith((".", "/")):
             continue
         if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
-            rest = container_path[len(target):].lstrip("/")
+            rest = container_path[len(target) :].lstrip("/")
             if best is None or len(target) > best[0]:
                 best = (len(target), _host_path(source) / rest if rest else _host_path(source))
     return best[1] if best else None
@@ -328,8 +334,9 @@ def test_compose_prometheus_scrapes_agent_and_loads_rules(compose: dict[str, Any
     assert config_path == COMPOSE_DIR / "prometheus.yml"
     config = _load_yaml(config_path)
     agent_port = _listen_port(services["mfu-agent"]["command"])
-    targets = [t for job in config["scrape_configs"] for sc in job.get("static_configs", [])
-               for t in sc["targets"]]
+    targets = [
+        t for job in config["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]
+    ]
     assert f"mfu-agent:{agent_port}" in targets
     for target in targets:
         host, _, port = target.rpartition(":")
@@ -373,16 +380,23 @@ def test_compose_grafana_provisioning(compose: dict[str, Any]) -> None:
     grafana = services["grafana"]
     provisioning = _container_to_host(grafana, "/etc/grafana/provisioning")
     assert provisioning == GRAFANA_PROVISIONING
-    datasources = [ds for f in sorted((provisioning / "datasources").glob("*.y*ml"))
-                   for ds in (_load_yaml(f) or {}).get("datasources", [])]
+    datasources = [
+        ds
+        for f in sorted((provisioning / "datasources").glob("*.y*ml"))
+        for ds in (_load_yaml(f) or {}).get("datasources", [])
+    ]
     prom_ds = [ds for ds in datasources if ds.get("type") == "prometheus"]
     assert prom_ds, "no Prometheus datasource provisioned"
     expected_url = f"http://prometheus:{_prometheus_port(services['prometheus'])}"
-    assert any(ds.get("uid") == "prometheus" and ds.get("url", "").rstrip("/") == expected_url
-               for ds in prom_ds), prom_ds
+    assert any(
+        ds.get("uid") == "prometheus" and ds.get("url", "").rstrip("/") == expected_url for ds in prom_ds
+    ), prom_ds
     # the dashboard provider reads the directory the dashboards are mounted at
-    providers = [p for f in sorted((provisioning / "dashboards").glob("*.y*ml"))
-                 for p in (_load_yaml(f) or {}).get("providers", [])]
+    providers = [
+        p
+        for f in sorted((provisioning / "dashboards").glob("*.y*ml"))
+        for p in (_load_yaml(f) or {}).get("providers", [])
+    ]
     assert providers, "no dashboard provider provisioned"
     provider_dirs = [_container_to_host(grafana, p["options"]["path"]) for p in providers]
     assert DASHBOARDS_DIR in provider_dirs or any(
@@ -397,8 +411,9 @@ def test_compose_grafana_provisioning(compose: dict[str, Any]) -> None:
 
 
 def _unit(path: Path) -> configparser.RawConfigParser:
-    parser = configparser.RawConfigParser(strict=False, delimiters=("=",), comment_prefixes=("#", ";"),
-                                          empty_lines_in_values=False)
+    parser = configparser.RawConfigParser(
+        strict=False, delimiters=("=",), comment_prefixes=("#", ";"), empty_lines_in_values=False
+    )
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     parser.read(path, encoding="utf-8")
     return parser
@@ -504,8 +519,10 @@ def test_systemd_analyze_security_exposure(verifiable_unit: Path) -> None:
     if "--offline" not in probe.stdout + probe.stderr:
         pytest.skip("systemd-analyze has no --offline (systemd < 250)")
     # exposure 0..10 (shown) is 0..100 for --threshold: fail above 3.0 ("OK" is below 5)
-    result = _run([analyze, "security", "--offline=yes", "--threshold=30", "--no-pager",
-                   verifiable_unit.name], cwd=verifiable_unit.parent)
+    result = _run(
+        [analyze, "security", "--offline=yes", "--threshold=30", "--no-pager", verifiable_unit.name],
+        cwd=verifiable_unit.parent,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
 
 
@@ -576,10 +593,18 @@ def test_kubernetes_crd_objects_are_well_formed(rendered: list[dict[str, Any]]) 
             if key in endpoint:
                 assert _DURATION.match(endpoint[key]), endpoint[key]
         for relabel in endpoint.get("relabelings", []):
-            assert set(relabel) <= {"sourceLabels", "separator", "targetLabel", "regex", "modulus",
-                                    "replacement", "action"}
-            assert relabel.get("targetLabel") not in ("node", "gpu", "uuid", "job_id"), \
+            assert set(relabel) <= {
+                "sourceLabels",
+                "separator",
+                "targetLabel",
+                "regex",
+                "modulus",
+                "replacement",
+                "action",
+            }
+            assert relabel.get("targetLabel") not in ("node", "gpu", "uuid", "job_id"), (
                 "would shadow a label the agent exports"
+            )
     rules = _by_kind(rendered, "PrometheusRule")
     assert rules
     for rule in rules:
@@ -587,8 +612,15 @@ def test_kubernetes_crd_objects_are_well_formed(rendered: list[dict[str, Any]]) 
         groups = rule["spec"]["groups"]
         assert len({g["name"] for g in groups}) == len(groups), "group names must be unique per object"
         for group in groups:
-            assert set(group) <= {"name", "interval", "rules", "limit", "partial_response_strategy",
-                                  "query_offset", "labels"}
+            assert set(group) <= {
+                "name",
+                "interval",
+                "rules",
+                "limit",
+                "partial_response_strategy",
+                "query_offset",
+                "labels",
+            }
             for r in group["rules"]:
                 assert ("record" in r) != ("alert" in r), r
                 assert isinstance(r["expr"], (str, int, float)) and str(r["expr"]).strip()
@@ -634,13 +666,16 @@ def test_kubernetes_daemonset(rendered: list[dict[str, Any]]) -> None:
     assert pod["hostPID"] is True
     required = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     terms = required["nodeSelectorTerms"]
-    keys = {(e["key"], e["operator"], tuple(e.get("values", [])))
-            for t in terms for e in t["matchExpressions"]}
+    keys = {
+        (e["key"], e["operator"], tuple(e.get("values", []))) for t in terms for e in t["matchExpressions"]
+    }
     assert ("nvidia.com/gpu.present", "In", ("true",)) in keys
     assert ("feature.node.kubernetes.io/pci-10de.present", "In", ("true",)) in keys
     assert all(len(t["matchExpressions"]) == 1 for t in terms), "the GPU labels must be ORed (separate terms)"
-    assert any(t["key"] == "nvidia.com/gpu" and t["operator"] == "Exists" and "effect" not in t
-               for t in pod["tolerations"])
+    assert any(
+        t["key"] == "nvidia.com/gpu" and t["operator"] == "Exists" and "effect" not in t
+        for t in pod["tolerations"]
+    )
     assert "runtimeClassName" not in pod, "runtimeClassName belongs to the optional component"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
@@ -691,8 +726,9 @@ def test_kubernetes_service_and_monitor_line_up(rendered: list[dict[str, Any]]) 
 def test_kubernetes_dashboards_configmaps(rendered: list[dict[str, Any]]) -> None:
     sources = {p.name: p.read_text(encoding="utf-8") for p in DASHBOARDS_DIR.glob("*.json")}
     assert sources, "no dashboards in dashboards/"
-    maps = [c for c in _by_kind(rendered, "ConfigMap")
-            if c["metadata"].get("labels", {}).get("grafana_dashboard")]
+    maps = [
+        c for c in _by_kind(rendered, "ConfigMap") if c["metadata"].get("labels", {}).get("grafana_dashboard")
+    ]
     assert all(c["metadata"]["labels"]["grafana_dashboard"] == "1" for c in maps)
     shipped = {name: text for c in maps for name, text in c["data"].items()}
     assert all(re.fullmatch(r"[-._a-zA-Z0-9]+", key) for key in shipped), "invalid ConfigMap keys"
@@ -759,9 +795,20 @@ def test_generator_check_detects_drift(tmp_path: Path) -> None:
 
 def test_deploy_doc_covers_every_form_and_names_real_files() -> None:
     doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
-    for needle in ("systemd", "Slurm", "docker run", "kubectl apply", "docker compose",
-                   "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "hostPID", "runtimeClassName",
-                   "/opt/mfu-agent", "systemctl enable", "curl"):
+    for needle in (
+        "systemd",
+        "Slurm",
+        "docker run",
+        "kubectl apply",
+        "docker compose",
+        "NVIDIA_VISIBLE_DEVICES",
+        "NVIDIA_DRIVER_CAPABILITIES",
+        "hostPID",
+        "runtimeClassName",
+        "/opt/mfu-agent",
+        "systemctl enable",
+        "curl",
+    ):
         assert needle in doc, f"docs/deploy.md does not mention {needle}"
     paths = set(re.findall(r"(?<![\w/.-])((?:deploy|scripts|dashboards|docs)/[\w.*/-]*[\w*])", doc))
     assert paths

@@ -198,8 +198,12 @@ def test_pci_info_ext(fake: FakeNvml) -> None:
 
 
 def test_explicit_identity_fields_are_kept() -> None:
-    dev = FakeDevice(name="NVIDIA A100-SXM4-80GB", uuid="GPU-abc", pci_bus_id="00000001:A0:00.0",
-                     architecture=pynvml.NVML_DEVICE_ARCH_AMPERE)
+    dev = FakeDevice(
+        name="NVIDIA A100-SXM4-80GB",
+        uuid="GPU-abc",
+        pci_bus_id="00000001:A0:00.0",
+        architecture=pynvml.NVML_DEVICE_ARCH_AMPERE,
+    )
     with FakeNvml([FakeDevice(), dev]).installed():
         pynvml.nvmlInit()
         h = pynvml.nvmlDeviceGetHandleByIndex(1)
@@ -254,8 +258,12 @@ def test_telemetry_follows_runtime_changes(fake: FakeNvml) -> None:
     assert pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU) == 88
     assert pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM) == 1410
     assert pynvml.nvmlDeviceGetCurrentClocksEventReasons(h) == 0xC
-    assert pynvml.nvmlDeviceGetTotalEccErrors(
-        h, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_AGGREGATE_ECC) == 5
+    assert (
+        pynvml.nvmlDeviceGetTotalEccErrors(
+            h, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_AGGREGATE_ECC
+        )
+        == 5
+    )
     assert pynvml.nvmlDeviceGetRemappedRows(h) == (4, 1, 1, 0)
     assert pynvml.nvmlDeviceGetUtilizationRates(h).gpu == 12
     # device 0 untouched
@@ -429,14 +437,16 @@ def test_repeated_xids_are_each_delivered_in_order(fake: FakeNvml) -> None:
 
 def test_events_only_reach_sets_registered_for_that_device_and_type(fake: FakeNvml) -> None:
     es = pynvml.nvmlEventSetCreate()
-    pynvml.nvmlDeviceRegisterEvents(pynvml.nvmlDeviceGetHandleByIndex(0),
-                                    pynvml.nvmlEventTypeXidCriticalError, es)
+    pynvml.nvmlDeviceRegisterEvents(
+        pynvml.nvmlDeviceGetHandleByIndex(0), pynvml.nvmlEventTypeXidCriticalError, es
+    )
     fake.queue_xid(1, 13)  # device 1 not registered
     fake.queue_double_bit_ecc(0)  # type not registered
     with pytest.raises(pynvml.NVMLError_Timeout):
         pynvml.nvmlEventSetWait_v2(es, 2)
-    pynvml.nvmlDeviceRegisterEvents(pynvml.nvmlDeviceGetHandleByIndex(0),
-                                    pynvml.nvmlEventTypeDoubleBitEccError, es)
+    pynvml.nvmlDeviceRegisterEvents(
+        pynvml.nvmlDeviceGetHandleByIndex(0), pynvml.nvmlEventTypeDoubleBitEccError, es
+    )
     fake.queue_double_bit_ecc(0)
     data = pynvml.nvmlEventSetWait_v2(es, 5)
     assert data.eventType == pynvml.nvmlEventTypeDoubleBitEccError
@@ -644,7 +654,10 @@ def test_h100s_routes_kwargs_to_devices_and_library() -> None:
     nvml.devices[0].processes.append((8, 2))
     assert nvml.devices[1].processes == [(7, 1)]  # not shared between devices
     assert [d.pci_bus_id for d in nvml.devices] == [
-        "00000000:18:00.0", "00000000:19:00.0", "00000000:1A:00.0"]
+        "00000000:18:00.0",
+        "00000000:19:00.0",
+        "00000000:1A:00.0",
+    ]
     with pytest.raises(TypeError):
         FakeNvml.h100s(1, bogus=True)
 

@@ -29,7 +29,7 @@ def report(flops: float, **kw) -> ReportData:
     return ReportData(
         job_id=kw.pop("job_id", "j"),
         rank=kw.pop("rank", 0),
-        model_flops_total=flops,
+        model_flops={kw.pop("dtype", "bf16"): flops},
         gpus=kw.pop("gpus", (0,)),
         **kw,
     )
@@ -78,7 +78,7 @@ def test_sender_clock_going_back_never_gives_a_negative_rate(snapshot):
     registry.apply([report(1e15, timestamp=1010.0)], snapshot)
     registry.apply([report(2e15, timestamp=1005.0)], snapshot)
     rates = registry.views()[0].rates
-    assert rates is not None and rates[0] > 0
+    assert rates is not None and rates.get(("model_flops", "bf16")) > 0
 
 
 def test_rejected_batch_changes_nothing(snapshot):
@@ -95,7 +95,7 @@ def test_optional_counters_only_when_sent(snapshot):
     registry = JobRegistry()
     registry.apply([report(1.0)], snapshot)
     (view,) = registry.views()
-    assert view.has == {"model_flops"}
+    assert view.has("model_flops") and not view.has("hardware_flops") and not view.has("tokens")
     assert view.utilisation("hardware_flops") is None
 
 

@@ -55,6 +55,7 @@ def job_state(client: httpx.Client) -> tuple[str, dict]:
     for job in jobs["jobs"]:
         for rank in job["ranks"]:
             rank.pop("last_report_age_seconds")
+            rank.pop("first_report_age_seconds")
     return "\n".join(lines), jobs
 
 

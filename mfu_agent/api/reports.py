@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
-from ..jobs.registry import COUNTERS, ReportData, ReportRejected
+from ..jobs.registry import ReportData, ReportRejected, job_utilisation
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_BATCH = 1000
@@ -44,6 +44,9 @@ Count = Annotated[float, BeforeValidator(_number), Field(ge=0, allow_inf_nan=Fal
 Index = Annotated[int, BeforeValidator(_integer), Field(ge=0, le=1_000_000)]
 Uuid = Annotated[str, StringConstraints(pattern=r"^(GPU|MIG)-[A-Za-z0-9-]{1,80}$")]
 LabelValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:/@+-]{1,253}$")]
+Dtype = Literal["fp8", "bf16", "fp16", "tf32", "fp32", "fp64", "int8"]
+DTYPE_ORDER = ("fp8", "bf16", "fp16", "tf32", "fp32", "fp64", "int8")  # default precision: first present
+FlopsByDtype = Annotated[dict[Dtype, Count], Field(min_length=1, max_length=7)]
 
 
 class ReportIn(BaseModel):
@@ -65,9 +68,19 @@ class ReportIn(BaseModel):
         ]
         | None
     ) = None
-    dtype: Literal["fp8", "bf16", "fp16", "tf32", "fp32", "fp64", "int8"] = "bf16"
-    model_flops_total: Count
-    hardware_flops_total: Count | None = None
+    instance: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = Field(
+        default=None, description="the sender's random per-Reporter id: who owns this (job_id, rank)"
+    )
+    interval: Annotated[float, BeforeValidator(_number), Field(gt=0, le=3600)] | None = Field(
+        default=None, description="seconds between the sender's reports (for rank hand-over)"
+    )
+    dtype: Dtype | None = Field(
+        default=None,
+        description="number form: the FLOPs' dtype (default bf16); object form: the rank's precision "
+        "(default: the first of fp8, bf16, fp16, tf32, fp32, fp64, int8 among its keys)",
+    )
+    model_flops_total: Count | FlopsByDtype
+    hardware_flops_total: Count | FlopsByDtype | None = None
     tokens_total: Count | None = None
     samples_total: Count | None = None
     step: Annotated[int, BeforeValidator(_integer), Field(ge=0, le=2**63 - 1)] | None = Field(
@@ -79,16 +92,33 @@ class ReportIn(BaseModel):
     labels: dict[Literal["pod", "namespace", "slurm_job_id", "hostname"], LabelValue] | None = None
 
     def to_data(self) -> ReportData:
+        """Raises ValueError (a message naming the field) for a dtype that contradicts the FLOPs."""
+        if isinstance(self.model_flops_total, dict):
+            model = dict(self.model_flops_total)
+            precision = self.dtype or next(d for d in DTYPE_ORDER if d in model)
+            if precision not in model:
+                raise ValueError(
+                    f"dtype: {precision!r} is not one of the dtypes in model_flops_total "
+                    f"({', '.join(sorted(model))}); the precision must be one the rank computes in"
+                )
+        else:
+            precision = self.dtype or "bf16"
+            model = {precision: self.model_flops_total}
+        hardware = self.hardware_flops_total
         return ReportData(
             job_id=self.job_id,
             rank=self.rank,
-            model_flops_total=self.model_flops_total,
-            dtype=self.dtype,
+            model_flops=model,
+            dtype=precision,
+            hardware_flops=(dict(hardware) if isinstance(hardware, dict) else {precision: hardware})
+            if hardware is not None
+            else None,
             local_rank=self.local_rank,
             world_size=self.world_size,
             pid=self.pid,
+            instance=self.instance,
+            interval=self.interval,
             gpus=tuple(self.gpus) if self.gpus is not None else None,
-            hardware_flops_total=self.hardware_flops_total,
             tokens_total=self.tokens_total,
             samples_total=self.samples_total,
             step=self.step,
@@ -164,16 +194,26 @@ async def post_reports(request: Request) -> JSONResponse:
                 422, "invalid", agent, f"{prefix or 'body'}: a report must be a JSON object", prefix or "body"
             )
         try:
-            reports.append(ReportIn.model_validate(item).to_data())
+            report = ReportIn.model_validate(item)
         except ValidationError as exc:
             first = exc.errors()[0]
             field = _field_path(first["loc"], prefix)
             messages = "; ".join(f"{_field_path(e['loc'], prefix)}: {e['msg']}" for e in exc.errors())
             return _error(422, "invalid", agent, messages, field)
+        try:
+            reports.append(report.to_data())
+        except ValueError as exc:
+            return _error(
+                422,
+                "invalid",
+                agent,
+                f"{prefix + '.' if prefix else ''}{exc}",
+                f"{prefix + '.' if prefix else ''}dtype",
+            )
     try:
         accepted = agent.jobs.apply(reports, agent.sampler.latest)
     except ReportRejected as exc:
-        outcome = "over_capacity" if exc.status == 429 else "invalid"
+        outcome = {429: "over_capacity", 409: "conflict"}.get(exc.status, "invalid")
         return _error(exc.status, outcome, agent, exc.message, exc.field)
     agent.count_reports("accepted", accepted)
     return JSONResponse({"accepted": accepted}, status_code=202)
@@ -183,35 +223,55 @@ async def post_reports(request: Request) -> JSONResponse:
 def get_jobs(request: Request) -> dict[str, Any]:
     agent = request.app.state.agent
     now = time.time()
-    jobs: dict[str, dict[str, Any]] = {}
-    for v in agent.jobs.views():
-        job = jobs.setdefault(v.job_id, {"job_id": v.job_id, "ranks": []})
-        rates = dict(zip(COUNTERS, v.rates, strict=True)) if v.rates else {}
-        job["ranks"].append(
+    views = agent.jobs.views()
+    by_job: dict[str, list[Any]] = {}
+    for v in views:
+        by_job.setdefault(v.job_id, []).append(v)
+    jobs = []
+    for job_id, ranks in by_job.items():
+        jobs.append(
             {
-                "rank": v.rank,
-                "local_rank": v.local_rank,
-                "world_size": v.world_size,
-                "pid": v.pid,
-                "dtype": v.dtype,
-                "attributed_by": v.attributed_by,
-                "gpus": [
-                    {"index": g.index, "uuid": g.uuid, "model": g.model, "peak_flops": g.peak_flops}
-                    for g in v.gpus
-                ],
-                "peak_flops": v.peak_flops,
-                "mfu": v.utilisation("model_flops"),
-                "hfu": v.utilisation("hardware_flops"),
-                "model_flops_per_second": rates.get("model_flops"),
-                "tokens_per_second": rates.get("tokens") if "tokens" in v.has else None,
-                "step": v.step,
-                "restarts": v.restarts,
-                "labels": dict(v.labels),
-                "last_report_age_seconds": max(0.0, now - v.last_received),
+                "job_id": job_id,
+                "mfu": job_utilisation(ranks, "model_flops"),
+                "hfu": job_utilisation(ranks, "hardware_flops"),
+                "ranks": [_rank_json(v, now) for v in ranks],
             }
         )
-    for job in jobs.values():
-        ranks = [r for r in job["ranks"] if r["mfu"] is not None]
-        peak = sum(r["peak_flops"] for r in ranks)
-        job["mfu"] = sum(r["model_flops_per_second"] for r in ranks) / peak if ranks else None
-    return {"jobs": list(jobs.values())}
+    return {"jobs": jobs}
+
+
+def _rank_json(v: Any, now: float) -> dict[str, Any]:
+    rates = v.rates
+    return {
+        "rank": v.rank,
+        "local_rank": v.local_rank,
+        "world_size": v.world_size,
+        "pid": v.pid,
+        "instance": v.instance,
+        "dtype": v.dtype,
+        "attributed_by": v.attributed_by,
+        "attribution": v.attribution_detail,
+        "gpus": [
+            {
+                "index": g.index,
+                "uuid": g.uuid,
+                "model": g.model,
+                "peak_flops": dict(g.peaks),
+                "mfu": v.gpu_utilisation(g, "model_flops"),
+            }
+            for g in v.gpus
+        ],
+        "peak_flops": v.peak_flops,
+        "mfu": v.utilisation("model_flops"),
+        "hfu": v.utilisation("hardware_flops"),
+        "model_flops_total": {d: v.totals[("model_flops", d)] for d in v.dtypes("model_flops")},
+        "model_flops_per_second": v.rate("model_flops"),
+        "tokens_per_second": v.rate("tokens"),
+        "rate_span_seconds": rates.span_seconds if rates else None,
+        "rate_basis": rates.basis if rates else None,
+        "step": v.step,
+        "restarts": v.restarts,
+        "labels": dict(v.labels),
+        "first_report_age_seconds": max(0.0, now - v.first_received),
+        "last_report_age_seconds": max(0.0, now - v.last_received),
+    }

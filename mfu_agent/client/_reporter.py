@@ -26,6 +26,7 @@ import math
 import os
 import random
 import re
+import secrets
 import socket
 import threading
 import time
@@ -67,6 +68,19 @@ _DTYPE_ALIASES = {
 }
 
 _NO_RETRY_STATUS = frozenset({400, 413, 422})
+
+# Where launchers put a process's global rank, local rank and world size (first found wins).
+RANK_VARS = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
+LOCAL_RANK_VARS = (
+    "LOCAL_RANK",
+    "SLURM_LOCALID",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "MPI_LOCALRANKID",
+    "PMI_LOCAL_RANK",
+)
+WORLD_SIZE_VARS = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+
+_rank_warning_logged = False
 
 # urllib without proxies: the agent runs on this node, and a cluster-wide HTTP(S)_PROXY must not
 # swallow (or slow down) reports meant for 127.0.0.1 / the node IP.
@@ -110,6 +124,18 @@ def _env_job_id() -> str | None:
     return job_id
 
 
+def _warn_no_rank() -> None:
+    global _rank_warning_logged
+    if not _rank_warning_logged:
+        _rank_warning_logged = True
+        logger.warning(
+            "mfu_agent.client: no rank given and none of %s is set: reporting as rank 0. If several "
+            "processes of this job report, pass rank= (or set RANK) in each: the agent refuses a second "
+            "process on the same rank (HTTP 409) rather than mix their counters. (logged once)",
+            ", ".join(RANK_VARS),
+        )
+
+
 def _int_arg(
     name: str, value: object, env_names: tuple[str, ...], minimum: int, maximum: int = MAX_INDEX
 ) -> int | None:
@@ -133,6 +159,23 @@ def _int_arg(
     if not minimum <= number <= maximum:
         raise ValueError(f"mfu_agent.client: {source} must be in {minimum}..{maximum}, got {number}")
     return number
+
+
+def _per_step(name: str, value: object, dtype: str) -> dict[str, float] | None:
+    """A per-step FLOP amount: a number (in ``dtype``) or a ``{dtype: FLOPs}`` mapping."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        if not value:
+            raise ValueError(f"mfu_agent.client: {name} must not be an empty mapping")
+        amounts: dict[str, float] = {}
+        for key, amount in value.items():
+            dt = normalize_dtype(key)
+            if dt in amounts:
+                raise ValueError(f"mfu_agent.client: {name} names dtype {dt} twice")
+            amounts[dt] = _default_per_step(f"{name}[{key!r}]", amount)  # type: ignore[assignment]
+        return amounts
+    return {dtype: _default_per_step(name, value)}  # type: ignore[dict-item]
 
 
 def _default_per_step(name: str, value: object) -> float | None:
@@ -295,9 +338,9 @@ class Reporter:
     def __init__(
         self,
         job_id: str | None = None,
-        flops_per_step: float | None = None,
+        flops_per_step: float | Mapping[str, float] | None = None,
         tokens_per_step: float | None = None,
-        dtype: str = "bf16",
+        dtype: str | None = None,
         url: str | None = None,
         rank: int | None = None,
         local_rank: int | None = None,
@@ -310,6 +353,8 @@ class Reporter:
         labels: Mapping[str, str | None] | None = None,
         timeout: float = 2.0,
         max_backoff: float = 60.0,
+        job_flops_per_step: float | Mapping[str, float] | None = None,
+        job_tokens_per_step: float | None = None,
     ) -> None:
         # --- configuration (the only place that raises) ---------------------------------------
         if job_id is None:
@@ -323,7 +368,8 @@ class Reporter:
             raise ValueError(
                 f"mfu_agent.client: job id {job_id!r} must be 1..128 characters of [A-Za-z0-9._:/-]"
             )
-        dtype = normalize_dtype(dtype)
+        dtype_given = dtype is not None
+        dtype = normalize_dtype(dtype if dtype_given else "bf16")
 
         base_url = url if url is not None else (_env("MFU_AGENT_URL") or DEFAULT_URL)
         if not isinstance(base_url, str):
@@ -334,9 +380,15 @@ class Reporter:
         if base_url.endswith(REPORTS_PATH):
             base_url = base_url[: -len(REPORTS_PATH)]
 
-        rank_value = _int_arg("rank", rank, ("RANK", "SLURM_PROCID"), 0)
-        local_rank_value = _int_arg("local_rank", local_rank, ("LOCAL_RANK", "SLURM_LOCALID"), 0)
-        world_size_value = _int_arg("world_size", world_size, ("WORLD_SIZE", "SLURM_NTASKS"), 1)
+        rank_value = _int_arg("rank", rank, RANK_VARS, 0)
+        local_rank_value = _int_arg("local_rank", local_rank, LOCAL_RANK_VARS, 0)
+        world_size_value = _int_arg("world_size", world_size, WORLD_SIZE_VARS, 1)
+        if rank_value is not None and world_size_value is not None and rank_value >= world_size_value:
+            raise ValueError(
+                f"mfu_agent.client: rank {rank_value} is not below world_size {world_size_value}"
+            )
+        if rank_value is None and world_size_value != 1:
+            _warn_no_rank()
 
         for name, value in (("interval", interval), ("timeout", timeout), ("max_backoff", max_backoff)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
@@ -366,13 +418,52 @@ class Reporter:
             raise ValueError("mfu_agent.client: token must be a string")
         self._token: str | None = _read_token(token)
 
-        self._d_model = _default_per_step("flops_per_step", flops_per_step)
-        self._d_hw = _default_per_step("hardware_flops_per_step", hardware_flops_per_step)
+        self._d_model = _per_step("flops_per_step", flops_per_step, dtype)
+        self._d_hw = _per_step("hardware_flops_per_step", hardware_flops_per_step, dtype)
         self._d_tokens = _default_per_step("tokens_per_step", tokens_per_step)
         self._d_samples = _default_per_step("samples_per_step", samples_per_step)
+        if job_flops_per_step is not None or job_tokens_per_step is not None:
+            # The whole job's step, shared evenly: right under any mix of data, tensor, pipeline,
+            # context and expert parallelism, since every rank takes part in every step.
+            if flops_per_step is not None or (
+                job_tokens_per_step is not None and tokens_per_step is not None
+            ):
+                raise ValueError(
+                    "mfu_agent.client: pass job_flops_per_step (the whole job's step) or flops_per_step "
+                    "(this rank's share), not both; likewise job_tokens_per_step and tokens_per_step"
+                )
+            if world_size_value is None:
+                raise ValueError(
+                    "mfu_agent.client: job_flops_per_step / job_tokens_per_step need the world size to share "
+                    "the job's step among its ranks: pass world_size=... or set WORLD_SIZE"
+                )
+            job_model = _per_step("job_flops_per_step", job_flops_per_step, dtype)
+            if job_model is not None:
+                self._d_model = {dt: amount / world_size_value for dt, amount in job_model.items()}
+            job_tokens = _default_per_step("job_tokens_per_step", job_tokens_per_step)
+            if job_tokens is not None:
+                self._d_tokens = job_tokens / world_size_value
+        # The rank's precision: the dtype label of its non-FLOP series; with a mapping, the fastest
+        # dtype in it unless ``dtype`` names one of its keys.
+        if self._d_model is not None and not (dtype_given and dtype in self._d_model):
+            if dtype_given:
+                raise ValueError(
+                    f"mfu_agent.client: dtype {dtype} is not one of the dtypes the FLOPs per step name "
+                    f"({', '.join(self._d_model)})"
+                )
+            dtype = next(dt for dt in DTYPES if dt in self._d_model)
+            self.dtype = dtype
+        self.instance: str = secrets.token_hex(8)
 
         # Static part of every report.
-        static: dict[str, Any] = {"job_id": self.job_id, "rank": self.rank, "pid": self.pid, "dtype": dtype}
+        static: dict[str, Any] = {
+            "job_id": self.job_id,
+            "rank": self.rank,
+            "pid": self.pid,
+            "instance": self.instance,
+            "interval": self.interval,
+            "dtype": dtype,
+        }
         if self.local_rank is not None:
             static["local_rank"] = self.local_rank
         if self.world_size is not None:
@@ -385,19 +476,18 @@ class Reporter:
 
         # --- hot-path state: plain numbers behind one short lock --------------------------------
         self._lock = threading.Lock()
-        self._model = 0.0
-        self._hw = 0.0
+        self._model: dict[str, float] = dict.fromkeys(self._d_model or {dtype: 0.0}, 0.0)
+        self._hw: dict[str, float] = dict.fromkeys(self._d_hw or {}, 0.0)
         self._tokens = 0.0
         self._samples = 0.0
         self._steps = 0
         self._ts = time.time()
         # Optional counters are reported once they were ever given (as a default or per step).
-        self._has_hw = self._d_hw is not None
         self._has_tokens = self._d_tokens is not None
         self._has_samples = self._d_samples is not None
         # The defaults step() adds when called without arguments.
-        self._add_model = self._d_model or 0.0
-        self._add_hw = self._d_hw or 0.0
+        self._add_model = tuple((self._d_model or {}).items())
+        self._add_hw = tuple((self._d_hw or {}).items())
         self._add_tokens = self._d_tokens or 0.0
         self._add_samples = self._d_samples or 0.0
 
@@ -429,15 +519,16 @@ class Reporter:
     # ------------------------------------------------------------------------------------------
     def step(
         self,
-        model_flops: float | None = None,
+        model_flops: float | Mapping[str, float] | None = None,
         tokens: float | None = None,
-        hardware_flops: float | None = None,
+        hardware_flops: float | Mapping[str, float] | None = None,
         samples: float | None = None,
     ) -> None:
         """Count one optimizer step. Adds the given amounts (or the per-step defaults).
 
-        Never blocks on I/O and never raises; a bad amount (negative, NaN, not a number) is
-        logged once and ignored, the step itself is still counted.
+        ``model_flops`` and ``hardware_flops`` are a number (in the reporter's dtype) or a
+        ``{dtype: FLOPs}`` mapping. Never blocks on I/O and never raises; a bad amount (negative,
+        NaN, not a number, unknown dtype) is logged once and ignored, the step itself is still counted.
         """
         try:
             if (
@@ -449,8 +540,11 @@ class Reporter:
             ):
                 now = time.time()
                 with self._lock:
-                    self._model += self._add_model
-                    self._hw += self._add_hw
+                    model, hw = self._model, self._hw
+                    for dt, amount in self._add_model:
+                        model[dt] += amount
+                    for dt, amount in self._add_hw:
+                        hw[dt] += amount
                     self._tokens += self._add_tokens
                     self._samples += self._add_samples
                     self._steps += 1
@@ -462,26 +556,41 @@ class Reporter:
                     "mfu_agent.client: step() without model_flops on a Reporter without flops_per_step "
                     "counts 0 model FLOPs; MFU will read 0",
                 )
-            mf = self._add_model if model_flops is None else self._amount("model_flops", model_flops)
-            hf = self._add_hw if hardware_flops is None else self._amount("hardware_flops", hardware_flops)
+            mf = self._add_model if model_flops is None else self._flops("model_flops", model_flops)
+            hf = self._add_hw if hardware_flops is None else self._flops("hardware_flops", hardware_flops)
             tk = self._add_tokens if tokens is None else self._amount("tokens", tokens)
             sm = self._add_samples if samples is None else self._amount("samples", samples)
             now = time.time()
             with self._lock:
-                self._model += mf
-                self._hw += hf
+                for dt, amount in mf:
+                    self._model[dt] = self._model.get(dt, 0.0) + amount
+                for dt, amount in hf:
+                    self._hw[dt] = self._hw.get(dt, 0.0) + amount
                 self._tokens += tk
                 self._samples += sm
                 self._steps += 1
                 self._ts = now
-                if hardware_flops is not None:
-                    self._has_hw = True
                 if tokens is not None:
                     self._has_tokens = True
                 if samples is not None:
                     self._has_samples = True
         except Exception as exc:  # pragma: no cover - defensive: step() must never raise
             self._log_arg_once("step", f"mfu_agent.client: step() failed and was ignored: {exc!r}")
+
+    def _flops(self, name: str, value: object) -> tuple[tuple[str, float], ...]:
+        if isinstance(value, Mapping):
+            amounts = []
+            for key, amount in value.items():
+                try:
+                    dt = normalize_dtype(key)
+                except ValueError:
+                    self._log_arg_once(
+                        name, f"mfu_agent.client: step({name}=...) names unknown dtype {key!r}; ignored"
+                    )
+                    continue
+                amounts.append((dt, self._amount(name, amount)))
+            return tuple(amounts)
+        return ((self.dtype, self._amount(name, value)),)
 
     def _amount(self, name: str, value: object) -> float:
         try:
@@ -518,13 +627,13 @@ class Reporter:
     def snapshot(self) -> dict[str, Any]:
         """The report that would be posted now (a fresh dict)."""
         with self._lock:
-            model, hw, tokens, samples = self._model, self._hw, self._tokens, self._samples
+            model, hw, tokens, samples = dict(self._model), dict(self._hw), self._tokens, self._samples
             steps, ts = self._steps, self._ts
-            has_hw, has_tokens, has_samples = self._has_hw, self._has_tokens, self._has_samples
+            has_tokens, has_samples = self._has_tokens, self._has_samples
         report = dict(self._static)
-        report["model_flops_total"] = model
-        if has_hw:
-            report["hardware_flops_total"] = hw
+        report["model_flops_total"] = self._flops_form(model)
+        if hw:
+            report["hardware_flops_total"] = self._flops_form(hw)
         if has_tokens:
             report["tokens_total"] = _count(tokens)
         if has_samples:
@@ -532,6 +641,12 @@ class Reporter:
         report["step"] = steps
         report["timestamp"] = ts
         return report
+
+    def _flops_form(self, amounts: dict[str, float]) -> float | dict[str, float]:
+        # One dtype, the reporter's own: the plain number form every agent version understands.
+        if len(amounts) == 1 and self.dtype in amounts:
+            return amounts[self.dtype]
+        return amounts
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -666,7 +781,15 @@ class Reporter:
         self._stats["posts_failed"] += 1
         self._last_status = status
         self._last_error = detail
-        if kind == "rejected":
+        if kind == "conflict":
+            # Another process owns this (job_id, rank). Nothing of ours was counted; keep posting at
+            # the normal pace so the rank is taken over as soon as the agent hands it over.
+            self._stats["reports_dropped"] += 1
+            message = (
+                "the agent refused this rank: another process reports the same job_id and rank (pass a "
+                "distinct rank= or set RANK per process); retrying at the normal pace"
+            )
+        elif kind == "rejected":
             # The agent says this report is bad: drop it and carry on at the normal pace (the
             # next report carries newer cumulative totals anyway). No backoff, no early retry.
             self._stats["reports_dropped"] += 1
@@ -698,6 +821,8 @@ class Reporter:
 def _status_kind(status: int) -> str:
     if status in _NO_RETRY_STATUS:
         return "rejected"
+    if status == 409:
+        return "conflict"
     if status == 401 or status == 403:
         return "unauthorized"
     if status == 429:

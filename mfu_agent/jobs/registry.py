@@ -1,94 +1,36 @@
-"""Tracks the ranks that report: cumulative counters, GPU attribution and MFU over a sliding window.
+"""Tracks the ranks that report: whose they are, their counters, the GPUs they run on, and their MFU.
 
-Reported counters are cumulative since the job started. A decrease means the job restarted: the new
-value is counted as work done since the restart, so the exported counters only ever grow and no rate
-is ever negative.
+MFU of a rank on a GPU is the sum over dtypes of (its FLOP/s in that dtype on the GPU / the GPU's peak
+in that dtype). Over several GPUs (a rank on two GPUs, a job, a fleet) MFU is peak-weighted: the sum of
+(MFU on the GPU x W) over the sum of W, where W is the GPU's peak at the fastest dtype reported there.
+With one dtype this is total achieved FLOP/s over total peak, and a GPU counts once however many ranks
+share it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
-from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from ..gpu.model import GpuReading, Snapshot
 from ..specs import PeakTable
+from .errors import ReportRejected
+from .ownership import conflict_message, same_sender, takeover_reason
+from .placement import place
+from .rank import COUNTERS, CounterKey, GpuSeen, GpuShare, RankState, Rates, ReportData, rates_of
+
+__all__ = ["COUNTERS", "GpuShare", "JobRegistry", "RankView", "ReportData", "ReportRejected"]
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("model_flops", "hardware_flops", "tokens", "samples")
-HISTORY_SLOTS = 128  # samples kept per rank for the window; closer reports are merged into the newest
 
-
-class ReportRejected(Exception):
-    """A report that cannot be applied; `field` names the offending input."""
-
-    def __init__(self, status: int, field: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.field = field
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class ReportData:
-    job_id: str
-    rank: int
-    model_flops_total: float
-    dtype: str = "bf16"
-    local_rank: int | None = None
-    world_size: int | None = None
-    pid: int | None = None
-    gpus: tuple[int | str, ...] | None = None
-    hardware_flops_total: float | None = None
-    tokens_total: float | None = None
-    samples_total: float | None = None
-    step: int | None = None
-    timestamp: float | None = None
-    labels: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class GpuShare:
-    index: int
-    uuid: str
-    model: str
-    peak_flops: float | None
-
-
-@dataclass
-class _Point:
-    t: float
-    values: tuple[float, float, float, float]  # accumulated COUNTERS at t
-
-
-@dataclass
-class RankState:
-    job_id: str
-    rank: int
-    dtype: str
-    gpus: tuple[GpuShare, ...]
-    attributed_by: str
-    local_rank: int | None = None
-    world_size: int | None = None
-    pid: int | None = None
-    labels: tuple[tuple[str, str], ...] = ()
-    step: int | None = None
-    has: set[str] = field(default_factory=set)  # which optional counters this rank has ever sent
-    totals: list[float] = field(default_factory=lambda: [0.0] * len(COUNTERS))  # accumulated, monotonic
-    last_raw: list[float | None] = field(default_factory=lambda: [None] * len(COUNTERS))
-    last_received: float = 0.0
-    last_progress: float = 0.0  # receive time of the last report whose sender time moved forward
-    restarts: int = 0
-    history: deque[_Point] = field(default_factory=lambda: deque(maxlen=HISTORY_SLOTS))
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return self.job_id, self.rank
+def pid_alive(pid: int, proc_root: str = "/proc") -> bool:
+    return os.path.exists(os.path.join(proc_root, str(pid)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,28 +41,77 @@ class RankView:
     rank: int
     dtype: str
     gpus: tuple[GpuShare, ...]
+    gpus_seen: tuple[GpuSeen, ...]
     attributed_by: str
+    attribution_detail: str
     local_rank: int | None
     world_size: int | None
     pid: int | None
+    instance: str | None
     labels: tuple[tuple[str, str], ...]
     step: int | None
-    has: frozenset[str]
-    totals: tuple[float, float, float, float]
-    rates: tuple[float, float, float, float] | None  # per second over the window; None until 2 points
+    totals: dict[CounterKey, float]
+    gpu_totals: dict[tuple[str, CounterKey], float]
+    rates: Rates | None  # None until two points, and while stalled
+    first_received: float
     last_received: float
     restarts: int
 
+    def has(self, counter: str) -> bool:
+        return any(k[0] == counter for k in self.totals)
+
+    def dtypes(self, counter: str) -> list[str]:
+        return sorted(d for c, d in self.totals if c == counter)
+
+    def gpu_utilisation(self, gpu: GpuShare, counter: str = "model_flops") -> dict[str, float] | None:
+        """{dtype: part of this rank's MFU (or HFU) on `gpu`}; None without rates or a known peak."""
+        if self.rates is None or not self.has(counter) or not self.gpus:
+            return None
+        parts: dict[str, float] = {}
+        for dtype in self.dtypes(counter):
+            peak = gpu.peak(dtype)
+            if not peak:
+                return None
+            parts[dtype] = self.rates.get((counter, dtype)) / len(self.gpus) / peak
+        return parts
+
+    def utilisation(self, counter: str = "model_flops") -> float | None:
+        """Peak-weighted MFU (or HFU) of the rank over its GPUs."""
+        weighted = total_weight = 0.0
+        for gpu in self.gpus:
+            parts, weight = self.gpu_utilisation(gpu, counter), gpu.weight
+            if parts is None or not weight:
+                return None
+            weighted += sum(parts.values()) * weight
+            total_weight += weight
+        return weighted / total_weight if total_weight else None
+
+    def rate(self, counter: str) -> float | None:
+        if self.rates is None or not self.has(counter):
+            return None
+        return sum(v for k, v in self.rates.values.items() if k[0] == counter)
+
     @property
     def peak_flops(self) -> float | None:
-        peaks = [g.peak_flops for g in self.gpus]
-        return sum(peaks) if peaks and None not in peaks else None  # type: ignore[arg-type]
+        """Sum of the weights (peak at the fastest reported dtype) of the rank's GPUs."""
+        weights = [g.weight for g in self.gpus]
+        return sum(weights) if weights and None not in weights else None  # type: ignore[arg-type]
 
-    def utilisation(self, counter: str) -> float | None:
-        peak = self.peak_flops
-        if self.rates is None or not peak or counter not in self.has:
-            return None
-        return self.rates[COUNTERS.index(counter)] / peak
+
+def job_utilisation(views: Iterable[RankView], counter: str = "model_flops") -> float | None:
+    """Peak-weighted MFU over the distinct GPUs of a set of ranks (a job): ranks sharing a GPU add
+    their parts; the GPU's weight counts once."""
+    parts: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for v in views:
+        for gpu in v.gpus:
+            u, w = v.gpu_utilisation(gpu, counter), gpu.weight
+            if u is None or not w:
+                continue
+            parts[gpu.uuid] = parts.get(gpu.uuid, 0.0) + sum(u.values())
+            weights[gpu.uuid] = max(weights.get(gpu.uuid, 0.0), w)
+    total = sum(weights.values())
+    return sum(parts[u] * weights[u] for u in parts) / total if total else None
 
 
 class JobRegistry:
@@ -130,17 +121,20 @@ class JobRegistry:
         window_seconds: float = 60.0,
         max_ranks: int = 4096,
         rank_ttl_seconds: float = 600.0,
-        clock=time.time,
+        clock: Callable[[], float] = time.time,
+        pid_alive: Callable[[int], bool] = pid_alive,
     ) -> None:
         self.peaks = peaks or PeakTable()
         self.window = window_seconds
         self.max_ranks = max_ranks
         self.ttl = rank_ttl_seconds
         self._clock = clock
+        self._pid_alive = pid_alive
         self._ranks: dict[tuple[str, int], RankState] = {}
         self._lock = threading.Lock()
         self._unknown_peaks_logged: set[tuple[str, str]] = set()
         self.expired_total = 0
+        self.changes = 0  # bumped on every change; the state writer saves when it moved
         # Lower bound of every tracked rank's last_received: while now - it <= ttl no rank can be stale,
         # so apply() skips the O(ranks) sweep (docs/performance.md).
         self._oldest_received = math.inf
@@ -149,10 +143,21 @@ class JobRegistry:
     def apply(self, reports: Sequence[ReportData], snapshot: Snapshot | None) -> int:
         """Applies every report or none: raises ReportRejected before changing anything."""
         now = self._clock()
-        shares = [self._attribute(i, r, snapshot, len(reports) > 1) for i, r in enumerate(reports)]
+        batch = len(reports) > 1
+        placed = [place(r, snapshot, f"reports[{i}]." if batch else "") for i, r in enumerate(reports)]
         with self._lock:
             if now - self._oldest_received > self.ttl:
                 self._expire(now)
+            takeovers: dict[tuple[str, int], str] = {}
+            for i, report in enumerate(reports):
+                state = self._ranks.get((report.job_id, report.rank))
+                if state is None or same_sender(state, report):
+                    continue
+                reason = takeover_reason(state, report, now, self._pid_alive)
+                if reason is None:
+                    where = f"reports[{i}]." if batch else ""
+                    raise ReportRejected(409, f"{where}rank", conflict_message(state, report, now, where))
+                takeovers[state.key] = reason
             # Not `set - self._ranks.keys()`: that walks every tracked rank, this only the batch.
             new_keys = {key for key in ((r.job_id, r.rank) for r in reports) if key not in self._ranks}
             if len(self._ranks) + len(new_keys) > self.max_ranks:
@@ -163,120 +168,76 @@ class JobRegistry:
                     f"pairs; {len(new_keys)} new pair(s) refused. Raise --max-ranks or wait for idle ranks "
                     f"to expire (--rank-ttl).",
                 )
-            for report, (gpus, how) in zip(reports, shares, strict=True):
-                self._apply_one(report, gpus, how, now)
+            for report, placement in zip(reports, placed, strict=True):
+                reason = takeovers.get((report.job_id, report.rank))
+                if reason is not None:
+                    log.info(
+                        "job %s rank %d: a new sender (instance %s, pid %s) takes over: %s",
+                        report.job_id,
+                        report.rank,
+                        report.instance,
+                        report.pid,
+                        reason,
+                    )
+                shares = tuple(self._share(g, report) for g in placement.gpus)
+                self._apply_one(report, shares, placement.attributed_by, placement.detail, now, reason)
+            self.changes += 1
         return len(reports)
 
-    def _attribute(
-        self, i: int, report: ReportData, snapshot: Snapshot | None, batch: bool
-    ) -> tuple[tuple[GpuShare, ...], str]:
-        where = f"reports[{i}]." if batch else ""
-        all_gpus = snapshot.gpus if snapshot else ()
-        chosen: list[GpuReading]
-        if report.gpus is not None:
-            chosen, how = [], "gpus"
-            for wanted in report.gpus:
-                if snapshot is None:
-                    found = None
-                elif isinstance(wanted, int):
-                    found = snapshot.by_index.get(wanted)
-                else:
-                    found = snapshot.by_uuid.get(wanted)
-                if found is None:
-                    have = ", ".join(str(g.index) for g in all_gpus) or "none"
-                    raise ReportRejected(
-                        422,
-                        f"{where}gpus",
-                        f"{where}gpus: GPU {wanted!r} does not exist on this node (GPUs: {have})",
-                    )
-                if found not in chosen:
-                    chosen.append(found)
-        else:
-            chosen, how = (snapshot.gpu_for_pid(report.pid) if snapshot and report.pid else []), "pid"
-            if not chosen and report.local_rank is not None:
-                how = "local_rank"
-                if report.local_rank >= len(all_gpus):
-                    raise ReportRejected(
-                        422,
-                        f"{where}local_rank",
-                        f"{where}local_rank: {report.local_rank} has no GPU of that index on this node "
-                        f"({len(all_gpus)} GPU(s)); send gpus explicitly",
-                    )
-                chosen = [all_gpus[report.local_rank]]
-            if not chosen:
-                raise ReportRejected(
-                    422,
-                    f"{where}gpus",
-                    f"{where}gpus: cannot tell which GPU this rank uses: pid {report.pid} holds no GPU in "
-                    f"NVML's process list and no local_rank was given; send gpus or local_rank",
+    def _share(self, gpu: GpuReading, report: ReportData) -> GpuShare:
+        dtypes = sorted(set(report.model_flops) | set(report.hardware_flops or {}))
+        peaks = []
+        for dtype in dtypes:
+            peak = self.peaks.peak_flops(gpu.identity.name, dtype)
+            if peak is None and (gpu.identity.name, dtype) not in self._unknown_peaks_logged:
+                self._unknown_peaks_logged.add((gpu.identity.name, dtype))
+                log.warning(
+                    "no dense peak FLOP/s known for %r at %s: MFU is not computed for it; add it with "
+                    "--peak-flops-file",
+                    gpu.identity.name,
+                    dtype,
                 )
-        return tuple(self._share(g, report.dtype) for g in chosen), how
+            peaks.append((dtype, peak))
+        return GpuShare(gpu.index, gpu.uuid, gpu.identity.name, tuple(peaks))
 
-    def _share(self, gpu: GpuReading, dtype: str) -> GpuShare:
-        peak = self.peaks.peak_flops(gpu.identity.name, dtype)
-        if peak is None and (gpu.identity.name, dtype) not in self._unknown_peaks_logged:
-            self._unknown_peaks_logged.add((gpu.identity.name, dtype))
-            log.warning(
-                "no dense peak FLOP/s known for %r at %s: MFU is not computed for it; add it with "
-                "--peak-flops-file",
-                gpu.identity.name,
-                dtype,
-            )
-        return GpuShare(gpu.index, gpu.uuid, gpu.identity.name, peak)
-
-    def _apply_one(self, report: ReportData, gpus: tuple[GpuShare, ...], how: str, now: float) -> None:
+    def _apply_one(
+        self,
+        report: ReportData,
+        gpus: tuple[GpuShare, ...],
+        how: str,
+        detail: str,
+        now: float,
+        takeover: str | None,
+    ) -> None:
         state = self._ranks.get((report.job_id, report.rank))
         if state is None:
-            state = RankState(report.job_id, report.rank, report.dtype, gpus, how)
+            state = RankState(report.job_id, report.rank, report.dtype, gpus, how, first_received=now)
             self._ranks[state.key] = state
-        state.dtype, state.gpus, state.attributed_by = report.dtype, gpus, how
+        state.dtype, state.gpus, state.attributed_by, state.attribution_detail = (
+            report.dtype,
+            gpus,
+            how,
+            detail,
+        )
         state.local_rank, state.world_size, state.pid = report.local_rank, report.world_size, report.pid
+        state.instance, state.interval = report.instance, report.interval
         state.labels = report.labels
         if report.step is not None:
             state.step = report.step
-        raw = (
-            report.model_flops_total,
-            report.hardware_flops_total,
-            report.tokens_total,
-            report.samples_total,
+        raw = report.raw_counters()
+        # A restart shows as a model FLOP counter going down, or as a new sender taking the rank over
+        # (its counters start from its own zero); all counters restart together.
+        restarted = takeover is not None or any(
+            value < state.last_raw.get(("model_flops", d), -1.0) for d, value in report.model_flops.items()
         )
-        # A restart shows as the primary counter going down; all counters restart together.
-        restarted = state.last_raw[0] is not None and raw[0] < state.last_raw[0]
-        if restarted:
+        if restarted and state.last_raw:
             state.restarts += 1
-            log.info("job %s rank %d restarted (model_flops_total went down)", report.job_id, report.rank)
-        for i, value in enumerate(raw):
-            if value is None:
-                continue
-            state.has.add(COUNTERS[i])
-            previous = state.last_raw[i]
-            if previous is None:
-                # The first report brings the job's total so far; a counter first sent later starts here.
-                delta = 0.0 if state.history else value
-            elif restarted or value < previous:
-                delta = value
-            else:
-                delta = value - previous
-            state.totals[i] += delta
-            state.last_raw[i] = value
+            log.info("job %s rank %d restarted", report.job_id, report.rank)
+        state.accumulate(raw, restarted)
         state.last_received = now
         if now < self._oldest_received:
             self._oldest_received = now
-        t = report.timestamp if report.timestamp is not None else now
-        point = _Point(t, tuple(state.totals))  # type: ignore[arg-type]
-        history = state.history
-        if history and t <= history[-1].t:
-            # The same step time again (a stalled job re-posting), or a sender clock that went back:
-            # keep the point's time, take the new values.
-            history[-1] = _Point(history[-1].t, point.values)
-            return
-        state.last_progress = now
-        if len(history) >= 2 and t - history[-2].t < self.window / (HISTORY_SLOTS - 2):
-            history[-1] = point  # too close to the one before: merge
-        else:
-            history.append(point)
-        while len(history) > 2 and history[1].t <= t - self.window:
-            history.popleft()
+        state.add_point(report.timestamp if report.timestamp is not None else now, now, self.window)
 
     # -- reading ------------------------------------------------------------------------------
     def _expire(self, now: float) -> None:
@@ -289,6 +250,8 @@ class JobRegistry:
                 oldest = s.last_received
         for key in stale:
             del self._ranks[key]
+        if stale:
+            self.changes += 1
         self.expired_total += len(stale)
         self._oldest_received = oldest
 
@@ -303,30 +266,64 @@ class JobRegistry:
             return len(self._ranks)
 
     def _view(self, s: RankState, now: float) -> RankView:
-        rates = None
-        # No MFU for a rank whose work has not moved on for a whole window (silent, or stalled and
-        # re-posting the same step time): a stale figure would look healthy.
-        if len(s.history) >= 2 and now - s.last_progress <= self.window:
-            first, last = s.history[0], s.history[-1]
-            if last.t - first.t > self.window:  # the oldest point is older than the window: cut at its edge
-                first = next((p for p in s.history if p.t >= last.t - self.window), first)
-            span = last.t - first.t
-            if span > 0:
-                rates = tuple((b - a) / span for a, b in zip(first.values, last.values, strict=True))
         return RankView(
             job_id=s.job_id,
             rank=s.rank,
             dtype=s.dtype,
             gpus=s.gpus,
+            gpus_seen=tuple(s.gpus_seen.values()),
             attributed_by=s.attributed_by,
+            attribution_detail=s.attribution_detail,
             local_rank=s.local_rank,
             world_size=s.world_size,
             pid=s.pid,
+            instance=s.instance,
             labels=s.labels,
             step=s.step,
-            has=frozenset(s.has),
-            totals=tuple(s.totals),
-            rates=rates,  # type: ignore[arg-type]
+            totals=dict(s.totals),
+            gpu_totals=dict(s.gpu_totals),
+            rates=rates_of(s, now, self.window),
+            first_received=s.first_received,
             last_received=s.last_received,
             restarts=s.restarts,
         )
+
+    # -- persistence (jobs/state.py writes and reads the file) --------------------------------
+    def export_state(self) -> tuple[int, list[RankState]]:
+        """A consistent copy of every rank's durable part, and the change count it reflects."""
+        with self._lock:
+            return self.changes, [_durable_copy(s) for s in self._ranks.values()]
+
+    def restore(self, ranks: Iterable[RankState]) -> int:
+        """Adds ranks read from the state file (before any report arrives). Returns how many."""
+        now = self._clock()
+        restored = 0
+        with self._lock:
+            for s in ranks:
+                if now - s.last_received > self.ttl or s.key in self._ranks:
+                    continue
+                self._ranks[s.key] = s
+                self._oldest_received = min(self._oldest_received, s.last_received)
+                restored += 1
+        return restored
+
+
+def _durable_copy(s: RankState) -> RankState:
+    return RankState(
+        job_id=s.job_id,
+        rank=s.rank,
+        dtype=s.dtype,
+        gpus=(),
+        attributed_by=s.attributed_by,
+        pid=s.pid,
+        instance=s.instance,
+        interval=s.interval,
+        step=s.step,
+        totals=dict(s.totals),
+        last_raw=dict(s.last_raw),
+        gpu_totals=dict(s.gpu_totals),
+        gpus_seen=dict(s.gpus_seen),
+        first_received=s.first_received,
+        last_received=s.last_received,
+        restarts=s.restarts,
+    )

@@ -1,7 +1,9 @@
 """Metric families for the reporting ranks: counters, MFU and HFU, and the peak behind them.
 
-A rank on N GPUs gets one series per GPU, each with 1/N of the rank's counters and that GPU's peak, so
-`sum by (job_id) (rate(mfu_job_model_flops_total[5m])) / sum by (job_id) (mfu_job_peak_flops)` is job MFU.
+FLOP series carry the dtype the FLOPs were done in; the other series carry the rank's precision. A rank
+on N GPUs gets series per GPU, each with 1/N of the rank's work; `mfu_job_mfu_ratio` is one series per
+(GPU, dtype), that dtype's part of the rank's MFU on that GPU, so summing over dtype gives the rank's MFU
+there (docs/metrics.md; job and fleet aggregation in deploy/prometheus/rules).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ INFO_LABELS = [
 ]
 
 _COUNTER_HELP = {
-    "model_flops": "Model FLOPs done by the rank (its share on this GPU); work after a restart is added on.",
-    "hardware_flops": "Hardware FLOPs (with recomputation) done by the rank on this GPU.",
+    "model_flops": "Model FLOPs the rank did on this GPU in this dtype; never goes down (restarts add on).",
+    "hardware_flops": "Hardware FLOPs (with recomputation) done by the rank on this GPU in this dtype.",
     "tokens": "Tokens processed by the rank (its share on this GPU).",
     "samples": "Samples processed by the rank (its share on this GPU).",
 }
@@ -54,7 +56,7 @@ def job_families(
     step = GaugeMetricFamily("mfu_job_step", "Last training step the rank reported.", labels=SERIES)
     peak = GaugeMetricFamily(
         "mfu_job_peak_flops",
-        "Dense peak FLOP/s of this GPU at the job's dtype: the MFU denominator.",
+        "Dense peak FLOP/s of this GPU at this dtype: the denominator of the MFU part in that dtype.",
         labels=SERIES,
     )
     unknown = GaugeMetricFamily(
@@ -63,10 +65,15 @@ def job_families(
         labels=[*SERIES, "model"],
     )
     mfu = GaugeMetricFamily(
-        "mfu_job_mfu_ratio", "Model FLOPs utilisation over the agent's window.", labels=SERIES
+        "mfu_job_mfu_ratio",
+        "Part of the rank's model FLOPs utilisation on this GPU done in this dtype, over the agent's window "
+        "(sum over dtype for the rank's MFU); never clamped.",
+        labels=SERIES,
     )
     hfu = GaugeMetricFamily(
-        "mfu_job_hfu_ratio", "Hardware FLOPs utilisation over the agent's window.", labels=SERIES
+        "mfu_job_hfu_ratio",
+        "Part of the rank's hardware FLOPs utilisation on this GPU in this dtype, over the agent's window.",
+        labels=SERIES,
     )
     tokens_rate = GaugeMetricFamily(
         "mfu_job_tokens_per_second",
@@ -78,14 +85,23 @@ def job_families(
         "Unix time the agent last heard from the rank.",
         labels=SERIES,
     )
+    first = GaugeMetricFamily(
+        "mfu_job_first_report_timestamp_seconds",
+        "Unix time the agent first heard from the rank (kept across agent restarts with --state-dir).",
+        labels=SERIES,
+    )
     for v in views:
-        share = 1.0 / len(v.gpus)
         labels_map = dict(v.labels)
         pod_uid, container_id, cgroup_slurm_job = (
             pod_of(v.pid) if pod_of and v.attributed_by == "pid" and v.pid else ("", "", "")
         )
+        rank = str(v.rank)
+        for key, total in v.gpu_totals.items():
+            uuid, (counter, dtype) = key
+            seen = seen_by_uuid(v, uuid)
+            counters[counter].add_metric([v.job_id, rank, str(seen), uuid, dtype or v.dtype], total)
         for gpu in v.gpus:
-            series = [v.job_id, str(v.rank), str(gpu.index), gpu.uuid, v.dtype]
+            series = [v.job_id, rank, str(gpu.index), gpu.uuid, v.dtype]
             info.add_metric(
                 [
                     *series,
@@ -102,27 +118,33 @@ def job_families(
                 ],
                 1,
             )
-            for i, name in enumerate(COUNTERS):
-                if name in v.has:
-                    counters[name].add_metric(series, v.totals[i] * share)
             if v.step is not None:
                 step.add_metric(series, v.step)
             last.add_metric(series, v.last_received)
-            if gpu.peak_flops is None:
-                unknown.add_metric([*series, gpu.model], 1)
-                continue
-            peak.add_metric(series, gpu.peak_flops)
-            if v.rates is not None:
-                # Every GPU of the rank gets an equal share of its work, so each one's MFU is its own share
-                # over its own peak; for identical GPUs this equals the rank's MFU.
-                mfu.add_metric(series, v.rates[0] * share / gpu.peak_flops)
-                if "hardware_flops" in v.has:
-                    hfu.add_metric(series, v.rates[1] * share / gpu.peak_flops)
-                if "tokens" in v.has:
-                    tokens_rate.add_metric(series, v.rates[2] * share)
+            first.add_metric(series, v.first_received)
+            if v.rates is not None and v.has("tokens"):
+                tokens_rate.add_metric(series, v.rates.get(("tokens", "")) / len(v.gpus))
+            for dtype, gpu_peak in gpu.peaks:
+                dtype_series = [v.job_id, rank, str(gpu.index), gpu.uuid, dtype]
+                if gpu_peak is None:
+                    unknown.add_metric([*dtype_series, gpu.model], 1)
+                else:
+                    peak.add_metric(dtype_series, gpu_peak)
+            for family, counter in ((mfu, "model_flops"), (hfu, "hardware_flops")):
+                parts = v.gpu_utilisation(gpu, counter)
+                for dtype, part in (parts or {}).items():
+                    # Never clamped: a part above 1 means the FLOPs formula or the peak is wrong.
+                    family.add_metric([v.job_id, rank, str(gpu.index), gpu.uuid, dtype], part)
     yield info
     yield from counters.values()
-    yield from (step, peak, unknown, mfu, hfu, tokens_rate, last)
+    yield from (step, peak, unknown, mfu, hfu, tokens_rate, last, first)
+
+
+def seen_by_uuid(v: RankView, uuid: str) -> int:
+    for g in v.gpus_seen:
+        if g.uuid == uuid:
+            return g.index
+    return -1
 
 
 def report_families(outcomes: dict[str, int], tracked: int) -> Iterator[Metric]:

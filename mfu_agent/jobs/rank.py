@@ -1,0 +1,193 @@
+"""One reporting rank: counters per dtype and per GPU that never go down, history, and its MFU.
+
+Reported counters are cumulative since the sender started. The agent keeps its own accumulated totals:
+a decrease (or a new sender taking the rank over) means the job restarted, and the new value is counted
+as work done since the restart, so exported counters only ever grow and no rate is ever negative.
+
+Each report's increase is split evenly over the GPUs the rank uses at that moment and added to per-GPU
+accumulators, so a rank whose GPU set changes never makes a per-GPU series go down.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+HISTORY_SLOTS = 128  # points kept per rank for the window; closer reports are merged into the newest
+
+FLOP_COUNTERS = ("model_flops", "hardware_flops")
+PLAIN_COUNTERS = ("tokens", "samples")
+COUNTERS = (*FLOP_COUNTERS, *PLAIN_COUNTERS)
+
+# A counter key: ("model_flops", "bf16"), ("hardware_flops", "fp8"), ("tokens", ""), ("samples", "").
+CounterKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ReportData:
+    job_id: str
+    rank: int
+    model_flops: dict[str, float]  # {dtype: cumulative FLOPs}
+    dtype: str = "bf16"  # the rank's precision: dtype label of its non-FLOP series
+    hardware_flops: dict[str, float] | None = None
+    local_rank: int | None = None
+    world_size: int | None = None
+    pid: int | None = None
+    instance: str | None = None
+    interval: float | None = None
+    gpus: tuple[int | str, ...] | None = None
+    tokens_total: float | None = None
+    samples_total: float | None = None
+    step: int | None = None
+    timestamp: float | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def raw_counters(self) -> dict[CounterKey, float]:
+        raw: dict[CounterKey, float] = {("model_flops", d): v for d, v in self.model_flops.items()}
+        for d, v in (self.hardware_flops or {}).items():
+            raw[("hardware_flops", d)] = v
+        if self.tokens_total is not None:
+            raw[("tokens", "")] = self.tokens_total
+        if self.samples_total is not None:
+            raw[("samples", "")] = self.samples_total
+        return raw
+
+
+@dataclass(frozen=True, slots=True)
+class GpuShare:
+    """A GPU a rank computes on, with its dense peak at each dtype the rank reports FLOPs in."""
+
+    index: int
+    uuid: str
+    model: str
+    peaks: tuple[tuple[str, float | None], ...]  # (dtype, peak FLOP/s or None when unknown)
+
+    def peak(self, dtype: str) -> float | None:
+        for d, p in self.peaks:
+            if d == dtype:
+                return p
+        return None
+
+    @property
+    def weight(self) -> float | None:
+        """The peak at the rank's fastest dtype on this GPU: its weight in peak-weighted MFU."""
+        known = [p for _, p in self.peaks if p is not None]
+        return max(known) if known and len(known) == len(self.peaks) else None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSeen:
+    index: int
+    uuid: str
+
+
+@dataclass
+class Point:
+    t: float
+    values: dict[CounterKey, float]  # accumulated totals at t
+
+
+@dataclass
+class RankState:
+    job_id: str
+    rank: int
+    dtype: str
+    gpus: tuple[GpuShare, ...]
+    attributed_by: str
+    attribution_detail: str = ""
+    local_rank: int | None = None
+    world_size: int | None = None
+    pid: int | None = None
+    instance: str | None = None
+    interval: float | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    step: int | None = None
+    totals: dict[CounterKey, float] = field(default_factory=dict)  # accumulated, monotonic
+    last_raw: dict[CounterKey, float] = field(default_factory=dict)
+    gpu_totals: dict[tuple[str, CounterKey], float] = field(default_factory=dict)  # (uuid, key) -> total
+    gpus_seen: dict[str, GpuSeen] = field(default_factory=dict)  # uuid -> index, for exported series
+    first_received: float = 0.0
+    last_received: float = 0.0
+    last_progress: float = 0.0  # receive time of the last report whose sender time moved forward
+    restarts: int = 0
+    history: deque[Point] = field(default_factory=lambda: deque(maxlen=HISTORY_SLOTS))
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.job_id, self.rank
+
+    def accumulate(self, raw: dict[CounterKey, float], restarted: bool) -> None:
+        """Adds the increase since the last report to the rank's and its current GPUs' totals."""
+        share = 1.0 / len(self.gpus) if self.gpus else 0.0
+        for g in self.gpus:
+            self.gpus_seen[g.uuid] = GpuSeen(g.index, g.uuid)
+        for key, value in raw.items():
+            previous = self.last_raw.get(key)
+            if previous is None:
+                # A rank's first report brings the job's total so far, and FLOPs in a dtype first sent
+                # later were done and counted nowhere else. A token or sample counter first sent later
+                # starts here (its past is unknown to the window).
+                delta = 0.0 if key[0] in PLAIN_COUNTERS and self.history else value
+            elif restarted or value < previous:
+                delta = value
+            else:
+                delta = value - previous
+            self.last_raw[key] = value
+            self.totals[key] = self.totals.get(key, 0.0) + delta
+            for g in self.gpus:
+                gk = (g.uuid, key)
+                self.gpu_totals[gk] = self.gpu_totals.get(gk, 0.0) + delta * share
+
+    def add_point(self, t: float, now: float, window: float) -> None:
+        point = Point(t, dict(self.totals))
+        history = self.history
+        if history and t <= history[-1].t:
+            # The same step time again (a stalled job re-posting), or a sender clock that went back:
+            # keep the point's time, take the new values.
+            history[-1] = Point(history[-1].t, point.values)
+            return
+        self.last_progress = now
+        if len(history) >= 2 and t - history[-2].t < window / (HISTORY_SLOTS - 2):
+            history[-1] = point  # too close to the one before: merge
+        else:
+            history.append(point)
+        while len(history) > 2 and history[1].t <= t - window:
+            history.popleft()
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Per-second increases of each counter, and which span of the rank's reports they cover."""
+
+    values: dict[CounterKey, float]
+    span_seconds: float
+    basis: str  # "window": points inside the window; "last_two_reports": reports sparser than it
+
+    def get(self, key: CounterKey) -> float:
+        return self.values.get(key, 0.0)
+
+
+def rates_of(s: RankState, now: float, window: float) -> Rates | None:
+    """Rates over the window; when no two points fall inside it, over the newest two points.
+
+    None while the rank has fewer than two points, or when its work has not moved on for longer than
+    the window and twice its latest spacing between reports (silent, or stalled and re-posting the same
+    step time): a stale figure would look healthy.
+    """
+    history = s.history
+    if len(history) < 2:
+        return None
+    last, before = history[-1], history[-2]
+    if now - s.last_progress > max(window, 2.0 * (last.t - before.t)):
+        return None
+    first, basis = before, "last_two_reports"
+    for p in history:
+        if p.t >= last.t - window:
+            if p is not last:
+                first, basis = p, "window"
+            break
+    span = last.t - first.t
+    if span <= 0:
+        return None
+    values = {k: (v - first.values.get(k, 0.0)) / span for k, v in last.values.items()}
+    return Rates(values, span, basis)
