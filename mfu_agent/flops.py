@@ -314,9 +314,9 @@ def fp8_flops_by_dtype(
     Inside ``fp8_autocast`` Transformer Engine runs the linear layers' GEMMs in FP8 (``linear``);
     the attention score and value matmuls (``attention``, unless FP8 attention is enabled), the
     MoE router and, by default, the LM head run in ``other_dtype`` (bf16, or fp16). Megatron-LM
-    and NeMo keep the output layer out of FP8; Lightning's ``transformer-engine`` precision with
-    ``replace_layers=True`` turns every ``nn.Linear`` whose sizes suit FP8 into ``te.Linear``,
-    LM head included: pass ``fp8_lm_head=True`` there. ``embedding`` FLOPs, when counted, go to
+    and NeMo keep the output layer out of FP8; Lightning's ``transformer-engine`` precisions (unless
+    ``replace_layers=False``) turn every ``nn.Linear`` whose sizes suit FP8 into ``te.Linear``, LM
+    head included: pass ``fp8_lm_head=True`` there. ``embedding`` FLOPs, when counted, go to
     ``other_dtype``.
 
     ``flops`` is per token; ``tokens`` multiplies it (e.g. the global batch's tokens, for

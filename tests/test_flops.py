@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -205,10 +206,12 @@ def test_one_causal_default_everywhere() -> None:
 
     assert default(transformer_flops_per_token, "causal") is False
     assert default(transformer_flops_breakdown, "causal") is False
+    assert "``causal=False`` is the default" in (flops.__doc__ or "")
     root = Path(__file__).resolve().parents[1]
+    assert "`causal=False` is the default" in (root / "docs" / "client.md").read_text(encoding="utf-8")
     for doc in (root / "README.md", root / "docs" / "client.md"):
-        text = doc.read_text(encoding="utf-8")
-        assert "causal=True" not in text or "causal=False" in text, doc
+        code = "".join(re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S))
+        assert "causal=True" not in code, f"{doc.name}: an example departs from the default convention"
 
 
 def test_formula_terms() -> None:
