@@ -196,6 +196,220 @@ def test_lightning_precision_mapping() -> None:
     assert precision_to_dtype("32-true") in ("fp32", "tf32")
 
 
+def _fake_trainer(precision: str, world_size: int = 8) -> SimpleNamespace:
+    """Just what MfuCallback reads from a Trainer: a real one cannot take the Transformer Engine
+    precisions without transformer_engine (and a GPU)."""
+    return SimpleNamespace(
+        precision=precision,
+        global_rank=3,
+        local_rank=3,
+        world_size=world_size,
+        strategy=SimpleNamespace(root_device=None),
+        global_step=0,
+    )
+
+
+def _run_fake_fit(callback: Any, trainer: SimpleNamespace, optimizer_steps: int) -> None:
+    """setup, on_train_start, one batch per optimizer step, on_train_end, teardown."""
+    callback.setup(trainer, None, "fit")
+    callback.on_train_start(trainer, None)
+    for batch_idx in range(optimizer_steps):
+        trainer.global_step += 1
+        callback.on_train_batch_end(trainer, None, None, None, batch_idx)
+    callback.on_train_end(trainer, None)
+    callback.teardown(trainer, None, "fit")
+
+
+class _RecordingReporter:
+    """Stands in for Reporter where a test only checks what the callback passes to it."""
+
+    created: list[dict[str, Any]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        type(self).created.append(kwargs)
+        self.closed = False
+        self.steps = 0
+
+    def step(self, **kwargs: Any) -> None:
+        self.steps += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+    def flush(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def recording_reporter(monkeypatch: pytest.MonkeyPatch) -> type[_RecordingReporter]:
+    import mfu_agent.integrations
+
+    monkeypatch.setattr(_RecordingReporter, "created", [])
+    monkeypatch.setattr(mfu_agent.integrations, "Reporter", _RecordingReporter)
+    return _RecordingReporter
+
+
+SPLIT = {"fp8": 2.0e9, "bf16": 0.5e9}  # FP8 GEMMs and BF16 attention, per optimizer step
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype", "amounts"),
+    [
+        ("bf16-mixed", "bf16", {"job_flops_per_step": 8 * F}),
+        ("transformer-engine", "fp8", {"job_flops_per_step": SPLIT, "job_tokens_per_step": 8 * T}),
+        ("transformer-engine", "fp8", {"flops_per_step": SPLIT, "tokens_per_step": T}),
+    ],
+)
+def test_lightning_passes_the_amounts_to_the_reporter_as_given(
+    recording_reporter: type[_RecordingReporter], precision: str, dtype: str, amounts: dict[str, Any]
+) -> None:
+    _lightning()
+    from mfu_agent.integrations.lightning import MfuCallback
+
+    callback = MfuCallback(job_id="lit-pass", **amounts)
+    _run_fake_fit(callback, _fake_trainer(precision), optimizer_steps=2)
+    (kwargs,) = recording_reporter.created
+    assert {k: v for k, v in kwargs.items() if "per_step" in k} == amounts  # as given, nothing added
+    assert (kwargs["dtype"], kwargs["world_size"], kwargs["rank"]) == (dtype, 8, 3)
+    assert callback.reporter is not None and callback.reporter.steps == 2
+
+
+def test_lightning_job_flops_are_divided_by_the_world_size(fake: FakeAgent) -> None:
+    pl = _lightning()
+    from mfu_agent.integrations.lightning import MfuCallback
+
+    world = 4  # given explicitly: the tiny trainer runs one process
+    callback = MfuCallback(
+        job_flops_per_step=world * F,
+        job_tokens_per_step=world * T,
+        job_id="lit-job-flops",
+        url=fake.url,
+        interval=60,
+        world_size=world,
+    )
+    _trainer(pl, callback, max_steps=5).fit(_tiny_lightning_module(pl))
+    report = fake.latest(job_id="lit-job-flops")
+    assert report is not None
+    assert report["model_flops_total"] == pytest.approx(5 * F)  # this rank's quarter of the job
+    assert report["tokens_total"] == pytest.approx(5 * T)
+    assert report["world_size"] == world
+
+
+@pytest.mark.parametrize(
+    ("precision", "other"), [("transformer-engine", "bf16"), ("transformer-engine-float16", "fp16")]
+)
+def test_lightning_transformer_engine_reports_a_dtype_mapping(
+    fake: FakeAgent, precision: str, other: str
+) -> None:
+    _lightning()
+    from mfu_agent.integrations.lightning import MfuCallback
+
+    split = {"fp8": 2.0e9, other: 0.5e9}
+    callback = MfuCallback(flops_per_step=split, job_id="lit-te", url=fake.url, interval=60)
+    _run_fake_fit(callback, _fake_trainer(precision), optimizer_steps=3)
+    report = fake.latest(job_id="lit-te")
+    assert report is not None
+    assert report["model_flops_total"] == pytest.approx({dtype: 3 * f for dtype, f in split.items()})
+    assert report["dtype"] == "fp8"  # the rank's precision
+    assert report["step"] == 3
+
+
+@pytest.mark.parametrize(
+    ("precision", "other", "amounts"),
+    [
+        ("transformer-engine", "bf16", {"job_flops_per_step": 8 * F}),
+        ("transformer-engine-float16", "fp16", {"flops_per_step": F}),
+        ("transformer-engine", "bf16", {"flops_per_step": SPLIT, "hardware_flops_per_step": 2 * F}),
+    ],
+)
+def test_lightning_transformer_engine_with_a_plain_number_reports_nothing(
+    fake: FakeAgent,
+    caplog: pytest.LogCaptureFixture,
+    precision: str,
+    other: str,
+    amounts: dict[str, Any],
+) -> None:
+    _lightning()
+    from mfu_agent.integrations.lightning import MfuCallback
+
+    callback = MfuCallback(job_id="lit-te-plain", url=fake.url, interval=60, **amounts)
+    with caplog.at_level("ERROR", logger="mfu_agent.client"):
+        _run_fake_fit(callback, _fake_trainer(precision), optimizer_steps=3)  # does not raise
+    assert callback.reporter is None
+    assert fake.posts == []
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]  # one error, not one per hook
+    message = record.getMessage()
+    assert precision in message and "FP8" in message and other in message
+    assert "{'fp8': ..., '" + other + "': ...}" in message
+    assert "mfu_agent.flops.fp8_flops_by_dtype" in message
+
+
+def test_lightning_transformer_engine_explicit_dtype_or_own_reporter_is_trusted(
+    fake: FakeAgent, caplog: pytest.LogCaptureFixture
+) -> None:
+    _lightning()
+    from mfu_agent.integrations.lightning import MfuCallback
+
+    explicit = MfuCallback(flops_per_step=F, job_id="lit-te-fp8", url=fake.url, interval=60, dtype="fp8")
+    _run_fake_fit(explicit, _fake_trainer("transformer-engine"), optimizer_steps=2)
+    report = fake.latest(job_id="lit-te-fp8")
+    assert report is not None and report["model_flops_total"] == pytest.approx(2 * F)
+
+    reporter = Reporter(job_id="lit-te-own", url=fake.url, interval=60, dtype="bf16")
+    try:
+        own = MfuCallback(flops_per_step=F, reporter=reporter)
+        _run_fake_fit(own, _fake_trainer("transformer-engine"), optimizer_steps=2)
+        report = fake.latest(job_id="lit-te-own")
+        assert report is not None and report["model_flops_total"] == pytest.approx(2 * F)
+    finally:
+        reporter.close()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_lightning_transformer_engine_dtypes() -> None:
+    _lightning()
+    from mfu_agent.integrations.lightning import precision_to_dtype, transformer_engine_other_dtype
+
+    assert transformer_engine_other_dtype("transformer-engine") == "bf16"
+    assert transformer_engine_other_dtype("transformer-engine-float16") == "fp16"
+    for precision in ("bf16-mixed", "16-mixed", "32-true", "64-true"):
+        assert transformer_engine_other_dtype(precision) is None
+    assert precision_to_dtype("transformer-engine-float16") == "fp8"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"flops_per_step": {"fp8": -1.0}}, ValueError, r"flops_per_step\['fp8'\]"),
+        ({"job_flops_per_step": {"fp8": float("nan")}}, ValueError, "job_flops_per_step"),
+        ({"job_flops_per_step": {"fp9": 1.0}}, ValueError, "job_flops_per_step.*fp9"),
+        ({"job_flops_per_step": {}}, ValueError, "job_flops_per_step"),
+        ({"job_flops_per_step": "1e12"}, ValueError, "job_flops_per_step"),
+        ({"job_flops_per_step": F, "job_tokens_per_step": -1}, ValueError, "job_tokens_per_step"),
+        ({"flops_per_step": F, "job_flops_per_step": F}, ValueError, "not both"),
+        ({"job_flops_per_step": F, "tokens_per_step": T, "job_tokens_per_step": T}, ValueError, "not both"),
+    ],
+)
+def test_callback_amount_errors(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    from mfu_agent.integrations import _ReporterOwner
+
+    with pytest.raises(error, match=match):
+        _ReporterOwner(
+            "Cb", kwargs.pop("flops_per_step", None), kwargs.pop("tokens_per_step", None), None, {}, **kwargs
+        )
+
+
+def test_job_amounts_with_a_users_reporter_are_refused() -> None:
+    from mfu_agent.integrations import _ReporterOwner
+
+    reporter = Reporter(job_id="x", url="http://127.0.0.1:9")
+    try:
+        with pytest.raises(TypeError, match="job_flops_per_step"):
+            _ReporterOwner("Cb", None, None, reporter, {}, job_flops_per_step=F)
+    finally:
+        reporter.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # Hugging Face transformers
 # --------------------------------------------------------------------------------------------------
@@ -323,6 +537,33 @@ def test_huggingface_explicit_arguments_win_over_training_args(fake: FakeAgent) 
     assert (report["rank"], report["local_rank"], report["world_size"]) == (7, 1, 8)
     assert report["dtype"] == "fp8"
     assert report["step"] == 1
+
+
+def test_huggingface_job_flops_mapping_is_divided_by_the_world_size(fake: FakeAgent) -> None:
+    from transformers.trainer_callback import TrainerControl, TrainerState
+
+    from mfu_agent.integrations.huggingface import MfuTrainerCallback
+
+    world = 4
+    job_split = {"fp8": world * 2.0e9, "bf16": world * 0.5e9}  # the whole job's step, by dtype
+    callback = MfuTrainerCallback(
+        job_flops_per_step=job_split,
+        job_tokens_per_step=world * T,
+        job_id="hf-job-split",
+        url=fake.url,
+        interval=60,
+    )
+    args = SimpleNamespace(process_index=1, local_process_index=1, world_size=world, bf16=True, fp16=False)
+    state, control = TrainerState(), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    for _ in range(3):
+        callback.on_step_end(args, state, control)
+    callback.on_train_end(args, state, control)
+    report = fake.latest(job_id="hf-job-split")
+    assert report is not None
+    assert report["model_flops_total"] == pytest.approx({"fp8": 3 * 2.0e9, "bf16": 3 * 0.5e9})
+    assert report["tokens_total"] == pytest.approx(3 * T)
+    assert report["world_size"] == world
 
 
 def test_huggingface_callback_argument_errors() -> None:

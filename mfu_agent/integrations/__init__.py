@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
+from collections.abc import Mapping
 from typing import Any
 
-from mfu_agent.client import Reporter
+from mfu_agent.client import Reporter, normalize_dtype
 
 __all__ = ["MfuCallback", "MfuTrainerCallback", "cuda_gpu_uuids"]
 
@@ -56,9 +58,37 @@ def cuda_gpu_uuids(device: Any) -> list[str] | None:
         return None
 
 
+#: A per-step FLOPs amount: a number, or ``{dtype: FLOPs}`` when the step runs in several dtypes.
+Flops = float | Mapping[str, float]
+
+
+def _check_flops(who: str, name: str, value: Any) -> None:
+    """A number >= 0 or a non-empty ``{dtype: number >= 0}`` mapping; ValueError naming ``name``."""
+    if isinstance(value, Mapping):
+        if not value:
+            raise ValueError(f"{who}: {name} must not be an empty mapping")
+        for dtype, amount in value.items():
+            try:
+                normalize_dtype(dtype)
+            except ValueError as exc:
+                raise ValueError(f"{who}: {name}: {exc}") from None
+            _check_number(who, f"{name}[{dtype!r}]", amount)
+    else:
+        _check_number(who, name, value)
+
+
+def _check_number(who: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"{who}: {name} must be a finite number >= 0, got {value!r}")
+
+
 class _ReporterOwner:
     """The part the framework callbacks share: a Reporter created lazily (in the training process,
     once the framework knows the rank) or one the user passed in.
+
+    The per-step amounts are this rank's (``flops_per_step``, ``tokens_per_step``) or the whole
+    job's (``job_flops_per_step``, ``job_tokens_per_step``, which the Reporter divides by the world
+    size); FLOPs may be ``{dtype: FLOPs}`` mappings. All are passed to the Reporter as given.
 
     A Reporter this object created is closed at the end of training; one the user passed in is only
     flushed (its owner closes it).
@@ -67,45 +97,93 @@ class _ReporterOwner:
     def __init__(
         self,
         who: str,
-        flops_per_step: float | None,
+        flops_per_step: Flops | None,
         tokens_per_step: float | None,
         reporter: Reporter | None,
         reporter_kwargs: dict[str, Any],
+        job_flops_per_step: Flops | None = None,
+        job_tokens_per_step: float | None = None,
     ) -> None:
         unknown = sorted(set(reporter_kwargs) - _REPORTER_PARAMS)
         if unknown:
             raise TypeError(f"{who}: unknown Reporter argument(s): {', '.join(unknown)}")
-        for name in ("flops_per_step", "tokens_per_step"):
+        for name in ("flops_per_step", "job_flops_per_step", "tokens_per_step", "job_tokens_per_step"):
             if name in reporter_kwargs:
                 raise TypeError(f"{who}: pass {name} directly, not in reporter_kwargs")
         if reporter is not None and reporter_kwargs:
             raise TypeError(f"{who}: pass either reporter=... or Reporter arguments, not both")
-        if reporter is None and flops_per_step is None:
+        if flops_per_step is not None and job_flops_per_step is not None:
             raise ValueError(
-                f"{who}: flops_per_step is required (model FLOPs of one optimizer step, all "
-                "micro-batches of this rank; see mfu_agent.flops.transformer_flops_per_token), "
-                "or pass reporter=Reporter(...)"
+                f"{who}: pass flops_per_step (this rank) or job_flops_per_step (whole job), not both"
             )
-        for name, value in (("flops_per_step", flops_per_step), ("tokens_per_step", tokens_per_step)):
-            bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0
-            if value is not None and bad:
-                raise ValueError(f"{who}: {name} must be a number >= 0, got {value!r}")
+        if tokens_per_step is not None and job_tokens_per_step is not None:
+            raise ValueError(
+                f"{who}: pass tokens_per_step (this rank) or job_tokens_per_step (whole job), not both"
+            )
+        if reporter is not None and (job_flops_per_step is not None or job_tokens_per_step is not None):
+            raise TypeError(
+                f"{who}: with reporter=..., give job_flops_per_step / job_tokens_per_step to that "
+                "Reporter (it knows the world size)"
+            )
+        if reporter is None and flops_per_step is None and job_flops_per_step is None:
+            raise ValueError(
+                f"{who}: job_flops_per_step (model FLOPs of one optimizer step of the whole job's "
+                "global batch) or flops_per_step (this rank's share) is required, e.g. from "
+                "mfu_agent.flops.transformer_flops_per_token; or pass reporter=Reporter(...)"
+            )
+        for name, value in (("flops_per_step", flops_per_step), ("job_flops_per_step", job_flops_per_step)):
+            if value is not None:
+                _check_flops(who, name, value)
+        for name, value in (
+            ("tokens_per_step", tokens_per_step),
+            ("job_tokens_per_step", job_tokens_per_step),
+        ):
+            if value is not None:
+                _check_number(who, name, value)
         self.who = who
+        given = {
+            "flops_per_step": flops_per_step,
+            "job_flops_per_step": job_flops_per_step,
+            "tokens_per_step": tokens_per_step,
+            "job_tokens_per_step": job_tokens_per_step,
+        }
+        #: What the created Reporter gets: the amounts given, as given (None ones left out).
+        self.amounts: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
         self.flops_per_step = flops_per_step
         self.tokens_per_step = tokens_per_step
         self.reporter_kwargs = reporter_kwargs
         self.reporter: Reporter | None = reporter
         self.owned = reporter is None
+        self.refused = False
 
-    def ensure(self, defaults: dict[str, Any]) -> Reporter:
-        """Create the Reporter if needed. Explicit reporter_kwargs win over ``defaults`` (what the
-        framework knows: rank, world size, dtype), which win over the environment."""
+    def plain_number_flops(self) -> list[str]:
+        """The FLOPs amounts the created Reporter would get as plain numbers (no dtype split)."""
+        given = dict(self.amounts)
+        if "hardware_flops_per_step" in self.reporter_kwargs:
+            given["hardware_flops_per_step"] = self.reporter_kwargs["hardware_flops_per_step"]
+        return [
+            name
+            for name, value in given.items()
+            if "flops" in name and value is not None and not isinstance(value, Mapping)
+        ]
+
+    def refuse(self, message: str) -> None:
+        """Report nothing for this run: log ``message`` once as an error; training goes on."""
+        if not self.refused:
+            logger.error("%s", message)
+        self.refused = True
+
+    def ensure(self, defaults: dict[str, Any]) -> Reporter | None:
+        """Create the Reporter if needed (None once :meth:`refuse` was called). Explicit
+        reporter_kwargs win over ``defaults`` (what the framework knows: rank, world size, dtype),
+        which win over the environment."""
+        if self.refused:
+            return None
         if self.reporter is not None and not (self.owned and self.reporter.closed):
             return self.reporter
         kwargs = {k: v for k, v in defaults.items() if v is not None}
         kwargs.update(self.reporter_kwargs)
-        kwargs["flops_per_step"] = self.flops_per_step
-        kwargs["tokens_per_step"] = self.tokens_per_step
+        kwargs.update(self.amounts)
         self.reporter = Reporter(**kwargs)
         self.owned = True
         return self.reporter

@@ -1,6 +1,6 @@
 """Hugging Face transformers integration.
 
-``Trainer(..., callbacks=[MfuTrainerCallback(flops_per_step=...)])``
+``Trainer(..., callbacks=[MfuTrainerCallback(job_flops_per_step=...)])``
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from mfu_agent.client import Reporter
-from mfu_agent.integrations import _ReporterOwner, cuda_gpu_uuids
+from mfu_agent.integrations import Flops, _ReporterOwner, cuda_gpu_uuids
 
 __all__ = ["MfuTrainerCallback", "training_args_dtype"]
 
@@ -46,8 +46,12 @@ def _args_device(args: Any) -> Any:
 class MfuTrainerCallback(TrainerCallback):
     """Reports this rank's cumulative model FLOPs to the node's mfu-agent.
 
-    ``on_step_end`` (once per optimizer step, after gradient accumulation) counts one step of
-    ``flops_per_step`` model FLOPs: one optimizer step on this process, all micro-batches included.
+    ``on_step_end`` (once per optimizer step, after gradient accumulation) counts one step:
+    ``job_flops_per_step`` is the model FLOPs of one optimizer step of the whole job (its global
+    batch; the Reporter counts 1/world_size of it on each rank), ``flops_per_step`` this process's
+    share instead (all its micro-batches). Either may be a ``{dtype: FLOPs}`` mapping (FP8 training:
+    :func:`mfu_agent.flops.fp8_flops_by_dtype`). Likewise ``job_tokens_per_step`` /
+    ``tokens_per_step``.
 
     Rank, local rank and world size come from the TrainingArguments (``process_index``,
     ``local_process_index``, ``world_size``) and the dtype from ``bf16``/``fp16``/``tf32`` unless
@@ -58,13 +62,22 @@ class MfuTrainerCallback(TrainerCallback):
 
     def __init__(
         self,
-        flops_per_step: float | None = None,
+        flops_per_step: Flops | None = None,
         tokens_per_step: float | None = None,
         reporter: Reporter | None = None,
+        *,
+        job_flops_per_step: Flops | None = None,
+        job_tokens_per_step: float | None = None,
         **reporter_kwargs: Any,
     ) -> None:
         self._owner = _ReporterOwner(
-            "MfuTrainerCallback", flops_per_step, tokens_per_step, reporter, reporter_kwargs
+            "MfuTrainerCallback",
+            flops_per_step,
+            tokens_per_step,
+            reporter,
+            reporter_kwargs,
+            job_flops_per_step=job_flops_per_step,
+            job_tokens_per_step=job_tokens_per_step,
         )
 
     @property

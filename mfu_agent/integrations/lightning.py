@@ -1,4 +1,4 @@
-"""Lightning integration: ``trainer = Trainer(callbacks=[MfuCallback(flops_per_step=...)])``.
+"""Lightning integration: ``trainer = Trainer(callbacks=[MfuCallback(job_flops_per_step=...)])``.
 
 Works with the ``lightning`` package (``lightning.pytorch``) and falls back to the older
 ``pytorch_lightning`` package.
@@ -20,9 +20,9 @@ except ImportError:  # pragma: no cover - depends on what is installed
         ) from exc
 
 from mfu_agent.client import Reporter
-from mfu_agent.integrations import _ReporterOwner, cuda_gpu_uuids
+from mfu_agent.integrations import Flops, _ReporterOwner, cuda_gpu_uuids
 
-__all__ = ["MfuCallback", "precision_to_dtype"]
+__all__ = ["MfuCallback", "precision_to_dtype", "transformer_engine_other_dtype"]
 
 logger = logging.getLogger("mfu_agent.client")
 
@@ -49,12 +49,30 @@ def precision_to_dtype(precision: object) -> str:
     return "fp32"
 
 
+def transformer_engine_other_dtype(precision: object) -> str | None:
+    """For Lightning's Transformer Engine precisions, the dtype of the work that is not an FP8 GEMM
+    (``"transformer-engine"``: bf16, ``"transformer-engine-float16"``: fp16); None otherwise."""
+    text = str(precision).lower()
+    if text == "transformer-engine":
+        return "bf16"
+    if text == "transformer-engine-float16":
+        return "fp16"
+    return None
+
+
 class MfuCallback(pl.Callback):
     """Reports this rank's cumulative model FLOPs to the node's mfu-agent.
 
     Counts one step per training batch that advanced ``trainer.global_step`` (an optimizer step;
-    with ``accumulate_grad_batches=k`` that is every k-th batch). ``flops_per_step`` is the model
-    FLOPs of one such step on this rank, all micro-batches included.
+    with ``accumulate_grad_batches=k`` that is every k-th batch). ``job_flops_per_step`` is the
+    model FLOPs of one such step of the whole job (its global batch; the Reporter counts
+    1/world_size of it on each rank); ``flops_per_step`` is this rank's share instead. Either may be
+    a ``{dtype: FLOPs}`` mapping. Likewise ``job_tokens_per_step`` / ``tokens_per_step``.
+
+    With the ``"transformer-engine"`` precisions the linear layers' GEMMs run in FP8 and the rest
+    in bf16 (fp16 for ``"transformer-engine-float16"``): pass the FLOPs as a mapping
+    (:func:`mfu_agent.flops.fp8_flops_by_dtype`). Given a plain number there (and no explicit
+    ``dtype``), the callback logs an error and reports nothing; training goes on.
 
     Rank, local rank and world size come from the trainer and the dtype from ``trainer.precision``
     unless given in ``reporter_kwargs`` (any :class:`mfu_agent.client.Reporter` argument, e.g.
@@ -65,14 +83,23 @@ class MfuCallback(pl.Callback):
 
     def __init__(
         self,
-        flops_per_step: float | None = None,
+        flops_per_step: Flops | None = None,
         tokens_per_step: float | None = None,
         reporter: Reporter | None = None,
+        *,
+        job_flops_per_step: Flops | None = None,
+        job_tokens_per_step: float | None = None,
         **reporter_kwargs: Any,
     ) -> None:
         super().__init__()
         self._owner = _ReporterOwner(
-            "MfuCallback", flops_per_step, tokens_per_step, reporter, reporter_kwargs
+            "MfuCallback",
+            flops_per_step,
+            tokens_per_step,
+            reporter,
+            reporter_kwargs,
+            job_flops_per_step=job_flops_per_step,
+            job_tokens_per_step=job_tokens_per_step,
         )
         self._last_global_step: int | None = None
 
@@ -83,6 +110,8 @@ class MfuCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if self._cannot_split(trainer.precision):
+            return
         self._owner.ensure(
             {
                 "rank": trainer.global_rank,
@@ -92,6 +121,25 @@ class MfuCallback(pl.Callback):
                 "gpus": cuda_gpu_uuids(getattr(trainer.strategy, "root_device", None)),
             }
         )
+
+    def _cannot_split(self, precision: object) -> bool:
+        """True (after logging one error) when a Transformer Engine precision meets plain-number
+        FLOPs: the FP8 and the bf16/fp16 parts cannot be told apart, so nothing is reported."""
+        owner = self._owner
+        other = transformer_engine_other_dtype(precision)
+        if other is None or not owner.owned or "dtype" in owner.reporter_kwargs:
+            return False
+        plain = owner.plain_number_flops()
+        if not plain:
+            return False
+        owner.refuse(
+            f"MfuCallback: precision {str(precision)!r} runs the linear layers' GEMMs in FP8 and the "
+            f"attention matmuls in {other}; a plain number ({', '.join(plain)}) cannot say how much is "
+            f"which. Pass a mapping, e.g. job_flops_per_step={{'fp8': ..., '{other}': ...}} "
+            "(mfu_agent.flops.fp8_flops_by_dtype computes one from the architecture). Reporting "
+            "nothing for this run; training goes on."
+        )
+        return True
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._owner.reporter is None or (self._owner.owned and self._owner.reporter.closed):
