@@ -173,7 +173,7 @@ def run_million(total: int, log) -> dict:
                 ReportData(
                     job_id=f"short-{job}",
                     rank=rank,
-                    model_flops_total=4e14 * progress,
+                    model_flops={"bf16": 4e14 * progress},
                     gpus=(rank % 8,),
                     tokens_total=4096.0 * progress,
                     step=progress,

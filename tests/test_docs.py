@@ -35,15 +35,15 @@ def exported_metrics() -> set[str]:
         ReportData(
             job_id="j",
             rank=0,
-            model_flops_total=1.0,
+            model_flops={"bf16": 1.0},
             gpus=(0,),
-            hardware_flops_total=1.0,
+            hardware_flops={"bf16": 1.0},
             tokens_total=1.0,
             samples_total=1.0,
             step=1,
             timestamp=1.0,
         ),
-        ReportData(job_id="j", rank=1, model_flops_total=1.0, gpus=(2,)),
+        ReportData(job_id="j", rank=1, model_flops={"bf16": 1.0}, gpus=(2,)),
     ]
     agent.jobs.apply(reports, snapshot)
     agent.jobs.apply(
@@ -51,9 +51,9 @@ def exported_metrics() -> set[str]:
             ReportData(
                 job_id="j",
                 rank=0,
-                model_flops_total=2.0,
+                model_flops={"bf16": 2.0},
                 gpus=(0,),
-                hardware_flops_total=2.0,
+                hardware_flops={"bf16": 2.0},
                 tokens_total=2.0,
                 samples_total=2.0,
                 step=2,
