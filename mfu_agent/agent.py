@@ -137,7 +137,7 @@ class Agent:
 
     def _job_metrics(self) -> Iterable[Metric]:
         yield from job_families(self.jobs.views(), self.pods)
-        yield from gpu_peak_families(self.sampler.latest, self.peaks.peaks_for)
+        yield from gpu_peak_families(self.sampler.latest, self.peaks)
         with self._outcomes_lock:
             outcomes = dict(self._report_outcomes)
         yield from report_families(outcomes, len(self.jobs))

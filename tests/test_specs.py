@@ -54,6 +54,22 @@ NVML_NAMES = {
     "Tesla V100-PCIE-32GB": "V100 PCIe",
     "Tesla V100S-PCIE-32GB": "V100S PCIe",
     "Tesla T4": "T4",
+    "NVIDIA A800-SXM4-80GB": "A800 SXM",
+    "NVIDIA A800 80GB PCIe": "A800 PCIe",
+    "NVIDIA H800": "H800 SXM",
+    "NVIDIA H800 PCIe": "H800 PCIe",
+    "NVIDIA H20": "H20",
+    "NVIDIA L20": "L20",
+    "NVIDIA RTX A6000": "RTX A6000",
+    "NVIDIA RTX PRO 6000 Blackwell Workstation Edition": "RTX PRO 6000 Blackwell WS",
+    "NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition": "RTX PRO 6000 Blackwell Max-Q",
+    "NVIDIA GeForce RTX 5090": "RTX 5090",
+    "NVIDIA B300 SXM6 AC": "B300",
+    "NVIDIA B300": "B300",
+    "NVIDIA GB300": "GB300",
+    "NVIDIA A2": "A2",
+    "NVIDIA A16": "A16",
+    "Tesla V100-SXM3-32GB": "V100 SXM3",
 }
 
 
@@ -85,6 +101,14 @@ def test_no_nvml_name_matches_two_patterns(name: str) -> None:
         ("NVIDIA GH200 480GB", "GH200"),
         ("NVIDIA GB200", "GB200"),
         ("NVIDIA B200", "B200"),
+        ("NVIDIA H20", "H20"),  # not the H200
+        ("NVIDIA L20", "L20"),  # not the L4 / L40
+        ("NVIDIA A2", "A2"),  # not the A10 / A16 / A2000
+        ("NVIDIA A16", "A16"),
+        ("NVIDIA H800", "H800 SXM"),
+        ("NVIDIA H800 PCIe", "H800 PCIe"),
+        ("Tesla V100-SXM3-32GB", "V100 SXM3"),  # not the SXM2
+        ("NVIDIA GB300", "GB300"),
         # case and separators do not matter
         ("nvidia a100-sxm4-80gb", "A100 SXM"),
         ("  NVIDIA  L40S ", "L40S"),
@@ -112,6 +136,14 @@ def test_near_misses_resolve_to_the_right_model(name: str, model: str) -> None:
         "Quadro RTX 6000",
         "NVIDIA A100X",
         "AMD Instinct MI300X",
+        # no datasheet figure found for these: an operator adds them with --peak-flops-file
+        "Tesla V100-FHHL-16GB",
+        "NVIDIA RTX PRO 6000 Blackwell Server Edition",
+        "Tesla V100-SXM3-32GB-H",  # DGX-2H: higher clocks than the DGX-2's SXM3
+        "NVIDIA GeForce RTX 5090 D",
+        "NVIDIA A20",
+        "NVIDIA RTX A2000",
+        "NVIDIA H20 MIG 1g.12gb",
         "",
     ],
 )
@@ -189,6 +221,49 @@ def test_datasheet_dense_figures(name: str, dtype: str, dense_tflops: float) -> 
     assert peak_flops(name, dtype) == pytest.approx(dense_tflops * T)
 
 
+# The devices added for issue 9, by NVML name: (dtype, dense TFLOP/s as computed from the sheet's
+# printed figure). "sparse / 2" where the sheet prints the 2:4-sparsity headline; board or rack
+# figures divided by their GPU count; "AI TOPS" (FP4 with sparsity) / 8 = dense BF16.
+NEW_DEVICE_DENSE_TFLOPS = [
+    ("NVIDIA A800-SXM4-80GB", "bf16", 312.0),  # A800 datasheet, dense column
+    ("NVIDIA A800 80GB PCIe", "bf16", 312.0),  # A800 datasheet, dense column
+    ("NVIDIA H800", "bf16", 1979.0 / 2),  # H800 datasheet, SXM: BF16 1,979 with sparsity
+    ("NVIDIA H800 PCIe", "bf16", 1513.0 / 2),  # H800 datasheet, PCIe: BF16 1,513 with sparsity
+    ("NVIDIA H800", "fp8", 3958.0 / 2),
+    ("NVIDIA H20", "bf16", 148.0),  # H20 spec sheet, dense
+    ("NVIDIA L20", "bf16", 119.5),  # L20 spec sheet, dense
+    ("NVIDIA RTX A6000", "bf16", 309.7 / 2),  # RTX A6000 datasheet: tensor 309.7 with sparsity
+    ("NVIDIA RTX PRO 6000 Blackwell Workstation Edition", "bf16", 4000.0 / 8),  # 4,000 AI TOPS
+    ("NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition", "bf16", 3511.0 / 8),  # 3,511 AI TOPS
+    ("NVIDIA GeForce RTX 5090", "bf16", 419.0 / 2),  # RTX Blackwell whitepaper: FP32 acc. 209.5/419
+    ("NVIDIA B300 SXM6 AC", "bf16", 36_000.0 / 8 / 2),  # HGX B300: 36 PF for 8 GPUs, sparse
+    ("NVIDIA B300", "fp8", 72_000.0 / 8 / 2),  # HGX B300: 72 PF for 8 GPUs, sparse
+    ("NVIDIA GB300", "bf16", 360_000.0 / 72 / 2),  # GB300 NVL72: 360 PF for 72 GPUs, sparse
+    ("NVIDIA A2", "bf16", 36.0 / 2),  # A2 datasheet: 18 | 36*
+    ("NVIDIA A16", "bf16", 4 * 36.0 / 2 / 4),  # A16 datasheet: 4x 18 | 4x 36* for the 4-GPU board
+    ("Tesla V100-SXM3-32GB", "fp16", 2000.0 / 16),  # DGX-2 datasheet: 2 PFLOPS for 16 GPUs
+]
+
+
+@pytest.mark.parametrize(("name", "dtype", "dense_tflops"), NEW_DEVICE_DENSE_TFLOPS)
+def test_new_devices_have_their_datasheet_dense_figure(name: str, dtype: str, dense_tflops: float) -> None:
+    assert peak_flops(name, dtype) == pytest.approx(dense_tflops * T)
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [
+        ("NVIDIA B300", "int8"),  # the HGX B300 INT8 figure is ambiguous: left out
+        ("NVIDIA GB300", "fp32"),  # only a rounded rack total
+        ("Tesla V100-SXM3-32GB", "fp32"),  # the DGX-2 sheet gives tensor figures only
+        ("NVIDIA RTX PRO 6000 Blackwell Workstation Edition", "int8"),
+    ],
+)
+def test_new_devices_leave_unknown_dtypes_out(name: str, dtype: str) -> None:
+    assert match_model(name) is not None
+    assert peak_flops(name, dtype) is None
+
+
 @pytest.mark.parametrize(
     ("name", "dtype"),
     [
@@ -251,6 +326,125 @@ def test_tensor_dtype_ratios_are_consistent(model: str) -> None:
         assert peaks["bf16"] / peaks["tf32"] == pytest.approx(2, rel=0.05)
     if "fp8" in peaks and "bf16" in peaks:
         assert peaks["fp8"] / peaks["bf16"] == pytest.approx(2, rel=0.05)
+
+
+# ---- reference clocks -------------------------------------------------------------------------
+
+# Hardware facts, from the whitepapers: execution units and dense FLOP per clock per unit at a dtype
+# (SMs x tensor FLOP/clk/SM, or CUDA cores x 2 for FP32/FP64 FMA). A figure is units x rate x the
+# clock it assumes, so peak / (units x rate) must give back the reference clock. A wrong clock, or
+# a figure mixing two clocks, fails here.
+UNITS_AND_RATE = [
+    ("NVIDIA A100-SXM4-80GB", "bf16", 108, 2048),  # A100 whitepaper: 108 SMs
+    ("NVIDIA A100-SXM4-80GB", "fp32", 6912, 2),
+    ("NVIDIA A800-SXM4-80GB", "bf16", 108, 2048),
+    ("NVIDIA H100 80GB HBM3", "bf16", 132, 4096),  # H100 whitepaper: 132 SMs (SXM5)
+    ("NVIDIA H100 80GB HBM3", "fp8", 132, 8192),
+    ("NVIDIA H100 80GB HBM3", "fp32", 16896, 2),  # FP32 at another clock than the tensor figures
+    ("NVIDIA H100 PCIe", "bf16", 114, 4096),  # 114 SMs (PCIe)
+    ("NVIDIA H100 PCIe", "fp32", 14592, 2),
+    ("NVIDIA H800", "bf16", 132, 4096),
+    ("NVIDIA H800 PCIe", "bf16", 114, 4096),
+    ("NVIDIA A30", "bf16", 56, 2048),
+    ("NVIDIA A40", "bf16", 84, 1024),  # GA102: 84 SMs
+    ("NVIDIA A10", "bf16", 72, 1024),
+    ("NVIDIA RTX A6000", "bf16", 84, 1024),
+    ("NVIDIA RTX A6000", "fp32", 10752, 2),
+    ("NVIDIA A2", "bf16", 10, 1024),  # GA107: 10 SMs (1,280 cores)
+    ("NVIDIA GeForce RTX 3090", "bf16", 82, 512),  # GeForce: FP32 accumulate at half rate
+    ("NVIDIA L4", "bf16", 58, 1024),
+    ("NVIDIA L40", "bf16", 142, 512),
+    ("NVIDIA L40S", "bf16", 142, 1024),
+    ("NVIDIA L40S", "fp8", 142, 2048),
+    ("NVIDIA L40S", "fp32", 18176, 2),
+    ("NVIDIA RTX 6000 Ada Generation", "fp8", 142, 2048),
+    ("NVIDIA GeForce RTX 4090", "bf16", 128, 512),
+    ("NVIDIA GeForce RTX 5090", "bf16", 170, 512),
+    ("NVIDIA GeForce RTX 5090", "fp32", 21760, 2),
+    ("NVIDIA RTX PRO 6000 Blackwell Workstation Edition", "bf16", 188, 1024),
+    ("NVIDIA RTX PRO 6000 Blackwell Workstation Edition", "fp32", 24064, 2),
+    ("NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition", "bf16", 188, 1024),
+    ("NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition", "fp32", 24064, 2),
+    ("Tesla V100-SXM2-32GB", "fp16", 80, 1024),  # Volta: 8 tensor cores x 64 FMA per SM
+    ("Tesla V100-SXM3-32GB", "fp16", 80, 1024),
+    ("Tesla V100-PCIE-32GB", "fp16", 80, 1024),
+    ("Tesla V100S-PCIE-32GB", "fp16", 80, 1024),
+    ("Tesla V100S-PCIE-32GB", "fp32", 5120, 2),
+    ("Tesla T4", "fp16", 40, 1024),
+]
+
+
+@pytest.mark.parametrize(("name", "dtype", "units", "flop_per_clock"), UNITS_AND_RATE)
+def test_reference_clock_reproduces_the_figure(name: str, dtype: str, units: int, flop_per_clock: int):
+    clock = specs.reference_clock_hz(name, dtype)
+    assert clock is not None
+    # 1%: datasheets round their figures (L4 prints TF32 60 for 60.6).
+    assert units * flop_per_clock * clock == pytest.approx(peak_flops(name, dtype), rel=0.01)
+
+
+def test_reference_clocks_named_by_the_whitepapers() -> None:
+    # A100 whitepaper: 1410 MHz boost; H100 whitepaper: tensor figures at 1830 MHz, FP32 at 1980 MHz.
+    assert specs.reference_clock_hz("NVIDIA A100-SXM4-80GB") == 1410e6
+    assert specs.reference_clock_hz("NVIDIA H100 80GB HBM3") == 1830e6
+    assert specs.reference_clock_hz("NVIDIA H100 80GB HBM3", "bf16") == 1830e6
+    assert specs.reference_clock_hz("NVIDIA H100 80GB HBM3", "FP32") == 1980e6
+    assert specs.reference_clocks_for("NVIDIA H100 80GB HBM3")["tf32"] == 1830e6
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [
+        ("NVIDIA H100 NVL", None),  # no published SM count / clock behind the NVL figures
+        ("NVIDIA B200", None),
+        ("NVIDIA B300", "bf16"),
+        ("NVIDIA A10G", None),
+        ("NVIDIA H20", None),
+        ("NVIDIA L20", "bf16"),
+        ("NVIDIA A16", None),
+        ("NVIDIA H800", "fp64"),  # the cut-down FP64 has no known clock
+        ("Tesla V100-SXM2-32GB", "bf16"),  # no figure, so no clock
+        ("NVIDIA H999", None),
+        ("NVIDIA H999", "bf16"),
+    ],
+)
+def test_unknown_reference_clock_is_none(name: str, dtype: str | None) -> None:
+    assert specs.reference_clock_hz(name, dtype) is None
+    if dtype is not None:
+        assert dtype not in specs.reference_clocks_for(name)
+
+
+def test_reference_clocks_for_agrees_with_reference_clock_hz() -> None:
+    for name in NVML_NAMES:
+        clocks = specs.reference_clocks_for(name)
+        assert set(clocks) <= set(peaks_for(name)), name
+        for dtype in DTYPES:
+            assert clocks.get(dtype) == specs.reference_clock_hz(name, dtype), (name, dtype)
+
+
+def test_every_row_states_its_clock_and_where_it_comes_from() -> None:
+    for model in specs._MODELS:
+        assert set(model.clock_by_dtype) <= set(model.tflops), model.key
+        clocks = specs.BUILTIN_REFERENCE_CLOCKS[model.key]
+        assert set(clocks) <= set(model.tflops), model.key
+        assert all(1e8 < hz < 4e9 for hz in clocks.values()), model.key  # 100 MHz .. 4 GHz
+        assert bool(model.clock_source.strip()) == bool(clocks), model.key
+        if model.clock_mhz is None:
+            assert not model.clock_by_dtype, model.key
+
+
+def test_overridden_peak_has_no_reference_clock() -> None:
+    # An operator's figure comes with no known clock; the untouched dtypes keep theirs.
+    name = "NVIDIA A100-SXM4-80GB"
+    by_model = PeakTable({"A100 SXM": {"bf16": 300e12}})
+    assert by_model.reference_clock_hz(name, "bf16") is None
+    assert by_model.reference_clock_hz(name, "tf32") == 1410e6
+    assert "bf16" not in by_model.reference_clocks_for(name)
+    by_device = PeakTable({name: {"tf32": 150e12}})
+    assert by_device.reference_clock_hz(name, "tf32") is None
+    assert by_device.reference_clock_hz("NVIDIA A100-SXM4-40GB", "tf32") == 1410e6
+    added = PeakTable({"My Custom GPU": {"bf16": 1e15}})
+    assert added.reference_clock_hz("My Custom GPU") is None
+    assert added.reference_clocks_for("My Custom GPU") == {}
 
 
 # ---- overrides --------------------------------------------------------------------------------
@@ -387,6 +581,18 @@ def test_docs_table_matches_the_builtin_table() -> None:
                 assert cell in {"—", "-", ""}, (model, dtype, cell)
             else:
                 assert math.isclose(float(cell) * T, expected, rel_tol=1e-9), (model, dtype, cell)
+
+
+def test_docs_table_states_each_reference_clock() -> None:
+    # The "SM clock" column: the model's clock in MHz (first number), or a dash where unknown.
+    for model, cells in _doc_rows().items():
+        cell = cells[2 + len(DTYPES)]
+        mhz = specs._MODEL_BY_KEY[model].clock_mhz
+        if mhz is None:
+            assert cell in {"—", "-"}, (model, cell)
+        else:
+            first = re.match(r"[0-9.]+", cell)
+            assert first and float(first.group()) == mhz, (model, cell)
 
 
 def test_docs_list_nvml_names_that_really_match() -> None:

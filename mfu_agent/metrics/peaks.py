@@ -1,23 +1,88 @@
-"""Per-GPU peak FLOP/s families: what the MFU denominators are built from."""
+"""Per-GPU peak FLOP/s families: what the MFU denominators are built from.
+
+* ``mfu_gpu_peak_flops``: the dense datasheet peak of the GPU's model, per dtype.
+* ``mfu_gpu_clock_peak_flops``: that peak scaled to the SM clock the GPU runs at now,
+  ``peak x current SM clock / the SM clock the datasheet figure assumes``. Never clamped: a GPU
+  boosting above the datasheet's clock reads above the datasheet peak. Absent where either clock
+  is unknown (no reading, no reference clock for the model, or an overridden peak).
+* ``mfu_gpu_peak_flops_unknown``: 1 for a GPU whose device name has no peak at all; a warning is
+  logged once per such name for the life of the process.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+import math
+import threading
+from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from ..gpu.model import Snapshot
+from ..gpu.model import GpuReading, Snapshot
+from ..specs import PeakTable
+
+log = logging.getLogger(__name__)
+
+_GPU_DTYPE = ["gpu", "uuid", "dtype"]
+
+# Device names already warned about. NVML reports a handful of names per node, so this stays small.
+_warned_names: set[str] = set()
+_warned_lock = threading.Lock()
 
 
-def gpu_peak_families(
-    snapshot: Snapshot | None, peaks_for: Callable[[str], dict[str, float]]
-) -> Iterator[Metric]:
-    family = GaugeMetricFamily(
+def gpu_peak_families(snapshot: Snapshot | None, peaks: PeakTable) -> Iterator[Metric]:
+    peak = GaugeMetricFamily(
         "mfu_gpu_peak_flops",
         "Dense peak FLOP/s of the GPU model at each dtype it supports.",
-        labels=["gpu", "uuid", "dtype"],
+        labels=_GPU_DTYPE,
+    )
+    clock_peak = GaugeMetricFamily(
+        "mfu_gpu_clock_peak_flops",
+        "Dense peak FLOP/s at the GPU's current SM clock: the datasheet peak x current SM clock / "
+        "the SM clock the datasheet figure assumes (above the datasheet peak when boosting past it).",
+        labels=_GPU_DTYPE,
+    )
+    unknown = GaugeMetricFamily(
+        "mfu_gpu_peak_flops_unknown",
+        "1 for a GPU whose model has no known peak FLOP/s: add it with --peak-flops-file.",
+        labels=["gpu", "uuid", "model"],
     )
     for gpu in snapshot.gpus if snapshot else ():
-        for dtype, value in peaks_for(gpu.identity.name).items():
-            family.add_metric([str(gpu.index), gpu.uuid, dtype], value)
-    yield family
+        name = gpu.identity.name
+        labels = [str(gpu.index), gpu.uuid]
+        by_dtype = peaks.peaks_for(name)
+        if not by_dtype:
+            unknown.add_metric([*labels, name], 1)
+            _warn_once(name)
+            continue
+        sm_clock = _clock_hz(gpu)
+        reference = peaks.reference_clocks_for(name) if sm_clock is not None else {}
+        for dtype, value in by_dtype.items():
+            peak.add_metric([*labels, dtype], value)
+            ref_clock = reference.get(dtype)
+            if sm_clock is not None and ref_clock is not None:
+                clock_peak.add_metric([*labels, dtype], value * sm_clock / ref_clock)
+    yield peak
+    yield clock_peak
+    yield unknown
+
+
+def _clock_hz(gpu: GpuReading) -> float | None:
+    """The current SM clock, or None when there is no usable reading (absent, zero, not finite)."""
+    clock = gpu.sm_clock_hertz
+    if clock is None or not math.isfinite(clock) or clock <= 0:
+        return None
+    return clock
+
+
+def _warn_once(name: str) -> None:
+    with _warned_lock:
+        if name in _warned_names:
+            return
+        _warned_names.add(name)
+    log.warning(
+        "no peak FLOP/s known for GPU model %r: MFU cannot be computed on it. Add its dense datasheet "
+        "figures with --peak-flops-file (see docs/peak-flops.md), e.g. {%r: {\"bf16\": 312e12}}",
+        name,
+        name,
+    )
