@@ -36,6 +36,16 @@ ENV_VARS = (
     "SLURM_PROCID",
     "SLURM_LOCALID",
     "SLURM_NTASKS",
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_RANK",
+    "PMI_SIZE",
+    "PMIX_RANK",
+    "MV2_COMM_WORLD_RANK",
+    "MV2_COMM_WORLD_SIZE",
+    "MPI_LOCALRANKID",
+    "PMI_LOCAL_RANK",
     "MFU_AGENT_TOKEN",
     "MFU_AGENT_TOKEN_FILE",
     "POD_NAME",
@@ -758,3 +768,119 @@ def test_step_without_any_flops_is_logged_once(
     report = fake.latest()
     assert report is not None and report["step"] == 6 and report["model_flops_total"] == 7.0
     assert len(warnings_matching(caplog, "without flops_per_step")) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# parallel layouts, mixed precision and rank identity (issue 9)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_job_flops_per_step_is_shared_over_the_world(
+    fake: FakeAgent, make_reporter: Callable[..., Reporter]
+) -> None:
+    r = make_reporter(url=fake.url, job_flops_per_step=8e15, job_tokens_per_step=4096, world_size=16, rank=3)
+    r.step()
+    r.step()
+    report = r.snapshot()
+    assert report["model_flops_total"] == pytest.approx(2 * 8e15 / 16)
+    assert report["tokens_total"] == 2 * 4096 // 16
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"job_flops_per_step": 1e15}, "world size"),
+        ({"job_flops_per_step": 1e15, "flops_per_step": 1e12, "world_size": 2}, "not both"),
+        ({"flops_per_step": {"fp8": 1.0, "fp4": 1.0}}, "fp4"),
+        ({"flops_per_step": {}}, "empty"),
+        ({"flops_per_step": {"fp8": 1.0, "bf16": 2.0}, "dtype": "fp16"}, "fp16"),
+        ({"rank": 4, "world_size": 4}, "below world_size"),
+    ],
+)
+def test_bad_parallel_or_dtype_configuration_raises(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Reporter(job_id="j", url=closed_port_url(), **kwargs)
+
+
+def test_flops_by_dtype_are_reported_as_a_mapping(
+    fake: FakeAgent, make_reporter: Callable[..., Reporter]
+) -> None:
+    r = make_reporter(url=fake.url, job_flops_per_step={"fp8": 6e15, "bf16": 2e15}, world_size=2)
+    r.step()
+    r.step(model_flops={"bfloat16": 1e12})
+    r.step(model_flops=5e11)  # a plain number counts in the reporter's precision
+    report = r.snapshot()
+    assert report["dtype"] == "fp8"  # the fastest dtype it computes in
+    assert report["model_flops_total"] == {
+        "fp8": pytest.approx(3e15 + 5e11),
+        "bf16": pytest.approx(1e15 + 1e12),
+    }
+    assert r.flush()
+    assert fake.latest()["model_flops_total"] == report["model_flops_total"]
+
+
+def test_one_dtype_keeps_the_plain_number_form(make_reporter: Callable[..., Reporter]) -> None:
+    r = make_reporter(url=closed_port_url(), flops_per_step={"bf16": 1e12}, dtype="bf16")
+    r.step()
+    assert r.snapshot()["model_flops_total"] == 1e12 and r.snapshot()["dtype"] == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("env", "rank", "local_rank", "world_size"),
+    [
+        (
+            {"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_LOCAL_RANK": "1", "OMPI_COMM_WORLD_SIZE": "8"},
+            5,
+            1,
+            8,
+        ),
+        ({"PMI_RANK": "2", "PMI_SIZE": "4"}, 2, None, 4),
+        ({"MV2_COMM_WORLD_RANK": "7", "MV2_COMM_WORLD_SIZE": "16", "MPI_LOCALRANKID": "3"}, 7, 3, 16),
+    ],
+)
+def test_rank_from_mpi_launchers(
+    monkeypatch: pytest.MonkeyPatch,
+    make_reporter: Callable[..., Reporter],
+    env: dict[str, str],
+    rank: int,
+    local_rank: int | None,
+    world_size: int,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    r = make_reporter(url=closed_port_url())
+    assert (r.rank, r.local_rank, r.world_size) == (rank, local_rank, world_size)
+
+
+def test_an_unknown_rank_is_warned_about_once(
+    monkeypatch: pytest.MonkeyPatch, make_reporter: Callable[..., Reporter], caplog: pytest.LogCaptureFixture
+) -> None:
+    import mfu_agent.client._reporter as reporter_module
+
+    monkeypatch.setattr(reporter_module, "_rank_warning_logged", False)
+    caplog.set_level(logging.WARNING, logger="mfu_agent.client")
+    make_reporter(url=closed_port_url())
+    make_reporter(url=closed_port_url())
+    assert len(warnings_matching(caplog, "no rank given")) == 1
+    make_reporter(url=closed_port_url(), world_size=1)  # a single process: rank 0 is no guess
+
+
+def test_each_reporter_says_who_it_is(make_reporter: Callable[..., Reporter]) -> None:
+    a, b = make_reporter(url=closed_port_url(), interval=3), make_reporter(url=closed_port_url())
+    assert a.snapshot()["instance"] != b.snapshot()["instance"]
+    assert a.snapshot()["pid"] == os.getpid() and a.snapshot()["interval"] == 3
+
+
+def test_a_refused_rank_is_logged_once_and_retried_at_the_normal_pace(
+    fake: FakeAgent, make_reporter: Callable[..., Reporter], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mfu_agent.client")
+    fake.respond_with(409)
+    r = make_reporter(url=fake.url, flops_per_step=F, interval=0.02)
+    r.step()
+    assert wait_until(lambda: r.stats["reports_dropped"] >= 4)
+    assert r.stats["consecutive_failures"] == 0 and r.stats["last_status"] == 409
+    assert len(warnings_matching(caplog, "another process reports the same job_id and rank")) == 1
+    fake.respond_with(202)
+    assert fake.wait_for(lambda f: f.posts[-1].status == 202, timeout=WAIT)
+    assert fake.latest()["model_flops_total"] == F  # nothing was lost while refused

@@ -111,3 +111,107 @@ def test_stalled_rank_reposting_the_same_step_time_loses_its_mfu(snapshot):
         registry.apply([report(1e14 * 30, timestamp=1030.0)], snapshot)
     assert registry.views()[0].rates is None
     assert len(registry) == 1, "still reporting: the rank stays tracked"
+
+
+# --- rank ownership ------------------------------------------------------------------------------
+
+
+def test_a_second_sender_is_refused_until_the_owner_is_silent_for_three_intervals(snapshot):
+    clock = Clock()
+    registry = JobRegistry(clock=clock)
+    registry.apply([report(1e15, instance="owner", interval=2.0)], snapshot)
+    clock.now += 5.9  # under 3 x 2 s
+    with pytest.raises(ReportRejected) as caught:
+        registry.apply([report(9e20, instance="other", interval=2.0)], snapshot)
+    assert caught.value.status == 409 and caught.value.field == "rank"
+    assert "instance owner" in caught.value.message and "instance other" in caught.value.message
+    assert registry.views()[0].totals == {("model_flops", "bf16"): 1e15}
+    clock.now += 0.2
+    registry.apply([report(2e14, instance="other", interval=2.0)], snapshot)
+    (view,) = registry.views()
+    assert view.totals == {("model_flops", "bf16"): 1e15 + 2e14}  # the newcomer's work added on
+    assert view.instance == "other" and view.restarts == 1
+
+
+def test_without_instance_ids_the_pid_tells_senders_apart(snapshot):
+    registry = JobRegistry()
+    registry.apply([report(1.0, pid=10)], snapshot)
+    registry.apply([report(2.0, pid=10)], snapshot)
+    with pytest.raises(ReportRejected) as caught:
+        registry.apply([report(3.0, pid=11)], snapshot)
+    assert caught.value.status == 409
+
+
+def test_a_sender_found_by_pid_that_exited_is_replaced_at_once():
+    from mfu_agent.sampler import Sampler
+
+    backend = SimulatedBackend("2xNVIDIA H100 80GB HBM3")
+    backend.set_processes(1, [(4242, 30 * 1024**3)])
+    snapshot = Sampler(backend).sample_once()
+    alive = {4242}
+    registry = JobRegistry(pid_alive=lambda pid: pid in alive)
+    registry.apply([report(1.0, pid=4242, instance="a", interval=60.0, gpus=None)], snapshot)
+    assert registry.views()[0].attributed_by == "pid"
+    with pytest.raises(ReportRejected):
+        registry.apply(
+            [report(1.0, pid=5151, instance="b", interval=60.0, local_rank=1, gpus=None)], snapshot
+        )
+    alive.clear()  # the owner's process is gone: a restarted rank need not wait three minutes
+    registry.apply([report(1.0, pid=5151, instance="b", interval=60.0, local_rank=1, gpus=None)], snapshot)
+    assert registry.views()[0].instance == "b"
+
+
+# --- placement by pid ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("memory", "expected"),
+    [
+        ((512 * 1024**2, 38 * 1024**3), [1]),  # a stray context on GPU 0
+        ((20 * 1024**3, 18 * 1024**3), [0, 1]),  # a process that really computes on both
+        ((None, None), [0, 1]),  # no per-process memory: split evenly, and say so
+    ],
+)
+def test_pid_attribution_follows_the_process_memory(memory, expected):
+    from mfu_agent.sampler import Sampler
+
+    backend = SimulatedBackend("2xNVIDIA H100 80GB HBM3")
+    for gpu, used in enumerate(memory):
+        backend.set_processes(gpu, [(777, used)])
+    registry = JobRegistry()
+    registry.apply([report(1.0, pid=777, gpus=None)], Sampler(backend).sample_once())
+    (view,) = registry.views()
+    assert [g.index for g in view.gpus] == expected
+    if memory[0] is None:
+        assert "no per-process memory" in view.attribution_detail
+
+
+# --- persistence -----------------------------------------------------------------------------------
+
+
+def test_state_round_trips_and_refuses_a_foreign_file(snapshot, tmp_path):
+    from mfu_agent.jobs.state import StateStore, decode, encode
+
+    registry = JobRegistry()
+    registry.apply([report(5e15, instance="i", interval=1.0, tokens_total=4096.0)], snapshot)
+    store = StateStore(tmp_path, registry, "node-a")
+    assert store.save()
+    restored = JobRegistry()
+    assert StateStore(tmp_path, restored, "node-a").load() == 1
+    (before,), (after,) = registry.views(), restored.views()
+    assert after.totals == before.totals and after.gpu_totals == before.gpu_totals
+    assert after.instance == "i" and after.first_received == before.first_received
+    document = encode(registry.export_state()[1], "node-a")
+    with pytest.raises(ValueError, match="node 'node-a'"):
+        decode(document, "node-b")
+    with pytest.raises(ValueError, match="version"):
+        decode({**document, "version": 99}, "node-a")
+    with pytest.raises(ValueError):
+        decode(
+            {**document, "ranks": [{"job_id": "j", "rank": 0, "totals": {"model_flops:bf16": -1}}]}, "node-a"
+        )
+    # a foreign file is set aside, not read, and the agent starts empty
+    (tmp_path / "ranks.json").write_text('{"format": "something-else"}')
+    empty = JobRegistry()
+    assert StateStore(tmp_path, empty, "node-a").load() == 0 and len(empty) == 0
+    assert any(p.name.startswith("ranks.json.bad-") for p in tmp_path.iterdir())

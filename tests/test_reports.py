@@ -184,6 +184,12 @@ BAD_INPUTS = [
     ("counter as string", {**GOOD, "model_flops_total": "1e15"}, 422, "model_flops_total"),
     ("negative counter", {**GOOD, "model_flops_total": -5}, 422, "model_flops_total"),
     ("negative tokens", {**GOOD, "tokens_total": -1}, 422, "tokens_total"),
+    ("empty dtype map", {**GOOD, "model_flops_total": {}}, 422, "model_flops_total"),
+    ("unknown dtype in map", {**GOOD, "model_flops_total": {"fp4": 1.0}}, 422, "model_flops_total"),
+    ("negative amount in map", {**GOOD, "model_flops_total": {"fp8": -1.0}}, 422, "model_flops_total"),
+    ("precision not in map", {**GOOD, "model_flops_total": {"fp8": 1.0}, "dtype": "bf16"}, 422, "dtype"),
+    ("instance with spaces", {**GOOD, "instance": "a b"}, 422, "instance"),
+    ("interval of zero", {**GOOD, "interval": 0}, 422, "interval"),
     (
         "NaN counter",
         b'{"job_id": "j", "rank": 0, "gpus": [0], "model_flops_total": NaN}',

@@ -142,12 +142,21 @@ def _error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+_TYPE_TAG_PREFIXES = ("function-", "constrained-", "dict[", "list[", "literal[")
+_TYPE_TAGS = frozenset({"int", "float", "str", "bool", "dict", "list", "[key]"})
+
+
+def _is_type_tag(part: str) -> bool:
+    """Pydantic names union branches and validators in an error's location; they are not fields."""
+    return part.startswith(_TYPE_TAG_PREFIXES) or part in _TYPE_TAGS
+
+
 def _field_path(loc: tuple[Any, ...], prefix: str) -> str:
     path = prefix
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif not (isinstance(part, str) and part.startswith(("function-", "int", "str", "constrained-str"))):
+        elif not (isinstance(part, str) and _is_type_tag(part)):
             path += ("." if path else "") + str(part)
     return path
 
