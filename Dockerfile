@@ -48,7 +48,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # A fixed numeric uid/gid so that Kubernetes' runAsNonRoot can verify it.
 RUN groupadd --system --gid 10001 mfu-agent \
     && useradd --system --uid 10001 --gid mfu-agent --no-create-home --home-dir /nonexistent \
-       --shell /usr/sbin/nologin mfu-agent
+       --shell /usr/sbin/nologin mfu-agent \
+    && install -d -m 0700 -o 10001 -g 10001 /var/lib/mfu-agent
 
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels /wheels/mfu_agent-*.whl \

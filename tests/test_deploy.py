@@ -297,6 +297,8 @@ def test_compose_agent_service(compose: dict[str, Any]) -> None:
     assert agent["command"] == ["demo", "--listen", f"0.0.0.0:{PORT}"]
     published = [str(p) for p in agent.get("ports", [])]
     assert any(p.endswith(f":{PORT}") for p in published), published
+    assert agent["environment"]["MFU_AGENT_STATE_DIR"] == "/var/lib/mfu-agent"
+    assert "agent-state:/var/lib/mfu-agent" in agent["volumes"]
 
 
 def test_compose_mounts_exist(compose: dict[str, Any]) -> None:
@@ -431,6 +433,8 @@ def test_systemd_unit_runs_agent_as_dedicated_user() -> None:
     assert service["EnvironmentFile"].lstrip("-").startswith("/etc/")
     assert service["Restart"] in ("on-failure", "always")
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+    assert service["StateDirectory"] == "mfu-agent"
+    assert service["Environment"] == "MFU_AGENT_STATE_DIR=%S/mfu-agent"
 
 
 def test_systemd_unit_is_hardened_without_breaking_nvml() -> None:
@@ -705,6 +709,16 @@ def test_kubernetes_daemonset(rendered: list[dict[str, Any]]) -> None:
     mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     assert "emptyDir" in volumes[mounts["/tmp"]]
+    # the state directory survives the pod, and the agent's uid owns it (an init container with CHOWN only)
+    assert env["MFU_AGENT_STATE_DIR"] == "/var/lib/mfu-agent"
+    assert volumes[mounts["/var/lib/mfu-agent"]]["hostPath"] == {
+        "path": "/var/lib/mfu-agent",
+        "type": "DirectoryOrCreate",
+    }
+    (init,) = pod["initContainers"]
+    assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+    assert init["securityContext"]["allowPrivilegeEscalation"] is False
+    assert str(pod["securityContext"]["runAsUser"]) in " ".join(init["command"])
 
 
 def test_kubernetes_service_and_monitor_line_up(rendered: list[dict[str, Any]]) -> None:
