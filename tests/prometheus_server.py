@@ -71,19 +71,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The warm-up of MfuLow: `(time() - min by (job_id) (mfu_job_first_report_timestamp_seconds)) > 600`.
+_WARM_UP = re.compile(r"(mfu_job_first_report_timestamp_seconds\)\)\s*>\s*)[0-9][0-9.e+]*")
+
+
 def rules_with_short_for(
-    rule_files: Iterable[Path], out_dir: Path, for_: str = "5s", rate_window: str | None = None
+    rule_files: Iterable[Path],
+    out_dir: Path,
+    for_: str = "5s",
+    rate_window: str | None = None,
+    warm_up_s: float | None = None,
 ) -> list[Path]:
     """Copies of `rule_files` in `out_dir` with every alert's `for:` set to `for_` (for fast tests).
 
-    `rate_window` (e.g. "10s") also replaces the 5-minute windows (`[5m]`) of the MFU rates: a
+    `rate_window` (e.g. "10s") also replaces the 5-minute windows (`[5m]`) of the rates: a
     series younger than its rate window has its rate underestimated (Prometheus divides the
-    increase by the whole window), so with `[5m]` a job's MFU only becomes right 5 minutes after
-    it started.
+    increase by the whole window). The MFU rules are built from the agent's gauges and do not
+    need it; the throughput rules and MfuLow's progress check do.
+    `warm_up_s` replaces MfuLow's warm-up (jobs whose first report is younger do not alert);
+    ValueError if no rule has one.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    warm_ups = 0
     for path in rule_files:
         path = Path(path)
         doc = yaml.safe_load(path.read_text())
@@ -93,11 +104,16 @@ def rules_with_short_for(
                     rule["for"] = for_
                 if rate_window:
                     rule["expr"] = str(rule["expr"]).replace("[5m]", f"[{rate_window}]")
+                if warm_up_s is not None:
+                    rule["expr"], n = _WARM_UP.subn(lambda m: f"{m.group(1)}{warm_up_s:g}", str(rule["expr"]))
+                    warm_ups += n
         target = out_dir / path.name
         if target.exists():
             raise ValueError(f"two rule files named {path.name}")
         target.write_text(yaml.safe_dump(doc, sort_keys=False, width=1000))
         written.append(target)
+    if warm_up_s is not None and not warm_ups:
+        raise ValueError("warm_up_s given, but no rule has a warm-up on the first-report gauge")
     return written
 
 
@@ -429,17 +445,26 @@ class MetricsExporter:
         self._server.server_close()
 
 
-FAKE_PEAK_FLOPS = 1e15
+FAKE_PEAK_FLOPS = 1e15  # dense BF16 peak of the fake H100s (FP8: twice that)
+FAKE_PEAKS = {"bf16": FAKE_PEAK_FLOPS, "fp8": 2 * FAKE_PEAK_FLOPS}
+FAKE_DATASHEET_CLOCK_HZ = 1.98e9  # the SM clock the fake peak figures assume
 
 
 def fake_agent_metrics(elapsed: float) -> str:
-    """An exposition shaped like the agent's (docs/metrics.md), `elapsed` seconds in.
+    """An exposition shaped like the agent's (docs/metrics.md and the issue 9 contract), `elapsed` s in.
 
-    One node, four GPUs: job "llm" ranks 0 and 1 on GPUs 0 and 1 at MFU 0.5 (HFU 0.6); job "slow"
-    on GPU 2 at MFU 0.1, which also looks busy but is idle, is thermally throttled, has XID 79 and
-    uncorrectable ECC errors; job "new" on GPU 3, a GPU model without a known peak.
+    One node, four GPUs: job "llm" ranks 0 and 1 on GPUs 0 and 1 at MFU 0.5 (HFU 0.6), rank 0 in
+    bf16, rank 1 in fp8 and bf16 (two dtype series on GPU 1: 0.2 of the fp8 peak and 0.3 of the
+    bf16 peak; its precision, the dtype of its other series, is fp8), both started when the
+    exporter did (still warming up); job "slow" on GPU 2 at MFU 0.1, first reported an hour
+    ago, which also looks busy but is idle, is thermally throttled (its clock-limited peak is
+    1.2 / 1.98 of the datasheet's), has XID 79 and uncorrectable ECC errors; job "new" on GPU 3,
+    a GPU model without a known peak.
+    Peak-weighted, job "llm" is (0.5 * 1 + 0.5 * 2) / 3 = 0.5 and the fleet (0.5 * 1 + 0.5 * 2 +
+    0.1 * 1) / 4 = 0.4 (by GPU count it would be 1.1 / 3).
     """
     t = elapsed
+    started = time.time() - elapsed
     out: list[str] = []
 
     def m(name: str, labels: dict[str, str], value: float) -> None:
@@ -454,7 +479,13 @@ def fake_agent_metrics(elapsed: float) -> str:
         m("mfu_agent_reports_total", {"outcome": outcome}, n)
     m("mfu_agent_tracked_ranks", {}, 4)
 
-    jobs = {0: ("llm", "0", 0.5), 1: ("llm", "1", 0.5), 2: ("slow", "0", 0.1), 3: ("new", "0", 0.3)}
+    # GPU -> (job, rank, {dtype: that dtype's part of the rank's MFU}, first report)
+    jobs = {
+        0: ("llm", "0", {"bf16": 0.5}, started),
+        1: ("llm", "1", {"fp8": 0.2, "bf16": 0.3}, started),
+        2: ("slow", "0", {"bf16": 0.1}, started - 3600),
+        3: ("new", "0", {"bf16": 0.3}, started),
+    }
     reasons = [
         "gpu_idle",
         "applications_clocks_setting",
@@ -525,11 +556,17 @@ def fake_agent_metrics(elapsed: float) -> str:
             {**g, "pid": pid, "pod_uid": f"pod-{gpu}", "container_id": f"c{gpu}", "slurm_job_id": ""},
             1,
         )
-        if gpu != 3:
-            m("mfu_gpu_peak_flops", {**g, "dtype": "bf16"}, FAKE_PEAK_FLOPS)
+        clock = 1.2e9 if bad else 1.98e9
+        if gpu == 3:
+            m("mfu_gpu_peak_flops_unknown", {**g, "model": model}, 1)
+        else:
+            for dtype, peak in FAKE_PEAKS.items():
+                m("mfu_gpu_peak_flops", {**g, "dtype": dtype}, peak)
+                m("mfu_gpu_clock_peak_flops", {**g, "dtype": dtype}, peak * clock / FAKE_DATASHEET_CLOCK_HZ)
 
-        job_id, rank, mfu = jobs[gpu]
-        j = {"job_id": job_id, "rank": rank, **g, "dtype": "bf16"}
+        job_id, rank, parts, first_report = jobs[gpu]
+        precision = next(d for d in ("fp8", "bf16") if d in parts)
+        j = {"job_id": job_id, "rank": rank, **g, "dtype": precision}
         m(
             "mfu_job_info",
             {
@@ -544,17 +581,20 @@ def fake_agent_metrics(elapsed: float) -> str:
             },
             1,
         )
-        m("mfu_job_model_flops_total", j, mfu * FAKE_PEAK_FLOPS * t)
-        m("mfu_job_hardware_flops_total", j, 1.2 * mfu * FAKE_PEAK_FLOPS * t)
+        for dtype, part in parts.items():
+            jd = {**j, "dtype": dtype}
+            m("mfu_job_model_flops_total", jd, part * FAKE_PEAKS[dtype] * t)
+            m("mfu_job_hardware_flops_total", jd, 1.2 * part * FAKE_PEAKS[dtype] * t)
+            if gpu == 3:
+                m("mfu_job_peak_flops_unknown", {**jd, "model": model}, 1)
+            else:
+                m("mfu_job_peak_flops", jd, FAKE_PEAKS[dtype])
+                m("mfu_job_mfu_ratio", jd, part)
+                m("mfu_job_hfu_ratio", jd, 1.2 * part)
         m("mfu_job_tokens_total", j, 5000.0 * t)
         m("mfu_job_samples_total", j, 2.5 * t)
         m("mfu_job_step", j, float(int(t)))
-        if gpu == 3:
-            m("mfu_job_peak_flops_unknown", {**j, "model": model}, 1)
-        else:
-            m("mfu_job_peak_flops", j, FAKE_PEAK_FLOPS)
-            m("mfu_job_mfu_ratio", j, mfu)
-            m("mfu_job_hfu_ratio", j, 1.2 * mfu)
         m("mfu_job_tokens_per_second", j, 5000.0)
         m("mfu_job_last_report_timestamp_seconds", j, time.time())
+        m("mfu_job_first_report_timestamp_seconds", j, first_report)
     return "\n".join(out) + "\n"

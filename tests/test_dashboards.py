@@ -250,11 +250,16 @@ def test_exprs_use_only_contract_metrics_and_recording_rules():
         "mfu_gpu_xid_errors_total",
         "mfu_gpu_ecc_errors_total",
         "mfu_gpu_remapped_rows_total",
-        "mfu_job_peak_flops",
+        "mfu_gpu_peak_flops",
+        "mfu_gpu_clock_peak_flops",
         "mfu_job_step",
         "mfu_job_tokens_total",
         "mfu:job_mfu:ratio",
         "mfu:gpu_mfu:ratio",
+        "mfu:job_gpu_mfu:ratio",
+        "mfu:job_rank_mfu:ratio",
+        "mfu:job_peak_flops:sum",
+        "mfu:fleet_model_mfu:ratio",
         "mfu:fleet_gpus_below_target:count",
     } <= used
 

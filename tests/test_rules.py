@@ -147,6 +147,7 @@ def test_required_alerts_exist():
         "GpuDown",
         "MfuAgentDown",
         "MfuPeakUnknown",
+        "MfuImplausible",
     }
     names = [r["alert"] for r in alerts()]
     assert len(names) == len(set(names)), "duplicate alert names"
@@ -203,6 +204,11 @@ def test_recording_rule_names_follow_the_convention():
         "mfu:node_sm_active:avg",
         "mfu:fleet_sm_active:avg",
         "mfu:fleet_mfu:ratio",
+        "mfu:fleet_model_mfu:ratio",
+        "mfu:gpu_mfu:ratio",
+        "mfu:job_gpu_mfu:ratio",
+        "mfu:job_rank_mfu:ratio",
+        "mfu:job_peak_flops:sum",
         "mfu:gpu_below_target:bool",
         "mfu:fleet_gpus_below_target:count",
         "mfu:node_gpus:count",
@@ -210,13 +216,43 @@ def test_recording_rule_names_follow_the_convention():
     } <= set(names)
 
 
-def test_job_mfu_rule_is_the_documented_formula():
-    rule = next(r for r in recording_rules() if r["record"] == "mfu:job_mfu:ratio")
-    expr = " ".join(rule["expr"].split())
-    assert expr == (
-        "sum by (job_id) (rate(mfu_job_model_flops_total[5m]) and mfu_job_peak_flops) "
-        "/ sum by (job_id) (mfu_job_peak_flops)"
+def test_job_mfu_rules_are_the_documented_peak_weighted_formula():
+    """The job MFU is built from the agent's windowed gauges, peak-weighted (docs/alerts.md)."""
+
+    def norm(expr: str) -> str:
+        return re.sub(r"\s+\)", ")", re.sub(r"\(\s+", "(", " ".join(expr.split())))
+
+    exprs = {r["record"]: norm(str(r["expr"])) for r in recording_rules()}
+    assert exprs["mfu:job_gpu_mfu:ratio"] == "sum by (job_id, instance, gpu) (mfu_job_mfu_ratio)"
+    assert exprs["mfu:job_gpu_peak_flops:max"] == "max by (job_id, instance, gpu) (mfu_job_peak_flops)"
+    assert exprs["mfu:job_peak_flops:sum"] == (
+        "sum by (job_id) (mfu:job_gpu_peak_flops:max and on (job_id, instance, gpu) mfu:job_gpu_mfu:ratio)"
     )
+    assert exprs["mfu:job_mfu:ratio"] == (
+        "sum by (job_id) (mfu:job_gpu_mfu:ratio * on (job_id, instance, gpu) mfu:job_gpu_peak_flops:max) "
+        "/ mfu:job_peak_flops:sum"
+    )
+    docs = norm((ROOT / "docs" / "alerts.md").read_text())
+    documented = (
+        "mfu:job_gpu_mfu:ratio",
+        "mfu:job_gpu_peak_flops:max",
+        "mfu:job_peak_flops:sum",
+        "mfu:job_mfu:ratio",
+    )
+    for name in documented:
+        assert f"`{exprs[name]}`" in docs, f"docs/alerts.md does not spell out {name}"
+    # No MFU or HFU rule falls back to a rate of the counters (wrong for a series younger than 5 min).
+    for name, expr in exprs.items():
+        if "mfu:" in name and ("_mfu:" in name or "_hfu:" in name):
+            assert "rate(" not in expr, name
+
+
+def test_mfu_low_waits_for_the_warm_up():
+    rule = next(r for r in alerts() if r["alert"] == "MfuLow")
+    expr = " ".join(str(rule["expr"]).split())
+    assert "(time() - min by (job_id) (mfu_job_first_report_timestamp_seconds)) > 600" in expr
+    docs = (ROOT / "docs" / "alerts.md").read_text()
+    assert "warm-up" in docs and "600" in docs
 
 
 def test_promql_metric_names_helper():
@@ -257,6 +293,22 @@ def test_recording_rules_come_after_the_rules_they_use_within_a_group():
                     assert needs <= seen, f"{rule['record']} uses {needs - seen} before it is recorded"
                 if "record" in rule:
                     seen.add(rule["record"])
+
+
+def test_rules_with_short_for_rewrites_the_warm_up(tmp_path):
+    out = rules_with_short_for(RULE_FILES, tmp_path / "short", for_="2s", warm_up_s=5)
+    for original, rewritten in zip(RULE_FILES, out, strict=True):
+        a = [r for g in yaml.safe_load(original.read_text())["groups"] for r in g["rules"]]
+        b = [r for g in yaml.safe_load(rewritten.read_text())["groups"] for r in g["rules"]]
+        for ra, rb in zip(a, b, strict=True):
+            if ra.get("alert") == "MfuLow":
+                assert "mfu_job_first_report_timestamp_seconds)) > 600" in ra["expr"]
+                assert rb["expr"] == ra["expr"].replace("_seconds)) > 600", "_seconds)) > 5")
+            else:
+                assert rb["expr"] == ra["expr"]
+    recording = [p for p in RULE_FILES if p.name == "mfu-recording.yml"]
+    with pytest.raises(ValueError, match="no rule has a warm-up"):
+        rules_with_short_for(recording, tmp_path / "none", warm_up_s=5)
 
 
 def test_rules_with_short_for_rewrites_only_for(tmp_path):
@@ -316,17 +368,24 @@ def test_real_prometheus_loads_and_evaluates_every_rule(tmp_path):
         assert {v for _, v in history["values"]} == {"4"}
 
         assert mfu.keys() == {(("job_id", "llm"),), (("job_id", "slow"),)}  # "new" has no known peak
-        assert mfu[(("job_id", "slow"),)] == pytest.approx(0.1, rel=0.1)
+        assert mfu[(("job_id", "slow"),)] == pytest.approx(0.1, abs=0.001)
         hfu = values('mfu:job_hfu:ratio{job_id="llm"}')
-        assert hfu == {(("job_id", "llm"),): pytest.approx(0.6, rel=0.1)}
+        assert hfu == {(("job_id", "llm"),): pytest.approx(0.6, abs=0.001)}
+        # GPU 1 of "llm" reports fp8 and bf16: its MFU is their sum, its weight the fp8 peak (2e15).
+        assert values('mfu:job_peak_flops:sum{job_id="llm"}') == {(("job_id", "llm"),): 3e15}
+        gpu = {dict(k)["gpu"]: v for k, v in values("mfu:gpu_mfu:ratio").items()}
+        assert gpu == {"0": pytest.approx(0.5), "1": pytest.approx(0.5), "2": pytest.approx(0.1)}
         assert values('mfu:job_gpus:count{job_id="llm"}') == {(("job_id", "llm"),): 2}
         assert values('mfu:job_nodes:count{job_id="llm"}') == {(("job_id", "llm"),): 1}
         assert list(values("mfu:node_gpus:count").values()) == [4]
         assert list(values("mfu:fleet_gpus_busy_but_idle:count").values()) == [1]
         assert list(values("mfu:fleet_gpus_below_target:count").values()) == [1]  # "slow" on GPU 2
         assert list(values("mfu:fleet_idle_gpus:count").values()) == [0]
-        # GPU-weighted: (0.5 * 2 + 0.1 * 1) / 3
-        assert list(values("mfu:fleet_mfu:ratio").values()) == [pytest.approx(1.1 / 3, rel=0.1)]
+        # Peak-weighted: (0.5 * 1 + 0.5 * 2 + 0.1 * 1) / 4 (by GPU count it would be 1.1 / 3)
+        assert list(values("mfu:fleet_mfu:ratio").values()) == [pytest.approx(0.4, abs=0.001)]
+        assert values("mfu:fleet_model_mfu:ratio") == {
+            (("model", "NVIDIA H100 80GB HBM3"),): pytest.approx(0.4, abs=0.001)
+        }
 
 
 def _rfc3339(t: float) -> str:
@@ -363,7 +422,7 @@ def test_real_prometheus_fires_alerts_on_agent_shaped_data(tmp_path):
         prom.wait_for(settled, timeout=60, what="the expected alerts firing")
 
         def mfu_low_jobs():
-            # MfuLow for "llm" (fired while its rate window filled up) must have resolved.
+            # Only "slow" (MFU 0.1, first report an hour ago): "llm" is fine (and still warming up).
             jobs = sorted(a["labels"]["job_id"] for a in prom.firing("MfuLow"))
             return jobs if jobs == ["slow"] else None
 
