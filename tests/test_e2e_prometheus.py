@@ -140,7 +140,7 @@ def cluster(tmp_path_factory):
         job = TrainingJob(urls)
         job.start()
         rules = rules_with_short_for(
-            RULE_FILES, tmp / "rules", for_="2s", rate_window=f"{RATE_WINDOW_SECONDS}s"
+            RULE_FILES, tmp / "rules", for_="2s", rate_window=f"{RATE_WINDOW_SECONDS}s", warm_up_s=0
         )
         with PrometheusServer(
             rule_files=rules,
