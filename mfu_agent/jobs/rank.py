@@ -84,7 +84,9 @@ class GpuSeen:
 @dataclass
 class Point:
     t: float
-    values: dict[CounterKey, float]  # accumulated totals at t
+    values: tuple[
+        float, ...
+    ]  # accumulated totals at t, in the rank's key_order (older points may be shorter)
 
 
 @dataclass
@@ -103,6 +105,7 @@ class RankState:
     labels: tuple[tuple[str, str], ...] = ()
     step: int | None = None
     totals: dict[CounterKey, float] = field(default_factory=dict)  # accumulated, monotonic
+    key_order: list[CounterKey] = field(default_factory=list)  # order of Point.values; only appended to
     last_raw: dict[CounterKey, float] = field(default_factory=dict)
     gpu_totals: dict[tuple[str, CounterKey], float] = field(default_factory=dict)  # (uuid, key) -> total
     gpus_seen: dict[str, GpuSeen] = field(default_factory=dict)  # uuid -> index, for exported series
@@ -133,13 +136,16 @@ class RankState:
             else:
                 delta = value - previous
             self.last_raw[key] = value
-            self.totals[key] = self.totals.get(key, 0.0) + delta
+            if key not in self.totals:
+                self.totals[key] = 0.0
+                self.key_order.append(key)
+            self.totals[key] += delta
             for g in self.gpus:
                 gk = (g.uuid, key)
                 self.gpu_totals[gk] = self.gpu_totals.get(gk, 0.0) + delta * share
 
     def add_point(self, t: float, now: float, window: float) -> None:
-        point = Point(t, dict(self.totals))
+        point = Point(t, tuple(self.totals[k] for k in self.key_order))
         history = self.history
         if history and t <= history[-1].t:
             # The same step time again (a stalled job re-posting), or a sender clock that went back:
@@ -189,5 +195,9 @@ def rates_of(s: RankState, now: float, window: float) -> Rates | None:
     span = last.t - first.t
     if span <= 0:
         return None
-    values = {k: (v - first.values.get(k, 0.0)) / span for k, v in last.values.items()}
+    before_values = first.values
+    values = {
+        k: (v - (before_values[i] if i < len(before_values) else 0.0)) / span
+        for i, (k, v) in enumerate(zip(s.key_order, last.values, strict=False))
+    }
     return Rates(values, span, basis)

@@ -320,6 +320,7 @@ def _durable_copy(s: RankState) -> RankState:
         interval=s.interval,
         step=s.step,
         totals=dict(s.totals),
+        key_order=list(s.key_order),
         last_raw=dict(s.last_raw),
         gpu_totals=dict(s.gpu_totals),
         gpus_seen=dict(s.gpus_seen),

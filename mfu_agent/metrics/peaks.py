@@ -82,7 +82,7 @@ def _warn_once(name: str) -> None:
         _warned_names.add(name)
     log.warning(
         "no peak FLOP/s known for GPU model %r: MFU cannot be computed on it. Add its dense datasheet "
-        "figures with --peak-flops-file (see docs/peak-flops.md), e.g. {%r: {\"bf16\": 312e12}}",
+        'figures with --peak-flops-file (see docs/peak-flops.md), e.g. {%r: {"bf16": 312e12}}',
         name,
         name,
     )
