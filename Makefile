@@ -35,11 +35,11 @@ lint: install-test
 test: install-test prometheus deploy-tools lint
 	$(BIN)/pytest -q
 
-# Benchmarks (docs/performance.md): about 14 minutes; BENCH_ARGS=--quick for about 3.
+# Benchmarks (docs/performance.md): about 13 minutes; BENCH_ARGS=--quick for about 3.
 bench: install-test prometheus
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# The rule groups at fleet scale alone (2,048 nodes): about 7 minutes; BENCH_ARGS=--quick for about 1.
+# The rule groups at fleet scale alone (2,048 nodes): about 6 minutes; BENCH_ARGS=--quick for about 1.5.
 bench-rules: install-test prometheus
 	$(BIN)/python -m bench.rules_scale $(BENCH_ARGS)
 

@@ -1,6 +1,6 @@
 """mfu-agent performance benchmarks, each against a baseline measured in the same run.
 
-    .venv/bin/python -m bench.run                  # full run, about 14 minutes on 2 cores
+    .venv/bin/python -m bench.run                  # full run, about 13 minutes on 2 cores
     .venv/bin/python -m bench.run --quick          # about 3 minutes, for a smoke check
     .venv/bin/python -m bench.run --json out.json  # raw numbers as JSON too
     .venv/bin/python -m bench.run --only scrape client --standing-seconds 300
