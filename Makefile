@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 LISTEN ?= 127.0.0.1:8469
 
-.PHONY: install install-test prometheus deploy-tools demo run test lint bench clean
+.PHONY: install install-test prometheus deploy-tools demo run test lint bench bench-rules clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,13 @@ lint: install-test
 test: install-test prometheus deploy-tools lint
 	$(BIN)/pytest -q
 
-# Benchmarks (docs/performance.md): about 7 minutes; BENCH_ARGS=--quick for about 2.
-bench: install-test
+# Benchmarks (docs/performance.md): about 13 minutes; BENCH_ARGS=--quick for about 3.
+bench: install-test prometheus
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The rule groups at fleet scale alone (2,048 nodes): about 6 minutes; BENCH_ARGS=--quick for about 1.5.
+bench-rules: install-test prometheus
+	$(BIN)/python -m bench.rules_scale $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -214,7 +214,55 @@ def tables(r: dict) -> str:
             if "median" in st:
                 calls = f"{st['nvml_calls_per_tick']:.0f}" if "nvml_calls_per_tick" in st else "-"
                 out.append(f"| {name} | {_ms(st['median'])} | {_ms(st['p99'])} | {calls} |")
+    if "rules" in r:
+        out.append("")
+        out.append(rules_tables(r["rules"]))
     return "\n".join(out) + "\n"
+
+
+def rules_tables(x: dict) -> str:
+    """The rules section (bench/rules_scale.py) as Markdown."""
+    s, p, c = x["scale"], x["prepare"], x["checks"]
+    files = ", ".join(f"`{f['file']}` (blob {f['blob']})" for f in x["rule_files"])
+    n = len(x["groups"][0]["evaluations"]) if x["groups"] else 0
+    lo, hi = x["data_age_seconds"] or (float("nan"), float("nan"))
+    out = [
+        f"Fleet: {s['nodes']:,} nodes, {s['gpus']:,} GPUs, {s['jobs']:,} jobs, {s['ranks']:,} ranks "
+        f"({s['busy_gpus']:,} GPUs busy, {s['gpus_with_two_ranks']} with two ranks, "
+        f"{s['mixed_precision_jobs']} fp8 + bf16 jobs, {s['gpus_without_peak']} GPUs without a known peak); "
+        f"{s['series']:,} series, {p['samples']:,} samples ({s['history_seconds']} s every "
+        f"{s['step_seconds']} s) written in {p['write_seconds']:.0f} s "
+        f"({p['openmetrics_bytes'] / 2**30:.1f} GiB of OpenMetrics) and "
+        f"backfilled in {p['backfill_seconds']:.0f} s by {p['promtool_processes']} promtool processes "
+        f"({p['block_bytes'] / 2**20:.0f} MiB of blocks). {x['prometheus']['version']}, evaluation every "
+        f"{x['evaluation_interval_seconds']} s; median and max of {n} evaluations per group after a warm-up "
+        f"one, {lo:.0f}-{hi:.0f} s after the last sample. Prometheus used "
+        f"{x['prometheus']['cpu_percent']:.0f}% of a core and at most "
+        f"{x['prometheus']['rss_max_bytes'] / 2**30:.2f} GiB RSS meanwhile. Rule files: {files}.",
+        "",
+        "| group | rules | median s | max s | samples | x baseline | slowest rule (last evaluation) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for g in x["groups"]:
+        slow = g["slowest_rules"][0] if g["slowest_rules"] else None
+        slowest = f"`{slow['name']}` {slow['seconds']:.3f} s" if slow else "-"
+        samples = "-" if g["samples"] is None else f"{g['samples']:,.0f}"
+        out.append(
+            f"| `{g['file']}` {g['name']} | {g['records'] + g['alerts']} | {g['median_seconds']:.3f} | "
+            f"{g['max_seconds']:.3f} | {samples} | {g['ratio']:.1f} | {slowest} |"
+        )
+    rel = c.get("job_mfu_median_relative_error")
+    out.append("")
+    out.append(
+        f"Results: `mfu:job_mfu:ratio` {c['job_mfu_series']:,} series for "
+        f"{c['jobs_with_mfu_expected']:,} jobs with a known peak ({c['job_mfu_within_1pct']:,} within 1% "
+        "of the contract's peak-weighted MFU"
+        + (f", median deviation {rel:.1%}" if rel is not None else "")
+        + f"); `mfu:fleet_mfu:ratio` {c['fleet_mfu_series']} series"
+        + (f" ({c['fleet_mfu']:.4f}; peak-weighted {c['fleet_mfu_expected']:.4f})" if c["fleet_mfu"] else "")
+        + f"; recording rules without output: {', '.join(c['empty_recording_rules']) or 'none'}."
+    )
+    return "\n".join(out)
 
 
 def main() -> None:
