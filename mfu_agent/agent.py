@@ -21,6 +21,7 @@ from .metrics.agent import agent_families
 from .metrics.gpu import gpu_families
 from .metrics.jobs import job_families, report_families
 from .metrics.peaks import gpu_peak_families
+from .metrics.rollups import gpu_rollup_families, job_node_families, rank_rollup_families
 from .sampler import Sampler
 from .specs import PeakTable
 
@@ -136,7 +137,11 @@ class Agent:
             self._report_outcomes[outcome] += count
 
     def _job_metrics(self) -> Iterable[Metric]:
-        yield from job_families(self.jobs.views(), self.pods)
+        views = self.jobs.views()
+        yield from job_families(views, self.pods)
+        yield from rank_rollup_families(views)
+        yield from job_node_families(views)
+        yield from gpu_rollup_families(views, self.sampler.latest)
         yield from gpu_peak_families(self.sampler.latest, self.peaks)
         with self._outcomes_lock:
             outcomes = dict(self._report_outcomes)

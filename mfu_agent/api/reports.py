@@ -12,7 +12,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
-from ..jobs.registry import ReportData, ReportRejected, job_utilisation
+from ..jobs.registry import ReportData, ReportRejected
+from ..jobs.rollup import peak_weighted, per_gpu
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_BATCH = 1000
@@ -241,8 +242,8 @@ def get_jobs(request: Request) -> dict[str, Any]:
         jobs.append(
             {
                 "job_id": job_id,
-                "mfu": job_utilisation(ranks, "model_flops"),
-                "hfu": job_utilisation(ranks, "hardware_flops"),
+                "mfu": peak_weighted(per_gpu(ranks, "model_flops").values())[0],
+                "hfu": peak_weighted(per_gpu(ranks, "hardware_flops").values())[0],
                 "ranks": [_rank_json(v, now) for v in ranks],
             }
         )

@@ -55,6 +55,7 @@ class RankView:
     rates: Rates | None  # None until two points, and while stalled
     first_received: float
     last_received: float
+    last_progress: float
     restarts: int
 
     def has(self, counter: str) -> bool:
@@ -96,22 +97,6 @@ class RankView:
         """Sum of the weights (peak at the fastest reported dtype) of the rank's GPUs."""
         weights = [g.weight for g in self.gpus]
         return sum(weights) if weights and None not in weights else None  # type: ignore[arg-type]
-
-
-def job_utilisation(views: Iterable[RankView], counter: str = "model_flops") -> float | None:
-    """Peak-weighted MFU over the distinct GPUs of a set of ranks (a job): ranks sharing a GPU add
-    their parts; the GPU's weight counts once."""
-    parts: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    for v in views:
-        for gpu in v.gpus:
-            u, w = v.gpu_utilisation(gpu, counter), gpu.weight
-            if u is None or not w:
-                continue
-            parts[gpu.uuid] = parts.get(gpu.uuid, 0.0) + sum(u.values())
-            weights[gpu.uuid] = max(weights.get(gpu.uuid, 0.0), w)
-    total = sum(weights.values())
-    return sum(parts[u] * weights[u] for u in parts) / total if total else None
 
 
 class JobRegistry:
@@ -285,6 +270,7 @@ class JobRegistry:
             rates=rates_of(s, now, self.window),
             first_received=s.first_received,
             last_received=s.last_received,
+            last_progress=s.last_progress,
             restarts=s.restarts,
         )
 
@@ -326,5 +312,6 @@ def _durable_copy(s: RankState) -> RankState:
         gpus_seen=dict(s.gpus_seen),
         first_received=s.first_received,
         last_received=s.last_received,
+        last_progress=s.last_progress,
         restarts=s.restarts,
     )

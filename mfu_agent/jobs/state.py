@@ -58,6 +58,7 @@ def encode(ranks: list[RankState], node: str) -> dict[str, Any]:
                 "gpus_seen": [[g.uuid, g.index] for g in s.gpus_seen.values()],
                 "first_received": s.first_received,
                 "last_received": s.last_received,
+                "last_progress": s.last_progress,
                 "restarts": s.restarts,
             }
             for s in ranks
@@ -107,6 +108,7 @@ def decode(data: Any, node: str) -> list[RankState]:
             step=_optional_int(r.get("step"), f"{where}.step"),
             first_received=_number(r.get("first_received", 0), f"{where}.first_received"),
             last_received=_number(r.get("last_received", 0), f"{where}.last_received"),
+            last_progress=_number(r.get("last_progress", 0), f"{where}.last_progress"),
             restarts=int(_number(r.get("restarts", 0), f"{where}.restarts")),
         )
         s.totals = {_unkey(k): _number(v, f"{where}.totals") for k, v in (r.get("totals") or {}).items()}
