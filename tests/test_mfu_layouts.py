@@ -40,7 +40,7 @@ MTNLG_PARAMS, MTNLG_LAYERS, MTNLG_HEADS, MTNLG_HEAD_DIM, MTNLG_SEQ = 530e9, 105,
 MTNLG_BATCH, MTNLG_GPUS, MTNLG_STEP_SECONDS = 1920, 2240, 60.1
 MTNLG_FLOPS_PER_TOKEN = 6 * MTNLG_PARAMS + 12 * MTNLG_LAYERS * MTNLG_HEADS * MTNLG_HEAD_DIM * MTNLG_SEQ
 MTNLG_JOB_FLOPS_PER_STEP = MTNLG_FLOPS_PER_TOKEN * MTNLG_BATCH * MTNLG_SEQ
-SPEED = 120.0  # sender seconds per wall second: a 60.1 s step takes 0.5 s here
+SPEED = 40.0  # sender seconds per wall second: a 60.1 s step takes 1.5 s here
 
 
 def test_tensor_x_pipeline_parallel_ranks_read_the_papers_mfu():
@@ -54,8 +54,9 @@ def test_tensor_x_pipeline_parallel_ranks_read_the_papers_mfu():
                          rank=r, local_rank=r, url=AGENT, interval=0.1)
                 for r in range(8)
             ]
-            for _ in range(4):
-                time.sleep({MTNLG_STEP_SECONDS} / SPEED)
+            start = time.monotonic()
+            for i in range(1, 4):   # on a steady beat: a late wake-up does not stretch the next step
+                time.sleep(max(0.0, start + i * {MTNLG_STEP_SECONDS} / SPEED - time.monotonic()))
                 for rep in reporters:
                     rep.step()
             for rep in reporters:
@@ -354,20 +355,19 @@ def test_pid_attribution_picks_the_gpu_the_process_computes_on(tmp_path):
 
 def test_fp8_and_bf16_flops_are_each_measured_against_their_own_peak():
     fp8_rate, bf16_rate = 0.30 * H100_SXM_FP8, 0.10 * H100_SXM_BF16  # per second of training
-    speed = 10.0
     with AgentProcess("--simulate", "1xNVIDIA H100 80GB HBM3", "--interval", "0.2") as agent:
         result, _ = run_client(
             f"""
             rep = Reporter(job_id="te", rank=0, world_size=1, url=AGENT, interval=0.1, gpus=[0],
                            flops_per_step={{"fp8": {fp8_rate!r}, "bf16": {bf16_rate!r}}})
-            for _ in range(6):
-                time.sleep(1.0 / SPEED)   # one step per second of sender time
+            start = time.monotonic()
+            for i in range(1, 4):   # one step a second, on a steady beat
+                time.sleep(max(0.0, start + i - time.monotonic()))
                 rep.step()
             rep.flush()
             emit(snapshot=rep.snapshot())
             """,
             agent,
-            speed=speed,
         )
         assert result["snapshot"]["dtype"] == "fp8"  # the precision: the fastest dtype it computes in
         (rank,) = agent.jobs()["te"]["ranks"]
@@ -380,3 +380,65 @@ def test_fp8_and_bf16_flops_are_each_measured_against_their_own_peak():
         }
         peaks = {dict(k)["dtype"]: v for k, v in agent.series("mfu_job_peak_flops", job_id="te").items()}
         assert peaks == {"fp8": H100_SXM_FP8, "bf16": H100_SXM_BF16}
+
+
+# --- rows 10 and 11: the devices the table lacked, and throttled clocks -----------------------------
+
+ROW_10 = [
+    ("NVIDIA A800-SXM4-80GB", "bf16"),
+    ("NVIDIA H800", "bf16"),
+    ("NVIDIA H800 PCIe", "bf16"),
+    ("NVIDIA H20", "bf16"),
+    ("NVIDIA L20", "bf16"),
+    ("NVIDIA RTX A6000", "bf16"),
+    ("NVIDIA GeForce RTX 5090", "bf16"),
+    ("NVIDIA B300 SXM6 AC", "bf16"),
+    ("NVIDIA GB300", "bf16"),
+    ("NVIDIA A2", "bf16"),
+    ("Tesla V100-SXM3-32GB", "fp16"),
+]
+
+
+def test_new_devices_get_an_mfu_against_their_datasheet_peak():
+    from test_specs import NEW_DEVICE_DENSE_TFLOPS  # the datasheet figures, each with its sheet
+
+    datasheet = {(name, dtype): tflops * 1e12 for name, dtype, tflops in NEW_DEVICE_DENSE_TFLOPS}
+    spec = ",".join(f"1x{name}" for name, _ in ROW_10)
+    with AgentProcess("--simulate", spec, "--interval", "0.2") as agent:
+        script = "reporters = []\n"
+        for gpu, (name, dtype) in enumerate(ROW_10):
+            flops = 0.40 * datasheet[(name, dtype)]  # 40% of the peak, one step a second
+            script += (
+                f"reporters.append(Reporter(job_id='row10-{gpu}', rank=0, world_size=1, url=AGENT, "
+                f"interval=0.1, gpus=[{gpu}], dtype={dtype!r}, flops_per_step={flops!r}))\n"
+            )
+        script += """
+start = time.time()
+for i in range(1, 4):
+    time.sleep(max(0.0, start + i - time.time()))   # steps on a steady 1 s beat, whatever each takes
+    for rep in reporters:
+        rep.step()
+for rep in reporters:
+    rep.flush()
+"""
+        run_client(script, agent)
+        jobs = agent.jobs()
+        for gpu, (name, dtype) in enumerate(ROW_10):
+            (rank,) = jobs[f"row10-{gpu}"]["ranks"]
+            assert rank["gpus"][0]["model"] == name
+            assert rank["gpus"][0]["peak_flops"] == {dtype: pytest.approx(datasheet[(name, dtype)])}
+            assert rank["mfu"] == pytest.approx(0.40, rel=0.02), name
+        assert not agent.series("mfu_gpu_peak_flops_unknown")
+
+
+def test_a_throttled_gpu_exports_the_peak_at_its_clock():
+    h100_tensor_clock_hz = 1830e6  # NVIDIA H100 whitepaper: the SXM5 BF16 figure's boost clock
+    with AgentProcess("--simulate", "2xNVIDIA H100 80GB HBM3", "--fault", "throttle:0") as agent:
+        text_clock = agent.series("mfu_gpu_sm_clock_hertz")
+        clocks = {dict(k)["gpu"]: v for k, v in text_clock.items()}
+        peaks = {dict(k)["gpu"]: v for k, v in agent.series("mfu_gpu_clock_peak_flops", dtype="bf16").items()}
+        datasheet = {dict(k)["gpu"]: v for k, v in agent.series("mfu_gpu_peak_flops", dtype="bf16").items()}
+        assert datasheet == {"0": H100_SXM_BF16, "1": H100_SXM_BF16}
+        for gpu in ("0", "1"):
+            assert peaks[gpu] == pytest.approx(H100_SXM_BF16 * clocks[gpu] / h100_tensor_clock_hz, rel=1e-3)
+        assert clocks["0"] < clocks["1"] and peaks["0"] < H100_SXM_BF16 * 0.9  # throttled: lost to clocks
