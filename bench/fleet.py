@@ -16,7 +16,8 @@ What the fleet holds, so that recording rules meet the cases they must handle:
 * About one job in eight on Hopper GPUs reports mixed fp8 + bf16 FLOPs (precision fp8); a few fp16.
 * A few stragglers (half the job's MFU), a few jobs started inside the history window (their series
   begin there), a few ranks with a constant counter series left on a GPU they no longer use, a few
-  busy-but-idle and throttled GPUs, sparse XID counters, a few GPUs down (only info and up).
+  busy-but-idle and throttled GPUs, sparse XID counters, a few GPUs with uncorrected ECC errors from
+  before the history, a few GPUs down (only info and up).
 
 Values are exact and linear in time: every counter's rate equals what the rank's MFU gauge says
 (rate(mfu_job_model_flops_total) = mfu_job_mfu_ratio x mfu_job_peak_flops per GPU and dtype), so
@@ -147,6 +148,7 @@ class Gpu:
     clock_hz: float = 0.0
     reasons: frozenset[str] = frozenset()
     xids: dict[str, float] = field(default_factory=dict)
+    ecc_uncorrected: float = 0.0  # uncorrected ECC errors (and as many double-bit events) so far
     busy_but_idle: bool = False
     ranks: list[Rank] = field(default_factory=list)
 
@@ -338,6 +340,8 @@ class Fleet:
                     gpu.up = False
             if n % 149 == 23:
                 gpu.xids = {"79": 1.0} if n % 2 else {"13": 2.0, "31": 1.0}
+            if n % 997 == 500:
+                gpu.ecc_uncorrected = 2.0
         return cls(gpus, job_list, nodes)
 
     # -- what a correct rule returns -----------------------------------------------------------------
@@ -546,9 +550,13 @@ class Fleet:
             yield (
                 name,
                 "counter",
-                ((gl(g, ("type", t)), 0.0, 0.0, NEVER) for g in up for t in ("corrected", "uncorrected")),
+                (
+                    (gl(g, ("type", t)), g.ecc_uncorrected if t == "uncorrected" else 0.0, 0.0, NEVER)
+                    for g in up
+                    for t in ("corrected", "uncorrected")
+                ),
             )
-        yield "mfu_gpu_double_bit_ecc_events_total", "counter", per_gpu(lambda g: 0.0)
+        yield "mfu_gpu_double_bit_ecc_events_total", "counter", per_gpu(lambda g: g.ecc_uncorrected / 2)
         yield (
             "mfu_gpu_xid_errors_total",
             "counter",
