@@ -16,11 +16,16 @@ What the fleet holds, so that recording rules meet the cases they must handle:
 * About one job in eight on Hopper GPUs reports mixed fp8 + bf16 FLOPs (precision fp8); a few fp16.
 * A few stragglers (half the job's MFU), a few jobs started inside the history window (their series
   begin there), a few ranks with a constant counter series left on a GPU they no longer use, a few
-  busy-but-idle and throttled GPUs, sparse XID counters, a few GPUs down (only info and up).
+  busy-but-idle and throttled GPUs, sparse XID counters, a few GPUs with uncorrected ECC errors from
+  before the history, a few GPUs down (only info and up).
 
 Values are exact and linear in time: every counter's rate equals what the rank's MFU gauge says
 (rate(mfu_job_model_flops_total) = mfu_job_mfu_ratio x mfu_job_peak_flops per GPU and dtype), so
 `expected_job_mfu()` is what a correct peak-weighted job MFU rule returns.
+
+The pre-aggregated families of the issue 9 contract ("Round 2": `mfu_gpu_mfu_ratio`,
+`mfu_gpu_reporting_ranks`, `mfu_job_rank_*`, `mfu_job_node_*`) are computed from the same ranks, exactly
+as the contract defines them, so a rule built on them must also return `expected_job_mfu()`.
 """
 
 from __future__ import annotations
@@ -88,6 +93,20 @@ CORE_FAMILIES = frozenset(
         "mfu_job_step",
         "mfu_job_last_report_timestamp_seconds",
         "mfu_job_first_report_timestamp_seconds",
+        # Round 2 of the contract: pre-aggregated by the agent, for rules at fleet scale
+        "mfu_gpu_mfu_ratio",
+        "mfu_gpu_reporting_ranks",
+        "mfu_job_rank_mfu_ratio",
+        "mfu_job_rank_hfu_ratio",
+        "mfu_job_rank_last_progress_timestamp_seconds",
+        "mfu_job_rank_last_report_timestamp_seconds",
+        "mfu_job_node_peak_flops",
+        "mfu_job_node_mfu_ratio",
+        "mfu_job_node_hfu_ratio",
+        "mfu_job_node_gpus",
+        "mfu_job_node_model_flops_per_second",
+        "mfu_job_node_tokens_per_second",
+        "mfu_job_node_first_report_timestamp_seconds",
     }
 )
 
@@ -129,6 +148,7 @@ class Gpu:
     clock_hz: float = 0.0
     reasons: frozenset[str] = frozenset()
     xids: dict[str, float] = field(default_factory=dict)
+    ecc_uncorrected: float = 0.0  # uncorrected ECC errors (and as many double-bit events) so far
     busy_but_idle: bool = False
     ranks: list[Rank] = field(default_factory=list)
 
@@ -147,6 +167,19 @@ class Rank:
     def flops(self) -> dict[str, float]:
         """Model FLOP/s per dtype (for a GPU without a known peak: as if its peak were 400 TFLOP/s)."""
         return {dt: m * self.gpu.peaks.get(dt, 400e12) for dt, m in self.mfu.items()}
+
+    @property
+    def known(self) -> dict[str, float]:
+        """MFU parts in the dtypes its GPU has a peak for (the `mfu_job_mfu_ratio` series)."""
+        return {dt: m for dt, m in self.mfu.items() if dt in self.gpu.peaks}
+
+    def hfu_parts(self) -> dict[str, float]:
+        """The `mfu_job_hfu_ratio` values, per known dtype."""
+        return {dt: round(m * self.job.hfu_factor, 6) for dt, m in self.known.items()}
+
+    def weight(self) -> float:
+        """W on its GPU: the highest peak among the dtypes it reports there (0 without a known one)."""
+        return max((self.gpu.peaks[dt] for dt in self.known), default=0.0)
 
 
 @dataclass
@@ -307,6 +340,8 @@ class Fleet:
                     gpu.up = False
             if n % 149 == 23:
                 gpu.xids = {"79": 1.0} if n % 2 else {"13": 2.0, "31": 1.0}
+            if n % 997 == 500:
+                gpu.ecc_uncorrected = 2.0
         return cls(gpus, job_list, nodes)
 
     # -- what a correct rule returns -----------------------------------------------------------------
@@ -322,6 +357,34 @@ class Fleet:
             key = (rank.job.job_id, g.instance, str(g.index))
             mfu, w = out.get(key, (0.0, 0.0))
             out[key] = (mfu + sum(known.values()), max(w, *(g.peaks[dt] for dt in known)))
+        return out
+
+    def job_node(self) -> dict[tuple[str, str, str], dict]:
+        """(job_id, instance, GPU model) -> what the agent on that node exports for the job
+        (the contract's `mfu_job_node_*` with labels job_id and model): `gpus` (distinct GPUs of the
+        job there, known peak or not), and over its GPUs with an MFU, `peak` (sum of W), `mfu` and
+        `hfu` (peak-weighted; a GPU shared by two of the job's ranks counts once)."""
+        per_gpu: dict[tuple[str, str, str], dict[int, list[float]]] = {}
+        for rank in self.ranks:
+            g = rank.gpu
+            key = (rank.job.job_id, g.instance, g.model)
+            slot = per_gpu.setdefault(key, {}).setdefault(g.index, [0.0, 0.0, 0.0, 0.0])
+            known = rank.known
+            if known:
+                slot[0] += sum(known.values())
+                slot[1] += sum(rank.hfu_parts().values())
+                slot[2] = max(slot[2], rank.weight())
+                slot[3] = 1.0
+        out: dict[tuple[str, str, str], dict] = {}
+        for key, gpus in per_gpu.items():
+            with_mfu = [v for v in gpus.values() if v[3]]
+            row: dict = {"gpus": len(gpus)}
+            if with_mfu:
+                peak = sum(v[2] for v in with_mfu)
+                row["peak"] = peak
+                row["mfu"] = sum(v[0] * v[2] for v in with_mfu) / peak
+                row["hfu"] = sum(v[1] * v[2] for v in with_mfu) / peak
+            out[key] = row
         return out
 
     def expected_job_mfu(self) -> dict[str, float]:
@@ -447,6 +510,14 @@ class Fleet:
             ),
         )
         yield "mfu_gpu_up", "gauge", per_gpu(lambda g: 1.0 if g.up else 0.0, self.gpus)
+
+        def gpu_mfu(g: Gpu) -> float | None:
+            """Every rank's and dtype's part on the GPU; absent when no rank on it has an MFU."""
+            parts = [m for r in g.ranks for m in r.known.values()]
+            return sum(parts) if parts else None
+
+        yield "mfu_gpu_mfu_ratio", "gauge", per_gpu(gpu_mfu)
+        yield "mfu_gpu_reporting_ranks", "gauge", per_gpu(lambda g: float(len(g.ranks)))
         gauges: dict[str, Callable[[Gpu], float | None]] = {
             "mfu_gpu_utilization_ratio": lambda g: 0.98 if g.ranks else 0.0,
             "mfu_gpu_memory_utilization_ratio": lambda g: round(0.2 + 0.5 * load(g), 3) if g.ranks else 0.0,
@@ -479,9 +550,13 @@ class Fleet:
             yield (
                 name,
                 "counter",
-                ((gl(g, ("type", t)), 0.0, 0.0, NEVER) for g in up for t in ("corrected", "uncorrected")),
+                (
+                    (gl(g, ("type", t)), g.ecc_uncorrected if t == "uncorrected" else 0.0, 0.0, NEVER)
+                    for g in up
+                    for t in ("corrected", "uncorrected")
+                ),
             )
-        yield "mfu_gpu_double_bit_ecc_events_total", "counter", per_gpu(lambda g: 0.0)
+        yield "mfu_gpu_double_bit_ecc_events_total", "counter", per_gpu(lambda g: g.ecc_uncorrected / 2)
         yield (
             "mfu_gpu_xid_errors_total",
             "counter",
@@ -541,7 +616,7 @@ class Fleet:
             return ((jl(r, r.job.precision), *value(r), born(r)) for r in ranks)
 
         def known(r: Rank) -> list[tuple[str, float]]:
-            return [(dt, m) for dt, m in r.mfu.items() if dt in r.gpu.peaks]
+            return list(r.known.items())
 
         yield (
             "mfu_job_info",
@@ -613,11 +688,72 @@ class Fleet:
         yield (
             "mfu_job_hfu_ratio",
             "gauge",
-            ((jl(r, dt), round(m * r.job.hfu_factor, 6), 0.0, born(r)) for r in ranks for dt, m in known(r)),
+            ((jl(r, dt), h, 0.0, born(r)) for r in ranks for dt, h in r.hfu_parts().items()),
         )
         yield "mfu_job_tokens_per_second", "gauge", per_rank(lambda r: (r.job.tokens, 0.0))
         yield "mfu_job_last_report_timestamp_seconds", "gauge", per_rank(lambda r: (-2.5, 1.0))
         yield "mfu_job_first_report_timestamp_seconds", "gauge", per_rank(lambda r: (born(r), 0.0))
+
+        # Per rank (labels job_id, rank): its peak-weighted MFU / HFU over its GPUs (one GPU here),
+        # absent without a known peak; when its work last moved on (the last report with a newer
+        # step: on average half a step before its last report) and its last report.
+        def rl(r: Rank) -> str:
+            return _labels(r.gpu.instance, ("job_id", r.job.job_id), ("rank", r.rank))
+
+        yield (
+            "mfu_job_rank_mfu_ratio",
+            "gauge",
+            ((rl(r), sum(r.known.values()), 0.0, born(r)) for r in ranks if r.known),
+        )
+        yield (
+            "mfu_job_rank_hfu_ratio",
+            "gauge",
+            ((rl(r), sum(r.hfu_parts().values()), 0.0, born(r)) for r in ranks if r.known),
+        )
+        yield (
+            "mfu_job_rank_last_progress_timestamp_seconds",
+            "gauge",
+            ((rl(r), -2.5 - r.job.step_seconds / 2, 1.0, born(r)) for r in ranks),
+        )
+        yield (
+            "mfu_job_rank_last_report_timestamp_seconds",
+            "gauge",
+            ((rl(r), -2.5, 1.0, born(r)) for r in ranks),
+        )
+
+        # Per job on a node and GPU model (labels job_id, model), and per job on a node (job_id).
+        node_rows = self.job_node()
+        jobs = {j.job_id: j for j in self.jobs}
+
+        def nl(job_id: str, instance: str, *extra: tuple[str, object]) -> str:
+            return _labels(instance, ("job_id", job_id), *extra)
+
+        def node_family(field_name: str) -> Iterator[Series]:
+            for (job_id, instance, model), row in node_rows.items():
+                if field_name in row:
+                    born_at = end - jobs[job_id].start
+                    yield nl(job_id, instance, ("model", model)), row[field_name], 0.0, born_at
+
+        yield "mfu_job_node_peak_flops", "gauge", node_family("peak")
+        yield "mfu_job_node_mfu_ratio", "gauge", node_family("mfu")
+        yield "mfu_job_node_hfu_ratio", "gauge", node_family("hfu")
+        yield "mfu_job_node_gpus", "gauge", node_family("gpus")
+        per_job_node: dict[tuple[str, str], list[Rank]] = {}
+        for r in ranks:
+            per_job_node.setdefault((r.job.job_id, r.gpu.instance), []).append(r)
+
+        def job_node_sum(value: Callable[[Rank], float]) -> Iterator[Series]:
+            for (job_id, instance), here in per_job_node.items():
+                yield nl(job_id, instance), sum(value(r) for r in here), 0.0, born(here[0])
+
+        yield "mfu_job_node_model_flops_per_second", "gauge", job_node_sum(lambda r: sum(r.flops.values()))
+        yield "mfu_job_node_tokens_per_second", "gauge", job_node_sum(lambda r: r.job.tokens)
+        first = {key: min(born(r) for r in here) for key, here in per_job_node.items()}
+        yield (
+            "mfu_job_node_first_report_timestamp_seconds",
+            "gauge",
+            ((nl(j, i), t, 0.0, t) for (j, i), t in first.items()),
+        )
 
     def write_openmetrics(
         self,

@@ -71,8 +71,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# The warm-up of MfuLow: `(time() - min by (job_id) (mfu_job_first_report_timestamp_seconds)) > 600`.
-_WARM_UP = re.compile(r"(mfu_job_first_report_timestamp_seconds\)\)\s*>\s*)[0-9][0-9.e+]*")
+# The warm-up of MfuLow: `(time() - min by (job_id) (mfu_job_node_first_report_timestamp_seconds)) > 600`
+# (rules of before the node-level families: `mfu_job_first_report_timestamp_seconds`).
+_WARM_UP = re.compile(r"(mfu_job(?:_node)?_first_report_timestamp_seconds\)\)\s*>\s*)[0-9][0-9.e+]*")
 
 
 def rules_with_short_for(
@@ -462,6 +463,9 @@ def fake_agent_metrics(elapsed: float) -> str:
     a GPU model without a known peak.
     Peak-weighted, job "llm" is (0.5 * 1 + 0.5 * 2) / 3 = 0.5 and the fleet (0.5 * 1 + 0.5 * 2 +
     0.1 * 1) / 4 = 0.4 (by GPU count it would be 1.1 / 3).
+    The agent's pre-aggregated families (issue 9 contract, round 2) say the same: per GPU
+    (`mfu_gpu_mfu_ratio`, `mfu_gpu_reporting_ranks`), per rank (`mfu_job_rank_*`) and per job on the
+    node (`mfu_job_node_*`).
     """
     t = elapsed
     started = time.time() - elapsed
@@ -597,4 +601,42 @@ def fake_agent_metrics(elapsed: float) -> str:
         m("mfu_job_tokens_per_second", j, 5000.0)
         m("mfu_job_last_report_timestamp_seconds", j, time.time())
         m("mfu_job_first_report_timestamp_seconds", j, first_report)
+
+    # Round 2 of the contract: what the agent pre-aggregates over the series above.
+    now = time.time()
+    node: dict[str, dict[str, float]] = {}  # job_id -> sums over its GPUs here
+    for gpu, (job_id, rank, parts, first_report) in jobs.items():
+        g = {"gpu": str(gpu), "uuid": f"GPU-fake-{gpu}"}
+        known = gpu != 3
+        mfu = sum(parts.values())
+        w = max(FAKE_PEAKS[d] for d in parts)
+        m("mfu_gpu_reporting_ranks", g, 1)
+        r = {"job_id": job_id, "rank": rank}
+        if known:
+            m("mfu_gpu_mfu_ratio", g, mfu)
+            m("mfu_job_rank_mfu_ratio", r, mfu)
+            m("mfu_job_rank_hfu_ratio", r, 1.2 * mfu)
+        m("mfu_job_rank_last_progress_timestamp_seconds", r, now)
+        m("mfu_job_rank_last_report_timestamp_seconds", r, now)
+        acc = node.setdefault(job_id, {"gpus": 0, "peak": 0.0, "mfu_w": 0.0, "flops": 0.0, "tokens": 0.0})
+        acc["gpus"] += 1
+        acc["flops"] += sum(part * FAKE_PEAKS[d] for d, part in parts.items())
+        acc["tokens"] += 5000.0
+        acc["first"] = min(acc.get("first", first_report), first_report)
+        acc["known"] = known
+        if known:
+            acc["peak"] += w
+            acc["mfu_w"] += mfu * w
+    for job_id, acc in node.items():
+        model = "NVIDIA H100 80GB HBM3" if acc["known"] else "NVIDIA Future GPU"
+        jm = {"job_id": job_id, "model": model}
+        m("mfu_job_node_gpus", jm, acc["gpus"])
+        if acc["peak"]:
+            m("mfu_job_node_peak_flops", jm, acc["peak"])
+            m("mfu_job_node_mfu_ratio", jm, acc["mfu_w"] / acc["peak"])
+            m("mfu_job_node_hfu_ratio", jm, 1.2 * acc["mfu_w"] / acc["peak"])
+        jn = {"job_id": job_id}
+        m("mfu_job_node_model_flops_per_second", jn, acc["flops"])
+        m("mfu_job_node_tokens_per_second", jn, acc["tokens"])
+        m("mfu_job_node_first_report_timestamp_seconds", jn, acc["first"])
     return "\n".join(out) + "\n"

@@ -23,6 +23,10 @@ from bench.fleet import CORE_FAMILIES, Fleet, write_files  # noqa: E402
 GPU = {"instance", "job", "gpu", "uuid"}
 RANK = {"instance", "job", "job_id", "rank", "gpu", "uuid", "dtype"}
 NODE = {"instance", "job"}
+# Round 2 of the contract: per rank (over its GPUs), per job on a node and GPU model, per job on a node.
+RANK_ONLY = {"instance", "job", "job_id", "rank"}
+JOB_NODE_MODEL = {"instance", "job", "job_id", "model"}
+JOB_NODE = {"instance", "job", "job_id"}
 # Label names per sample name: docs/metrics.md, plus the contract's new families.
 EXTRA = {
     "mfu_gpu_info": GPU | {"model", "driver_version", "pci_bus_id", "architecture", "sm_activity_source"},
@@ -43,6 +47,27 @@ EXTRA = {
     "mfu_agent_nvml_errors_total": NODE | {"call", "error"},
     "mfu_agent_reports_total": NODE | {"outcome"},
     "up": NODE,
+    **dict.fromkeys(
+        (
+            "mfu_job_rank_mfu_ratio",
+            "mfu_job_rank_hfu_ratio",
+            "mfu_job_rank_last_progress_timestamp_seconds",
+            "mfu_job_rank_last_report_timestamp_seconds",
+        ),
+        RANK_ONLY,
+    ),
+    **dict.fromkeys(
+        ("mfu_job_node_peak_flops", "mfu_job_node_mfu_ratio", "mfu_job_node_hfu_ratio", "mfu_job_node_gpus"),
+        JOB_NODE_MODEL,
+    ),
+    **dict.fromkeys(
+        (
+            "mfu_job_node_model_flops_per_second",
+            "mfu_job_node_tokens_per_second",
+            "mfu_job_node_first_report_timestamp_seconds",
+        ),
+        JOB_NODE,
+    ),
 }
 LINE = re.compile(r"^([a-z_:][a-z0-9_:]*)\{(.*)\} (\S+) (\d+)$")
 HISTORY, STEP = 120, 15
@@ -134,7 +159,60 @@ def test_promtool_backfills_it_and_the_contract_query_gives_the_expected_mfu(gen
             f" / sum by (job_id) (({gpu_w}) and on (job_id, instance, gpu) ({gpu_mfu}))"
         )
         got = {r["metric"]["job_id"]: float(r["value"][1]) for r in prom.query(expr, time_=end)}
+        # The same from the node-level families (Round 2 of the contract): sum / sum over nodes.
+        node_expr = (
+            "sum by (job_id) (mfu_job_node_mfu_ratio * mfu_job_node_peak_flops)"
+            " / sum by (job_id) (mfu_job_node_peak_flops)"
+        )
+        from_nodes = {r["metric"]["job_id"]: float(r["value"][1]) for r in prom.query(node_expr, time_=end)}
+        # The GPU's MFU is every rank's on it; the rank's (one GPU each here) its dtypes' sum.
+        gpu_check = prom.query(
+            "sum by (instance, gpu) (mfu_job_mfu_ratio) / on (instance, gpu) mfu_gpu_mfu_ratio", time_=end
+        )
+        rank_check = prom.query(
+            "sum by (instance, job_id, rank) (mfu_job_mfu_ratio)"
+            " / on (instance, job_id, rank) mfu_job_rank_mfu_ratio",
+            time_=end,
+        )
+        ranks_check = prom.query(
+            "count by (instance, gpu) (mfu_job_info) / on (instance, gpu) (mfu_gpu_reporting_ranks > 0)",
+            time_=end,
+        )
+        idle = prom.query("count(mfu_gpu_reporting_ranks == 0)", time_=end)
+        first_job = fleet.jobs[0].job_id
+        gpus = prom.query(f'sum by (job_id) (mfu_job_node_gpus{{job_id="{first_job}"}})', time_=end)
     expected = fleet.expected_job_mfu()
     assert got.keys() == expected.keys()
     for job_id, value in expected.items():
         assert math.isclose(got[job_id], value, rel_tol=1e-9), job_id
+    assert from_nodes.keys() == expected.keys()
+    for job_id, value in expected.items():
+        assert math.isclose(from_nodes[job_id], value, rel_tol=1e-9), job_id
+    for check in (gpu_check, rank_check, ranks_check):
+        assert check and all(math.isclose(float(r["value"][1]), 1.0, rel_tol=1e-9) for r in check)
+    assert len(gpu_check) == sum(1 for g in fleet.gpus if any(r.known for r in g.ranks))
+    assert len(rank_check) == sum(1 for r in fleet.ranks if r.known)
+    assert len(ranks_check) == sum(1 for g in fleet.gpus if g.ranks)
+    assert int(float(idle[0]["value"][1])) == sum(1 for g in fleet.gpus if g.up and not g.ranks)
+    assert float(gpus[0]["value"][1]) == len({(r.gpu.instance, r.gpu.index) for r in fleet.jobs[0].ranks})
+
+
+def test_node_level_families_give_the_per_gpu_peak_weighted_mfu(generated):
+    """In the generator itself, for every job: the node-level families' sum / sum is the per-GPU
+    peak-weighted MFU, and the fleet's likewise (no Prometheus needed)."""
+    fleet, *_ = generated
+    num: dict[str, float] = {}
+    den: dict[str, float] = {}
+    gpus: dict[str, int] = {}
+    for (job_id, _, _), row in fleet.job_node().items():
+        gpus[job_id] = gpus.get(job_id, 0) + row["gpus"]
+        if "peak" in row:
+            num[job_id] = num.get(job_id, 0.0) + row["mfu"] * row["peak"]
+            den[job_id] = den.get(job_id, 0.0) + row["peak"]
+    expected = fleet.expected_job_mfu()
+    assert num.keys() == expected.keys()
+    for job_id, value in expected.items():
+        assert math.isclose(num[job_id] / den[job_id], value, rel_tol=1e-12), job_id
+    assert math.isclose(sum(num.values()) / sum(den.values()), fleet.expected_fleet_mfu(), rel_tol=1e-12)
+    for job in fleet.jobs:
+        assert gpus[job.job_id] == len({(r.gpu.instance, r.gpu.index) for r in job.ranks})

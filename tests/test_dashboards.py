@@ -127,7 +127,7 @@ def prometheus(tmp_path_factory):
         prom.wait_for(
             lambda: all(
                 prom.query(f"min(count_over_time({name}[1m])) >= 3")
-                for name in ("mfu:job_rank_mfu:ratio", "mfu:job_gpus_below_target:count")
+                for name in ("mfu:job_mfu:ratio", "mfu:job_gpus_below_target:count")
             ),
             timeout=60,
             what="recorded series with three samples each",
@@ -255,9 +255,9 @@ def test_exprs_use_only_contract_metrics_and_recording_rules():
         "mfu_job_step",
         "mfu_job_tokens_total",
         "mfu:job_mfu:ratio",
-        "mfu:gpu_mfu:ratio",
-        "mfu:job_gpu_mfu:ratio",
-        "mfu:job_rank_mfu:ratio",
+        "mfu_gpu_mfu_ratio",
+        "mfu_job_mfu_ratio",
+        "mfu_job_rank_mfu_ratio",
         "mfu:job_peak_flops:sum",
         "mfu:fleet_model_mfu:ratio",
         "mfu:fleet_gpus_below_target:count",
