@@ -84,9 +84,7 @@ class GpuSeen:
 @dataclass
 class Point:
     t: float
-    values: tuple[
-        float, ...
-    ]  # accumulated totals at t, in the rank's key_order (older points may be shorter)
+    values: tuple[float, ...]  # accumulated totals at t, in the order of RankState.totals
 
 
 @dataclass
@@ -104,8 +102,8 @@ class RankState:
     interval: float | None = None
     labels: tuple[tuple[str, str], ...] = ()
     step: int | None = None
-    totals: dict[CounterKey, float] = field(default_factory=dict)  # accumulated, monotonic
-    key_order: list[CounterKey] = field(default_factory=list)  # order of Point.values; only appended to
+    # Accumulated, monotonic. Keys are only ever added, so their order is the order of Point.values.
+    totals: dict[CounterKey, float] = field(default_factory=dict)
     last_raw: dict[CounterKey, float] = field(default_factory=dict)
     gpu_totals: dict[tuple[str, CounterKey], float] = field(default_factory=dict)  # (uuid, key) -> total
     gpus_seen: dict[str, GpuSeen] = field(default_factory=dict)  # uuid -> index, for exported series
@@ -121,11 +119,15 @@ class RankState:
 
     def accumulate(self, raw: dict[CounterKey, float], restarted: bool) -> None:
         """Adds the increase since the last report to the rank's and its current GPUs' totals."""
-        share = 1.0 / len(self.gpus) if self.gpus else 0.0
-        for g in self.gpus:
-            self.gpus_seen[g.uuid] = GpuSeen(g.index, g.uuid)
+        gpus = self.gpus
+        share = 1.0 / len(gpus) if gpus else 0.0
+        seen = self.gpus_seen
+        for g in gpus:
+            if g.uuid not in seen or seen[g.uuid].index != g.index:
+                seen[g.uuid] = GpuSeen(g.index, g.uuid)
+        last_raw, totals, gpu_totals = self.last_raw, self.totals, self.gpu_totals
         for key, value in raw.items():
-            previous = self.last_raw.get(key)
+            previous = last_raw.get(key)
             if previous is None:
                 # A rank's first report brings the job's total so far, and FLOPs in a dtype first sent
                 # later were done and counted nowhere else. A token or sample counter first sent later
@@ -135,17 +137,15 @@ class RankState:
                 delta = value
             else:
                 delta = value - previous
-            self.last_raw[key] = value
-            if key not in self.totals:
-                self.totals[key] = 0.0
-                self.key_order.append(key)
-            self.totals[key] += delta
-            for g in self.gpus:
+            last_raw[key] = value
+            totals[key] = totals.get(key, 0.0) + delta
+            part = delta * share
+            for g in gpus:
                 gk = (g.uuid, key)
-                self.gpu_totals[gk] = self.gpu_totals.get(gk, 0.0) + delta * share
+                gpu_totals[gk] = gpu_totals.get(gk, 0.0) + part
 
     def add_point(self, t: float, now: float, window: float) -> None:
-        point = Point(t, tuple(self.totals[k] for k in self.key_order))
+        point = Point(t, tuple(self.totals.values()))
         history = self.history
         if history and t <= history[-1].t:
             # The same step time again (a stalled job re-posting), or a sender clock that went back:
@@ -198,6 +198,6 @@ def rates_of(s: RankState, now: float, window: float) -> Rates | None:
     before_values = first.values
     values = {
         k: (v - (before_values[i] if i < len(before_values) else 0.0)) / span
-        for i, (k, v) in enumerate(zip(s.key_order, last.values, strict=False))
+        for i, (k, v) in enumerate(zip(s.totals, last.values, strict=False))
     }
     return Rates(values, span, basis)

@@ -118,6 +118,7 @@ class JobRegistry:
         self._ranks: dict[tuple[str, int], RankState] = {}
         self._lock = threading.Lock()
         self._unknown_peaks_logged: set[tuple[str, str]] = set()
+        self._shares: dict[tuple[str, str, tuple[str, ...]], GpuShare] = {}  # peaks looked up once
         self.expired_total = 0
         self.changes = 0  # bumped on every change; the state writer saves when it moved
         # Lower bound of every tracked rank's last_received: while now - it <= ttl no rank can be stale,
@@ -170,20 +171,37 @@ class JobRegistry:
         return len(reports)
 
     def _share(self, gpu: GpuReading, report: ReportData) -> GpuShare:
-        dtypes = sorted(set(report.model_flops) | set(report.hardware_flops or {}))
-        peaks = []
-        for dtype in dtypes:
-            peak = self.peaks.peak_flops(gpu.identity.name, dtype)
-            if peak is None and (gpu.identity.name, dtype) not in self._unknown_peaks_logged:
-                self._unknown_peaks_logged.add((gpu.identity.name, dtype))
-                log.warning(
-                    "no dense peak FLOP/s known for %r at %s: MFU is not computed for it; add it with "
-                    "--peak-flops-file",
-                    gpu.identity.name,
-                    dtype,
-                )
-            peaks.append((dtype, peak))
-        return GpuShare(gpu.index, gpu.uuid, gpu.identity.name, tuple(peaks))
+        model, hardware = report.model_flops, report.hardware_flops
+        if hardware is None or hardware.keys() == model.keys():
+            dtypes = tuple(model) if len(model) == 1 else tuple(sorted(model))
+        else:
+            dtypes = tuple(sorted(model.keys() | hardware.keys()))
+        key = (gpu.uuid, gpu.identity.name, dtypes)
+        share = self._shares.get(key)
+        if share is None:
+            if len(self._shares) >= 4096:  # bounded whatever GPUs and dtypes reports name
+                self._shares.clear()
+            share = self._shares[key] = GpuShare(
+                gpu.index,
+                gpu.uuid,
+                gpu.identity.name,
+                tuple((d, self._peak(gpu.identity.name, d)) for d in dtypes),
+            )
+        elif share.index != gpu.index:  # the same GPU at another index (GPUs came or went)
+            share = self._shares[key] = GpuShare(gpu.index, share.uuid, share.model, share.peaks)
+        return share
+
+    def _peak(self, name: str, dtype: str) -> float | None:
+        peak = self.peaks.peak_flops(name, dtype)
+        if peak is None and (name, dtype) not in self._unknown_peaks_logged:
+            self._unknown_peaks_logged.add((name, dtype))
+            log.warning(
+                "no dense peak FLOP/s known for %r at %s: MFU is not computed for it; add it with "
+                "--peak-flops-file",
+                name,
+                dtype,
+            )
+        return peak
 
     def _apply_one(
         self,
@@ -212,9 +230,14 @@ class JobRegistry:
         raw = report.raw_counters()
         # A restart shows as a model FLOP counter going down, or as a new sender taking the rank over
         # (its counters start from its own zero); all counters restart together.
-        restarted = takeover is not None or any(
-            value < state.last_raw.get(("model_flops", d), -1.0) for d, value in report.model_flops.items()
-        )
+        restarted = takeover is not None
+        if not restarted:
+            last_raw = state.last_raw
+            for dtype, value in report.model_flops.items():
+                previous = last_raw.get(("model_flops", dtype))
+                if previous is not None and value < previous:
+                    restarted = True
+                    break
         if restarted and state.last_raw:
             state.restarts += 1
             log.info("job %s rank %d restarted", report.job_id, report.rank)
@@ -306,7 +329,6 @@ def _durable_copy(s: RankState) -> RankState:
         interval=s.interval,
         step=s.step,
         totals=dict(s.totals),
-        key_order=list(s.key_order),
         last_raw=dict(s.last_raw),
         gpu_totals=dict(s.gpu_totals),
         gpus_seen=dict(s.gpus_seen),

@@ -112,7 +112,6 @@ def decode(data: Any, node: str) -> list[RankState]:
             restarts=int(_number(r.get("restarts", 0), f"{where}.restarts")),
         )
         s.totals = {_unkey(k): _number(v, f"{where}.totals") for k, v in (r.get("totals") or {}).items()}
-        s.key_order = list(s.totals)
         s.last_raw = {
             _unkey(k): _number(v, f"{where}.last_raw") for k, v in (r.get("last_raw") or {}).items()
         }
