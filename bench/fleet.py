@@ -38,23 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from mfu_agent.gpu.nvml import CLOCK_EVENT_REASONS
 from mfu_agent.specs import peaks_for
 
 SCRAPE_JOB = "mfu-agent"
 PORT = 8469
 GPUS_PER_NODE = 8
 DRIVER = "550.54.15"
-REASONS = (
-    "gpu_idle",
-    "applications_clocks_setting",
-    "sw_power_cap",
-    "hw_slowdown",
-    "sync_boost",
-    "sw_thermal_slowdown",
-    "hw_thermal_slowdown",
-    "hw_power_brake_slowdown",
-    "display_clock_setting",
-)
+REASONS = tuple(CLOCK_EVENT_REASONS.values())  # the agent's names, one series per reason and GPU
 UNKNOWN_MODEL = "NVIDIA Unlisted Accelerator"
 # (share of nodes, NVML device name, architecture, has GPM, memory bytes, max SM clock Hz,
 #  the SM clock the datasheet peak assumes)
