@@ -215,3 +215,13 @@ def test_state_round_trips_and_refuses_a_foreign_file(snapshot, tmp_path):
     empty = JobRegistry()
     assert StateStore(tmp_path, empty, "node-a").load() == 0 and len(empty) == 0
     assert any(p.name.startswith("ranks.json.bad-") for p in tmp_path.iterdir())
+
+
+def test_one_batch_cannot_carry_a_rank_from_two_senders(snapshot):
+    registry = JobRegistry()
+    with pytest.raises(ReportRejected) as caught:
+        registry.apply([report(1.0, instance="a"), report(2.0, instance="b")], snapshot)
+    assert caught.value.status == 409 and caught.value.field == "reports[1].rank"
+    assert len(registry) == 0
+    registry.apply([report(1.0, instance="a"), report(2.0, instance="a")], snapshot)  # one sender: fine
+    assert registry.views()[0].totals == {("model_flops", "bf16"): 2.0}

@@ -17,7 +17,7 @@ SILENT_INTERVALS = 3
 DEFAULT_INTERVAL = 5.0  # the client's default, for senders that do not say theirs
 
 
-def same_sender(state: RankState, report: ReportData) -> bool:
+def same_sender(state: RankState | ReportData, report: ReportData) -> bool:
     if state.instance is not None or report.instance is not None:
         return state.instance == report.instance
     if state.pid is not None and report.pid is not None:

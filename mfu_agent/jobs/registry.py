@@ -135,8 +135,19 @@ class JobRegistry:
             if now - self._oldest_received > self.ttl:
                 self._expire(now)
             takeovers: dict[tuple[str, int], str] = {}
+            first_in_batch: dict[tuple[str, int], ReportData] = {}
             for i, report in enumerate(reports):
-                state = self._ranks.get((report.job_id, report.rank))
+                key = (report.job_id, report.rank)
+                state = self._ranks.get(key)
+                earlier = first_in_batch.setdefault(key, report)
+                if earlier is not report and not same_sender(earlier, report):
+                    where = f"reports[{i}]." if batch else ""
+                    raise ReportRejected(
+                        409,
+                        f"{where}rank",
+                        f"{where}rank: job {report.job_id!r} rank {report.rank} appears twice in this batch "
+                        "from two different senders (instance or pid)",
+                    )
                 if state is None or same_sender(state, report):
                     continue
                 reason = takeover_reason(state, report, now, self._pid_alive)
