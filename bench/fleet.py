@@ -562,6 +562,19 @@ class Fleet:
                 for r in g.ranks
             ),
         )
+        for family, busy in (
+            ("mfu_gpu_process_sm_utilization_ratio", 0.9),
+            ("mfu_gpu_process_memory_utilization_ratio", 0.4),
+        ):
+            yield (
+                family,
+                "gauge",
+                [  # a list, not a generator: `busy` changes with the loop
+                    (gl(g, ("pid", r.pid)), round(busy / len(g.ranks), 4), 0.0, NEVER)
+                    for g in up
+                    for r in g.ranks
+                ],
+            )
         yield (
             "mfu_gpu_process_info",
             "gauge",

@@ -16,7 +16,7 @@ from . import __version__
 DEFAULT_PORT = 8469  # outside 9100-9999, the Prometheus exporter range, which is fully allocated
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 DEMO_SPEC = "8xNVIDIA H100 80GB HBM3"
-DEMO_FAULTS = ["busy-idle:7"]
+DEMO_FAULTS = ["busy-idle:7", "shared:6"]
 
 log = logging.getLogger("mfu_agent")
 
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=_env_list("fault", []),
         help="simulated fault, repeatable: lost:GPU, busy-idle:GPU, throttle:GPU, ecc:GPU, "
-        "xid:GPU:CODE (env MFU_AGENT_FAULT, comma-separated)",
+        "shared:GPU, xid:GPU:CODE (env MFU_AGENT_FAULT, comma-separated)",
     )
 
     demo = commands.add_parser(

@@ -115,6 +115,9 @@ class FakeDevice:
     remapped_rows: tuple[int, int, int, int] = (2, 0, 0, 0)  # corrected, uncorrected, pending, failure
     # (pid, used GPU memory bytes); None memory is reported as NVML_VALUE_NOT_AVAILABLE
     processes: list[tuple[int, int | None]] = field(default_factory=list)
+    # nvmlDeviceGetProcessUtilization's buffer: (pid, SM %, memory %, timestamp µs). Append samples
+    # with later timestamps to advance it; only those newer than lastSeenTimeStamp are returned.
+    process_samples: list[tuple[int, int, int, int]] = field(default_factory=list)
     gpm_supported: bool = True
     gpm_percent: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_GPM_PERCENT))
     not_supported: set[str] = field(default_factory=set)  # symbols returning NVML_ERROR_NOT_SUPPORTED
@@ -663,6 +666,25 @@ class FakeNvml:
             entry.gpuInstanceId = _NOT_AVAILABLE_UINT
             entry.computeInstanceId = _NOT_AVAILABLE_UINT
         c_count.value = len(procs)
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetProcessUtilization(
+        self, handle: Any, utilization: Any, count: Any, last_seen: Any
+    ) -> int:
+        _, dev = self._device("nvmlDeviceGetProcessUtilization", handle)
+        c_count = _target(count)
+        since = _int(last_seen)
+        samples = [s for s in dev.process_samples if s[3] > since]
+        if not samples:
+            return pynvml.NVML_ERROR_NOT_FOUND
+        if utilization is None or c_count.value < len(samples):
+            c_count.value = len(samples)
+            return pynvml.NVML_ERROR_INSUFFICIENT_SIZE
+        for i, (pid, sm, mem, stamp) in enumerate(samples):
+            entry = utilization[i]
+            entry.pid, entry.timeStamp, entry.smUtil, entry.memUtil = pid, stamp, sm, mem
+            entry.encUtil = entry.decUtil = 0
+        c_count.value = len(samples)
         return pynvml.NVML_SUCCESS
 
     # ----------------------------------------------------------------- C symbols: events

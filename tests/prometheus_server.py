@@ -555,6 +555,8 @@ def fake_agent_metrics(elapsed: float) -> str:
             m("mfu_gpu_xid_errors_total", {**g, "xid": "13"}, 1)
         pid = str(1000 + gpu)
         m("mfu_gpu_process_memory_bytes", {**g, "pid": pid}, 59e9)
+        m("mfu_gpu_process_sm_utilization_ratio", {**g, "pid": pid}, 0.7)
+        m("mfu_gpu_process_memory_utilization_ratio", {**g, "pid": pid}, 0.3)
         m(
             "mfu_gpu_process_info",
             {**g, "pid": pid, "pod_uid": f"pod-{gpu}", "container_id": f"c{gpu}", "slurm_job_id": ""},

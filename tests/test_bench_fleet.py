@@ -35,6 +35,8 @@ EXTRA = {
     "mfu_gpu_remapped_rows_total": GPU | {"type"},
     "mfu_gpu_xid_errors_total": GPU | {"xid"},
     "mfu_gpu_process_memory_bytes": GPU | {"pid"},
+    "mfu_gpu_process_sm_utilization_ratio": GPU | {"pid"},
+    "mfu_gpu_process_memory_utilization_ratio": GPU | {"pid"},
     "mfu_gpu_process_info": GPU | {"pid", "pod_uid", "container_id", "slurm_job_id"},
     "mfu_gpu_peak_flops": GPU | {"dtype"},
     "mfu_gpu_clock_peak_flops": GPU | {"dtype"},

@@ -74,6 +74,8 @@ def test_demo_serves_eight_gpus_and_promtool_is_clean():
             time.sleep(0.5)
             text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         assert text.count("mfu_job_mfu_ratio{") == 8, "the synthetic job reports MFU for its 8 ranks"
+        # GPU 6 is time-shared by two processes, each with its own SM utilisation.
+        assert text.count('mfu_gpu_process_sm_utilization_ratio{gpu="6"') == 2
         check = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True)
         assert check.returncode == 0 and check.stdout == "" and check.stderr == "", (
             check.stdout + check.stderr

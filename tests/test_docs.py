@@ -26,6 +26,7 @@ def exported_metrics() -> set[str]:
     """Every family a busy agent exports: GPUs with processes and faults, events, a reporting job."""
     backend = SimulatedBackend("2xNVIDIA H100 80GB HBM3,1xNVIDIA Imaginary X9")
     backend.set_processes(0, [(1, 1024)])
+    backend.set_shared(1)  # two time-sliced processes with their own utilisation
     agent = Agent(backend, AgentOptions())
     agent.events = EventCounter()
     agent.events.add(GpuEvent(0, "GPU-x", "xid", 79))

@@ -321,6 +321,42 @@ def test_process_memory_not_available_comes_back_as_none(fake: FakeNvml) -> None
     assert [(p.pid, p.usedGpuMemory) for p in procs] == [(55, None)]
 
 
+def test_process_utilization_gives_only_samples_newer_than_asked(fake: FakeNvml) -> None:
+    fake.devices[1].process_samples = [(101, 60, 20, 1_000), (202, 30, 5, 1_500)]
+    h = pynvml.nvmlDeviceGetHandleByIndex(1)
+    got = pynvml.nvmlDeviceGetProcessUtilization(h, 0)
+    assert [(s.pid, s.smUtil, s.memUtil, s.timeStamp) for s in got] == [
+        (101, 60, 20, 1_000),
+        (202, 30, 5, 1_500),
+    ]
+    assert fake.calls["nvmlDeviceGetProcessUtilization"] == 2  # size query, then the read
+    got = pynvml.nvmlDeviceGetProcessUtilization(h, 1_000)
+    assert [(s.pid, s.smUtil) for s in got] == [(202, 30)]
+    with pytest.raises(pynvml.NVMLError_NotFound):
+        pynvml.nvmlDeviceGetProcessUtilization(h, 1_500)
+    fake.devices[1].process_samples.append((101, 75, 25, 2_000))
+    got = pynvml.nvmlDeviceGetProcessUtilization(h, 1_500)
+    assert [(s.pid, s.smUtil, s.memUtil) for s in got] == [(101, 75, 25)]
+
+
+def test_process_utilization_size_query_and_not_supported(fake: FakeNvml) -> None:
+    fake.devices[0].process_samples = [(1, 1, 1, 10), (2, 2, 2, 20)]
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetProcessUtilization")
+    count = ctypes.c_uint(0)
+    assert fn(h, None, ctypes.byref(count), ctypes.c_ulonglong(0)) == pynvml.NVML_ERROR_INSUFFICIENT_SIZE
+    assert count.value == 2
+    small = (pynvml.c_nvmlProcessUtilizationSample_t * 1)()
+    count.value = 1
+    assert fn(h, small, ctypes.byref(count), ctypes.c_ulonglong(0)) == pynvml.NVML_ERROR_INSUFFICIENT_SIZE
+    assert count.value == 2
+    with pytest.raises(pynvml.NVMLError_NotFound):
+        pynvml.nvmlDeviceGetProcessUtilization(pynvml.nvmlDeviceGetHandleByIndex(2), 0)
+    fake.devices[0].not_supported = {"nvmlDeviceGetProcessUtilization"}
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetProcessUtilization(h, 0)
+
+
 def test_process_array_too_small_is_insufficient_size(fake: FakeNvml) -> None:
     fake.devices[0].processes = [(1, 1), (2, 2), (3, 3)]
     h = pynvml.nvmlDeviceGetHandleByIndex(0)

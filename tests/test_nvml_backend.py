@@ -371,3 +371,84 @@ def test_pid_attribution_through_nvml_gives_mfu_and_the_pod(fake_nvml: FakeNvml)
         )
         == 1
     )
+
+
+# -- per-process utilisation (time-slicing and MPS) -----------------------------------------------
+
+
+def test_process_utilization_follows_the_fake_in_ratios_and_holds_then_drops(fake_nvml: FakeNvml):
+    from mfu_agent.gpu.nvml_backend import PROCESS_UTILIZATION_HOLD_TICKS
+
+    dev = fake_nvml.devices[3]
+    dev.processes = [(4242, 20 * 1024**3), (4343, 1024**3)]
+    dev.process_samples = [(4242, 61, 23, 1_000_000), (4343, 17, 4, 1_000_000)]
+    backend, agent, clock = started()
+    text = tick(agent, clock)
+    g = {"gpu": "3", "uuid": dev.uuid}
+    assert one(text, "mfu_gpu_process_sm_utilization_ratio", **g, pid="4242") == 0.61
+    assert one(text, "mfu_gpu_process_memory_utilization_ratio", **g, pid="4242") == 0.23
+    assert one(text, "mfu_gpu_process_sm_utilization_ratio", **g, pid="4343") == 0.17
+    assert one(text, "mfu_gpu_process_memory_utilization_ratio", **g, pid="4343") == 0.04
+    assert values(text, "mfu_gpu_process_sm_utilization_ratio", gpu="0") == []  # no samples: absent
+
+    # Only 4242 has a new sample: NotFound is not asked for again with the old timestamp, 4343 is held.
+    dev.process_samples.append((4242, 80, 30, 2_000_000))
+    text = tick(agent, clock)
+    assert one(text, "mfu_gpu_process_sm_utilization_ratio", **g, pid="4242") == 0.80
+    assert one(text, "mfu_gpu_process_sm_utilization_ratio", **g, pid="4343") == 0.17
+
+    # No new samples at all (NotFound): figures are held for a few ticks, then dropped, never stale.
+    text = tick(agent, clock)
+    assert one(text, "mfu_gpu_process_sm_utilization_ratio", **g, pid="4242") == 0.80
+    assert values(text, "mfu_agent_nvml_errors_total", call="nvmlDeviceGetProcessUtilization") == []
+    for _ in range(PROCESS_UTILIZATION_HOLD_TICKS):
+        text = tick(agent, clock)
+    assert values(text, "mfu_gpu_process_sm_utilization_ratio", gpu="3") == []
+    assert values(text, "mfu_gpu_process_memory_bytes", gpu="3", pid="4343")  # the process itself stays
+
+    # A new sample brings it back; an exited process loses its figure at once.
+    dev.process_samples.append((4343, 9, 1, 9_000_000))
+    dev.processes = [(4343, 1024**3)]
+    text = tick(agent, clock)
+    assert values(text, "mfu_gpu_process_sm_utilization_ratio", gpu="3") == [0.09]
+    backend.close()
+
+
+def test_process_utilization_not_supported_is_absent_and_not_retried(fake_nvml: FakeNvml):
+    dev = fake_nvml.devices[2]
+    dev.processes = [(4242, 1024**3)]
+    dev.process_samples = [(4242, 50, 10, 1_000)]
+    dev.not_supported = {"nvmlDeviceGetProcessUtilization"}
+    backend, agent, clock = started()
+    text = tick(agent, clock)
+    assert values(text, "mfu_gpu_process_sm_utilization_ratio", gpu="2") == []
+    assert values(text, "mfu_gpu_process_memory_bytes", gpu="2", pid="4242") == [1024**3]
+    calls = fake_nvml.calls["nvmlDeviceGetProcessUtilization"]
+    text = tick(agent, clock)
+    assert fake_nvml.calls["nvmlDeviceGetProcessUtilization"] == calls + 7, "GPU 2 is not asked again"
+    assert (
+        one(
+            text, "mfu_agent_nvml_errors_total", call="nvmlDeviceGetProcessUtilization", error="not_supported"
+        )
+        == 1
+    )
+    backend.close()
+
+
+def test_two_pods_time_sharing_one_gpu_each_show_their_own_sm_utilization(fake_nvml: FakeNvml):
+    """The done-when of time-slicing: two pods on GPU 5, each its own SM figure joined to its pod."""
+    pods = {41235: "3f1c2a9e-8b7d-4c6e-9a2f-1d3b5c7e9f01", 52017: "b2e4d6f8-1a3c-4e5f-8a7b-9c0d1e2f3a4b"}
+    dev = fake_nvml.devices[5]
+    dev.processes = [(41235, 30 * 1024**3), (52017, 12 * 1024**3)]
+    dev.process_samples = [(41235, 58, 31, 5_000), (52017, 24, 9, 5_000)]
+    backend = NvmlBackend(clock=Clock())
+    backend.start()
+    agent = Agent(backend, AgentOptions(proc_root=str(Path(__file__).parent / "fixtures" / "proc")))
+    agent.sampler.sample_once()
+    text = generate_latest(agent.registry).decode()
+    by_pod = {}
+    for pid, pod_uid in pods.items():
+        assert one(text, "mfu_gpu_process_info", gpu="5", pid=str(pid), pod_uid=pod_uid) == 1
+        by_pod[pod_uid] = one(text, "mfu_gpu_process_sm_utilization_ratio", gpu="5", pid=str(pid))
+    assert by_pod == {pods[41235]: 0.58, pods[52017]: 0.24}
+    backend.close()

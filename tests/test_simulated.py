@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mfu_agent.events import EventCounter, EventWatcher
-from mfu_agent.gpu.simulated import SimulatedBackend, parse_spec
+from mfu_agent.gpu.simulated import SHARED_PIDS, SimulatedBackend, parse_spec
 
 
 class Clock:
@@ -60,6 +60,28 @@ def test_faults():
     assert gpus[3].up and gpus[3].activity.sm_active > 0.5
     backend.set_lost(0, False)
     assert backend.read_all()[0].up
+
+
+def test_shared_gpu_has_two_processes_with_their_own_utilization():
+    clock = Clock()
+    backend = SimulatedBackend("2xNVIDIA H100 80GB HBM3", clock=clock)
+    backend.apply_fault("shared:1")
+    backend.set_processes(0, [(10, 1024, 0.5, 0.25), (11, 2048)])
+    for _ in range(5):
+        gpus = backend.read_all()
+        procs = gpus[1].processes
+        assert tuple(p.pid for p in procs) == SHARED_PIDS
+        sm = [p.sm_utilization_ratio for p in procs]
+        assert all(0 < x <= 1 for x in sm) and sm[0] != sm[1]
+        assert sum(sm) <= gpus[1].utilization_ratio + 0.02
+        assert all(0 <= p.memory_utilization_ratio <= 1 for p in procs)
+        clock.now += 7
+    assert [(p.sm_utilization_ratio, p.memory_utilization_ratio) for p in gpus[0].processes] == [
+        (0.5, 0.25),
+        (None, None),
+    ]
+    backend.set_shared(1, False)
+    assert backend.read_all()[1].processes == ()
 
 
 def test_gpm_only_on_hopper_and_newer():

@@ -10,8 +10,13 @@ SmActivitySource = Literal["gpm", "none"]
 
 @dataclass(frozen=True, slots=True)
 class GpuProcess:
+    """A compute process on a GPU. The utilisation ratios (0..1) are this process's share of the SMs'
+    and the memory interface's time (NVML process utilisation samples); None where unknown."""
+
     pid: int
     used_memory_bytes: int | None
+    sm_utilization_ratio: float | None = None
+    memory_utilization_ratio: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,9 @@ Every NVML call goes through `NvmlGateway.call`, which sorts failures into four 
 - other:    anything else (Timeout, InsufficientPower, ...): absent this tick, retried next tick.
 
 Every failure is counted in `errors` by (call, error) for `mfu_agent_nvml_errors_total`.
+
+One exception: NotFound from nvmlDeviceGetProcessUtilization means "no samples newer than the
+timestamp asked for", NVML's normal answer between a process's samples; it is not a failure.
 """
 
 from __future__ import annotations
@@ -124,6 +127,23 @@ class RawEvent:
     data: int
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessSample:
+    """One process's utilisation sample in NVML units: percent 0..100, timestamp in µs."""
+
+    pid: int
+    timestamp_us: int
+    sm_percent: int
+    memory_percent: int
+
+
+def _process_utilization_or_none(handle: Any, since: int) -> list[Any]:
+    try:
+        return pynvml.nvmlDeviceGetProcessUtilization(handle, since)
+    except pynvml.NVMLError_NotFound:
+        return []  # no samples newer than `since`: the normal case between samples
+
+
 class NvmlGateway:
     def __init__(self) -> None:
         self.errors: Counter[tuple[str, str]] = Counter()
@@ -131,6 +151,7 @@ class NvmlGateway:
         self._missing: set[str] = set()
         self._lock = threading.Lock()
         self._initialised = False
+        self._utilization_seen: dict[int, int] = {}  # GPU -> newest process sample timestamp (µs)
 
     # -- the one place NVML is called -------------------------------------------------------
     def call(self, gpu: int | None, name: str, fn: Callable[..., T], *args: Any) -> T:
@@ -319,6 +340,28 @@ class NvmlGateway:
         if procs is ABSENT:
             return None
         return [(int(p.pid), p.usedGpuMemory) for p in procs]
+
+    def process_utilization(self, gpu: int, handle: Any) -> list[ProcessSample] | None:
+        """Per-process utilisation samples newer than the last ones this GPU gave; [] when none are new.
+
+        None when the GPU cannot give them (NotSupported: remembered, never asked again) or the call
+        failed this tick. NVML keeps the last-seen timestamp per GPU, so each tick asks only for new
+        samples; where NVML gives one pid several samples, the newest is kept.
+        """
+        since = self._utilization_seen.get(gpu, 0)
+        samples = self.call(
+            gpu, "nvmlDeviceGetProcessUtilization", _process_utilization_or_none, handle, since
+        )
+        if samples is ABSENT:
+            return None
+        newest: dict[int, ProcessSample] = {}
+        for s in samples:
+            sample = ProcessSample(int(s.pid), int(s.timeStamp), int(s.smUtil), int(s.memUtil))
+            if sample.pid not in newest or sample.timestamp_us >= newest[sample.pid].timestamp_us:
+                newest[sample.pid] = sample
+        if newest:
+            self._utilization_seen[gpu] = max(since, *(s.timestamp_us for s in newest.values()))
+        return list(newest.values())
 
     # -- GPM ----------------------------------------------------------------------------------
     def gpm_supported(self, gpu: int, handle: Any) -> bool:

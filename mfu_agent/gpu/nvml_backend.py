@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .model import GpuEvent, GpuIdentity, GpuProcess, GpuReading, RemappedRows, SmActivity
@@ -23,6 +23,9 @@ from .nvml import (
 log = logging.getLogger(__name__)
 
 GPM_MIN_GAP_SECONDS = 0.1  # NVML needs GPM samples more than 100 ms apart
+# A process's utilisation figure is held while NVML has no newer sample for it (NotFound), for at
+# most this many ticks after its last new sample; then it is dropped (absent), never shown stale.
+PROCESS_UTILIZATION_HOLD_TICKS = 3
 
 
 @dataclass
@@ -44,6 +47,9 @@ class _Gpu:
     gpm: _GpmState | None = None
     was_down: bool = False
     down_logged: bool = False
+    tick: int = 0
+    # pid -> (SM ratio, memory ratio, tick of its newest sample) from NVML's process utilisation
+    process_utilization: dict[int, tuple[float, float, int]] = field(default_factory=dict)
 
 
 class NvmlBackend:
@@ -230,11 +236,27 @@ class NvmlBackend:
             ecc_corrected_total=ecc[0] if ecc else None,
             ecc_uncorrected_total=ecc[1] if ecc else None,
             remapped_rows=RemappedRows(rows[0], rows[1], bool(rows[2]), bool(rows[3])) if rows else None,
-            processes=tuple(GpuProcess(pid, mem) for pid, mem in processes)
-            if processes is not None
-            else None,
+            processes=self._processes(gpu, processes) if processes is not None else None,
             activity=self._activity(gpu),
         )
+
+    def _processes(self, gpu: _Gpu, processes: list[tuple[int, int | None]]) -> tuple[GpuProcess, ...]:
+        """The compute processes with their own SM and memory utilisation where NVML samples them."""
+        gpu.tick += 1
+        held = gpu.process_utilization
+        for sample in self.gateway.process_utilization(gpu.index, gpu.handle) or ():
+            held[sample.pid] = (_ratio(sample.sm_percent), _ratio(sample.memory_percent), gpu.tick)
+        running = {pid for pid, _ in processes}
+        for pid, (_, _, seen) in list(held.items()):
+            # Dropped when the process exited, or when it had no new sample for too long: its
+            # figure is then unknown, not its last one.
+            if pid not in running or gpu.tick - seen >= PROCESS_UTILIZATION_HOLD_TICKS:
+                del held[pid]
+        result = []
+        for pid, mem in processes:
+            sm_ratio, mem_ratio, _ = held.get(pid, (None, None, 0))
+            result.append(GpuProcess(pid, mem, sm_ratio, mem_ratio))
+        return tuple(result)
 
     def _activity(self, gpu: _Gpu) -> SmActivity | None:
         state = gpu.gpm

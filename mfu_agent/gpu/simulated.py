@@ -92,6 +92,10 @@ class _SimGpu:
     ecc_corrected: int = 0
     ecc_uncorrected: int = 0
     processes: tuple[GpuProcess, ...] = field(default_factory=tuple)
+    shared: bool = False
+
+
+SHARED_PIDS = (4_190_001, 4_190_002)  # the two processes of a `shared:GPU` fault
 
 
 class SimulatedBackend:
@@ -138,9 +142,20 @@ class SimulatedBackend:
         with self._lock:
             self._gpu(index).throttled = on
 
-    def set_processes(self, index: int, processes: list[tuple[int, int | None]]) -> None:
+    def set_processes(
+        self,
+        index: int,
+        processes: list[tuple[int, int | None]] | list[tuple[int, int | None, float | None, float | None]],
+    ) -> None:
+        """(pid, used memory bytes) or (pid, used memory bytes, SM ratio, memory ratio) per process."""
         with self._lock:
-            self._gpu(index).processes = tuple(GpuProcess(pid, mem) for pid, mem in processes)
+            self._gpu(index).processes = tuple(GpuProcess(*proc) for proc in processes)
+
+    def set_shared(self, index: int, on: bool = True) -> None:
+        """Two processes time-share this GPU, each with its own, wandering SM and memory utilisation
+        (pids SHARED_PIDS); they replace set_processes' list while on."""
+        with self._lock:
+            self._gpu(index).shared = on
 
     def inject_xid(self, index: int, xid: int, count: int = 1) -> None:
         with self._lock:
@@ -157,12 +172,13 @@ class SimulatedBackend:
             self._event_ready.notify_all()
 
     def apply_fault(self, spec: str) -> None:
-        """'lost:3', 'busy-idle:2', 'throttle:1', 'ecc:0' or 'xid:4:79' (as given to --fault)."""
+        """'lost:3', 'busy-idle:2', 'throttle:1', 'ecc:0', 'shared:6' or 'xid:4:79' (as given to --fault)."""
         actions = {
             "lost": self.set_lost,
             "busy-idle": self.set_busy_idle,
             "throttle": self.set_throttled,
             "ecc": self.inject_double_bit_ecc,
+            "shared": self.set_shared,
         }
         kind, *numbers = spec.strip().split(":")
         arity = 2 if kind == "xid" else 1
@@ -172,8 +188,8 @@ class SimulatedBackend:
             or not all(n.isdigit() for n in numbers)
         ):
             raise ValueError(
-                f"bad --fault {spec!r}: expected lost:GPU, busy-idle:GPU, throttle:GPU, ecc:GPU "
-                "or xid:GPU:CODE"
+                f"bad --fault {spec!r}: expected lost:GPU, busy-idle:GPU, throttle:GPU, ecc:GPU, "
+                "shared:GPU or xid:GPU:CODE"
             )
         index, *code = map(int, numbers)
         try:
@@ -269,8 +285,25 @@ class SimulatedBackend:
             ecc_corrected_total=gpu.ecc_corrected,
             ecc_uncorrected_total=gpu.ecc_uncorrected,
             remapped_rows=RemappedRows(0, 0, False, False),
-            processes=gpu.processes,
+            processes=self._shared_processes(utilization, dram, slow, total) if gpu.shared else gpu.processes,
             activity=activity,
+        )
+
+    @staticmethod
+    def _shared_processes(
+        utilization: float, dram: float, slow: float, total_bytes: int
+    ) -> tuple[GpuProcess, ...]:
+        """Two time-sliced processes: their SM figures add up to the GPU's utilisation."""
+        share = 0.62 + 0.12 * slow  # the first process's share of the GPU's time
+        shares = (share, 1.0 - share)
+        return tuple(
+            GpuProcess(
+                pid,
+                int(total_bytes * (0.45 if i == 0 else 0.25)),
+                _clip(round(utilization * part, 2)),
+                _clip(round(dram * 1.1 * part, 2)),
+            )
+            for i, (pid, part) in enumerate(zip(SHARED_PIDS, shares, strict=True))
         )
 
 

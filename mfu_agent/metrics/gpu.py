@@ -145,6 +145,18 @@ def gpu_families(
     memory = GaugeMetricFamily(
         "mfu_gpu_process_memory_bytes", "GPU memory used by a compute process.", labels=[*GPU_LABELS, "pid"]
     )
+    process_sm = GaugeMetricFamily(
+        "mfu_gpu_process_sm_utilization_ratio",
+        "Fraction of the sample period a compute process had a kernel on the SMs (NVML process "
+        "utilisation samples; time-sliced and MPS GPUs).",
+        labels=[*GPU_LABELS, "pid"],
+    )
+    process_memory = GaugeMetricFamily(
+        "mfu_gpu_process_memory_utilization_ratio",
+        "Fraction of the sample period a compute process read or wrote device memory (NVML process "
+        "utilisation samples).",
+        labels=[*GPU_LABELS, "pid"],
+    )
     process_info = GaugeMetricFamily(
         "mfu_gpu_process_info",
         "A compute process on the GPU and the pod or Slurm job it belongs to; always 1.",
@@ -169,9 +181,13 @@ def gpu_families(
                 pid = str(proc.pid)
                 if proc.used_memory_bytes is not None:
                     memory.add_metric([*labels, pid], proc.used_memory_bytes)
+                if proc.sm_utilization_ratio is not None:
+                    process_sm.add_metric([*labels, pid], proc.sm_utilization_ratio)
+                if proc.memory_utilization_ratio is not None:
+                    process_memory.add_metric([*labels, pid], proc.memory_utilization_ratio)
                 pod_uid, container_id, slurm_job_id = pod_of(proc.pid) if pod_of else ("", "", "")
                 process_info.add_metric([*labels, pid, pod_uid, container_id, slurm_job_id], 1)
-    yield from (energy, reasons, ecc, rows, memory, process_info)
+    yield from (energy, reasons, ecc, rows, memory, process_sm, process_memory, process_info)
 
     xid = CounterMetricFamily(
         "mfu_gpu_xid_errors", "XID error events, every one counted.", labels=[*GPU_LABELS, "xid"]
