@@ -130,7 +130,7 @@ def cluster(tmp_path_factory):
     ports = [free_port(), free_port()]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     agents = [
-        start_agent(ports[0], "node-a", "busy-idle:3"),
+        start_agent(ports[0], "node-a", "busy-idle:3", "shared:0"),  # two processes time-share GPU 0
         start_agent(ports[1], "node-b", "xid:1:79", "xid:1:13", "throttle:2", "ecc:0"),
     ]
     job = None
