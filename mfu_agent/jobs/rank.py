@@ -75,12 +75,6 @@ class GpuShare:
         return max(known) if known and len(known) == len(self.peaks) else None
 
 
-@dataclass(frozen=True, slots=True)
-class GpuSeen:
-    index: int
-    uuid: str
-
-
 @dataclass
 class Point:
     t: float
@@ -106,7 +100,7 @@ class RankState:
     totals: dict[CounterKey, float] = field(default_factory=dict)
     last_raw: dict[CounterKey, float] = field(default_factory=dict)
     gpu_totals: dict[tuple[str, CounterKey], float] = field(default_factory=dict)  # (uuid, key) -> total
-    gpus_seen: dict[str, GpuSeen] = field(default_factory=dict)  # uuid -> index, for exported series
+    gpus_seen: dict[str, int] = field(default_factory=dict)  # uuid -> index, for the per-GPU counter series
     first_received: float = 0.0
     last_received: float = 0.0
     last_progress: float = 0.0  # receive time of the last report whose sender time moved forward
@@ -121,10 +115,8 @@ class RankState:
         """Adds the increase since the last report to the rank's and its current GPUs' totals."""
         gpus = self.gpus
         share = 1.0 / len(gpus) if gpus else 0.0
-        seen = self.gpus_seen
         for g in gpus:
-            if g.uuid not in seen or seen[g.uuid].index != g.index:
-                seen[g.uuid] = GpuSeen(g.index, g.uuid)
+            self.gpus_seen[g.uuid] = g.index
         last_raw, totals, gpu_totals = self.last_raw, self.totals, self.gpu_totals
         for key, value in raw.items():
             previous = last_raw.get(key)

@@ -22,7 +22,7 @@ from ..specs import PeakTable
 from .errors import ReportRejected
 from .ownership import conflict_message, same_sender, takeover_reason
 from .placement import place
-from .rank import COUNTERS, CounterKey, GpuSeen, GpuShare, RankState, Rates, ReportData, rates_of
+from .rank import COUNTERS, CounterKey, GpuShare, RankState, Rates, ReportData, rates_of
 
 __all__ = ["COUNTERS", "GpuShare", "JobRegistry", "RankView", "ReportData", "ReportRejected"]
 
@@ -41,7 +41,7 @@ class RankView:
     rank: int
     dtype: str
     gpus: tuple[GpuShare, ...]
-    gpus_seen: tuple[GpuSeen, ...]
+    gpus_seen: dict[str, int]  # uuid -> index of every GPU the rank has counters on
     attributed_by: str
     attribution_detail: str
     local_rank: int | None
@@ -290,7 +290,7 @@ class JobRegistry:
             rank=s.rank,
             dtype=s.dtype,
             gpus=s.gpus,
-            gpus_seen=tuple(s.gpus_seen.values()),
+            gpus_seen=dict(s.gpus_seen),
             attributed_by=s.attributed_by,
             attribution_detail=s.attribution_detail,
             local_rank=s.local_rank,

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .rank import GpuSeen, RankState
+from .rank import RankState
 from .registry import JobRegistry
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def encode(ranks: list[RankState], node: str) -> dict[str, Any]:
                 "totals": {_key(k): v for k, v in s.totals.items()},
                 "last_raw": {_key(k): v for k, v in s.last_raw.items()},
                 "gpu_totals": [[uuid, _key(k), v] for (uuid, k), v in s.gpu_totals.items()],
-                "gpus_seen": [[g.uuid, g.index] for g in s.gpus_seen.values()],
+                "gpus_seen": [[uuid, index] for uuid, index in s.gpus_seen.items()],
                 "first_received": s.first_received,
                 "last_received": s.last_received,
                 "last_progress": s.last_progress,
@@ -118,7 +118,7 @@ def decode(data: Any, node: str) -> list[RankState]:
         for uuid, key, value in r.get("gpu_totals") or []:
             s.gpu_totals[(str(uuid), _unkey(key))] = _number(value, f"{where}.gpu_totals")
         for uuid, index in r.get("gpus_seen") or []:
-            s.gpus_seen[str(uuid)] = GpuSeen(int(index), str(uuid))
+            s.gpus_seen[str(uuid)] = int(index)
         ranks.append(s)
     return ranks
 

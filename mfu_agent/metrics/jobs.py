@@ -98,8 +98,8 @@ def job_families(
         rank = str(v.rank)
         for key, total in v.gpu_totals.items():
             uuid, (counter, dtype) = key
-            seen = seen_by_uuid(v, uuid)
-            counters[counter].add_metric([v.job_id, rank, str(seen), uuid, dtype or v.dtype], total)
+            index = v.gpus_seen.get(uuid, -1)
+            counters[counter].add_metric([v.job_id, rank, str(index), uuid, dtype or v.dtype], total)
         for gpu in v.gpus:
             series = [v.job_id, rank, str(gpu.index), gpu.uuid, v.dtype]
             info.add_metric(
@@ -138,13 +138,6 @@ def job_families(
     yield info
     yield from counters.values()
     yield from (step, peak, unknown, mfu, hfu, tokens_rate, last, first)
-
-
-def seen_by_uuid(v: RankView, uuid: str) -> int:
-    for g in v.gpus_seen:
-        if g.uuid == uuid:
-            return g.index
-    return -1
 
 
 def report_families(outcomes: dict[str, int], tracked: int) -> Iterator[Metric]:
