@@ -12,8 +12,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
-from ..jobs.registry import ReportData, ReportRejected
+from ..jobs.registry import RankView, ReportData, ReportRejected
 from ..jobs.rollup import peak_weighted, per_gpu
+from ..specs import DTYPES
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_BATCH = 1000
@@ -46,7 +47,6 @@ Index = Annotated[int, BeforeValidator(_integer), Field(ge=0, le=1_000_000)]
 Uuid = Annotated[str, StringConstraints(pattern=r"^(GPU|MIG)-[A-Za-z0-9-]{1,80}$")]
 LabelValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:/@+-]{1,253}$")]
 Dtype = Literal["fp8", "bf16", "fp16", "tf32", "fp32", "fp64", "int8"]
-DTYPE_ORDER = ("fp8", "bf16", "fp16", "tf32", "fp32", "fp64", "int8")  # default precision: first present
 FlopsByDtype = Annotated[dict[Dtype, Count], Field(min_length=1, max_length=7)]
 
 
@@ -96,7 +96,7 @@ class ReportIn(BaseModel):
         """Raises ValueError (a message naming the field) for a dtype that contradicts the FLOPs."""
         if isinstance(self.model_flops_total, dict):
             model = dict(self.model_flops_total)
-            precision = self.dtype or next(d for d in DTYPE_ORDER if d in model)
+            precision = self.dtype or next(d for d in DTYPES if d in model)  # fastest first
             if precision not in model:
                 raise ValueError(
                     f"dtype: {precision!r} is not one of the dtypes in model_flops_total "
@@ -213,13 +213,8 @@ async def post_reports(request: Request) -> JSONResponse:
         try:
             reports.append(report.to_data())
         except ValueError as exc:
-            return _error(
-                422,
-                "invalid",
-                agent,
-                f"{prefix + '.' if prefix else ''}{exc}",
-                f"{prefix + '.' if prefix else ''}dtype",
-            )
+            where = f"{prefix}." if prefix else ""
+            return _error(422, "invalid", agent, f"{where}{exc}", f"{where}dtype")
     try:
         accepted = agent.jobs.apply(reports, agent.sampler.latest)
     except ReportRejected as exc:
@@ -234,7 +229,7 @@ def get_jobs(request: Request) -> dict[str, Any]:
     agent = request.app.state.agent
     now = time.time()
     views = agent.jobs.views()
-    by_job: dict[str, list[Any]] = {}
+    by_job: dict[str, list[RankView]] = {}
     for v in views:
         by_job.setdefault(v.job_id, []).append(v)
     jobs = []
@@ -250,7 +245,7 @@ def get_jobs(request: Request) -> dict[str, Any]:
     return {"jobs": jobs}
 
 
-def _rank_json(v: Any, now: float) -> dict[str, Any]:
+def _rank_json(v: RankView, now: float) -> dict[str, Any]:
     rates = v.rates
     return {
         "rank": v.rank,
