@@ -105,22 +105,6 @@ NEVER = float("-inf")
 HOT = "hw_thermal_slowdown"
 Series = tuple[str, float, float, float]  # label text, base, slope, born (see Fleet.series)
 
-GPU_LABELS = ("gpu", "uuid")
-JOB_LABELS = ("job_id", "rank", "gpu", "uuid", "dtype")
-JOB_INFO_LABELS = (
-    *JOB_LABELS,
-    "pid",
-    "local_rank",
-    "world_size",
-    "attributed_by",
-    "pod",
-    "namespace",
-    "slurm_job_id",
-    "hostname",
-    "pod_uid",
-    "container_id",
-)
-
 
 @dataclass
 class Gpu:
