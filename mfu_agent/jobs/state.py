@@ -123,6 +123,28 @@ def decode(data: Any, node: str) -> list[RankState]:
     return ranks
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """Leaves either the old file or the whole new one, whatever happens (temporary file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself durable, where the file system allows it
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
 class StateStore:
     """Reads the state file once at start and writes it at most every `every` seconds when the
     registry changed, and once more at stop."""
@@ -140,8 +162,6 @@ class StateStore:
         self._thread: threading.Thread | None = None
         self._write_lock = threading.Lock()
         self._failure_logged = False
-        self.writes_total = 0
-        self.write_failures_total = 0
 
     def load(self) -> int:
         """Restores ranks from the file; returns how many. Never raises for a bad file."""
@@ -178,28 +198,10 @@ class StateStore:
             changes, ranks = self.registry.export_state()
             if changes == self._saved_changes:
                 return True
-            document = encode(ranks, self.node)
+            document = json.dumps(encode(ranks, self.node), separators=(",", ":"))
             try:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{FILE_NAME}.", dir=self.directory)
-                try:
-                    with os.fdopen(fd, "w", encoding="utf-8") as f:
-                        json.dump(document, f, separators=(",", ":"))
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.replace(tmp, self.path)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
-                    raise
-                with contextlib.suppress(OSError):
-                    dir_fd = os.open(self.directory, os.O_RDONLY)
-                    try:
-                        os.fsync(dir_fd)
-                    finally:
-                        os.close(dir_fd)
+                _write_atomically(self.path, document)
             except OSError as exc:
-                self.write_failures_total += 1
                 if not self._failure_logged:
                     self._failure_logged = True
                     log.warning("cannot write state file %s: %s (logged once until it works)", self.path, exc)
@@ -208,7 +210,6 @@ class StateStore:
                 log.info("state file %s is written again", self.path)
                 self._failure_logged = False
             self._saved_changes = changes
-            self.writes_total += 1
             return True
 
     def start(self) -> None:
