@@ -42,6 +42,7 @@ __all__ = [
     "BUILTIN_REFERENCE_CLOCKS",
     "CLOCK_SOURCES",
     "DTYPES",
+    "MIG_SM_COUNTS",
     "PeakTable",
     "SOURCES",
     "known_models",
@@ -643,6 +644,26 @@ BUILTIN_REFERENCE_CLOCKS: Mapping[str, Mapping[str, float]] = MappingProxyType(
     }
 )
 
+#: SM count of the whole GPU, for the models that have MIG: a MIG device's peak is the GPU's peak x
+#: its SMs (nvmlDeviceGetAttributes, which answers for MIG devices only) / the whole GPU's SMs.
+#: Only counts NVIDIA states (whitepapers) or that follow from a stated equivalence are listed; a
+#: MIG model missing here has unknown slice peaks until --peak-flops-file gives "sm_count".
+MIG_SM_COUNTS: Mapping[str, int] = MappingProxyType(
+    {
+        "A100 SXM": 108,  # A100 whitepaper: 108 SMs
+        "A100 PCIe": 108,
+        "A800 SXM": 108,  # = A100 (GA100, 108 SMs; see the A800 rows)
+        "A800 PCIe": 108,
+        "A30": 56,  # A30 datasheet/whitepaper: 56 SMs
+        "H100 SXM": 132,  # H100 whitepaper, SXM5: 132 SMs
+        "H100 PCIe": 114,  # H100 whitepaper, PCIe: 114 SMs
+        "H200 SXM": 132,  # = H100 SXM compute (H200 datasheet)
+        "GH200": 132,  # = H100 SXM GPU (GH200 datasheet)
+        "H800 SXM": 132,  # = H100 SXM (see the H800 rows)
+        "H800 PCIe": 114,  # = H100 PCIe
+    }
+)
+
 #: Where each built-in row's reference clock comes from: {model key: source} ("" where unknown).
 CLOCK_SOURCES: Mapping[str, str] = MappingProxyType({m.key: m.clock_source for m in _MODELS})
 
@@ -702,6 +723,15 @@ def _check_peak(value: Any, where: str) -> float:
     return result
 
 
+SM_COUNT_KEY = "sm_count"  # in an override entry: the whole GPU's SMs (for MIG slice peaks)
+
+
+def _check_sm_count(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise ValueError(f"{where}: must be the GPU's SM count, a whole number 1..1024, got {value!r}")
+    return float(value)
+
+
 def _validate_overrides(data: Any, origin: str) -> dict[str, dict[str, float]]:
     if not isinstance(data, Mapping):
         raise ValueError(
@@ -724,6 +754,9 @@ def _validate_overrides(data: Any, origin: str) -> dict[str, dict[str, float]]:
             )
         entry: dict[str, float] = {}
         for dtype, value in peaks.items():
+            if dtype == SM_COUNT_KEY:
+                entry[SM_COUNT_KEY] = _check_sm_count(value, f"{origin}: key {key!r}, {SM_COUNT_KEY!r}")
+                continue
             where = f"{origin}: key {key!r}, dtype {dtype!r}"
             try:
                 dt = normalize_dtype(dtype)
@@ -805,6 +838,26 @@ class PeakTable:
     def peaks_for(self, device_name: str) -> dict[str, float]:
         """Every known dense peak of ``device_name``: {dtype: FLOP/s} (empty when unknown)."""
         return dict(self._cached_peaks(device_name))
+
+    def sm_count(self, device_name: str) -> int | None:
+        """SMs of the whole GPU (override, else MIG_SM_COUNTS); None when unknown."""
+        if isinstance(device_name, str):
+            entry = self._device_overrides.get(_fold_device(device_name))
+            if entry is not None and SM_COUNT_KEY in entry[1]:
+                return int(entry[1][SM_COUNT_KEY])
+        model = match_model(device_name)
+        if model is None:
+            return None
+        override = self._model_overrides.get(model, {}).get(SM_COUNT_KEY)
+        return int(override) if override is not None else MIG_SM_COUNTS.get(model)
+
+    def mig_fraction(self, device_name: str, slice_sm_count: int | None) -> float | None:
+        """A MIG slice's share of the whole GPU's peak: its SMs / the GPU's SMs; None when either is
+        unknown or the figures contradict each other (more SMs in the slice than in the GPU)."""
+        full = self.sm_count(device_name)
+        if full is None or not slice_sm_count or slice_sm_count <= 0 or slice_sm_count > full:
+            return None
+        return slice_sm_count / full
 
     def reference_clock_hz(self, device_name: str, dtype: str | None = None) -> float | None:
         """SM clock (Hz) the built-in datasheet figure assumes; None when unknown.

@@ -41,12 +41,28 @@ class RemappedRows:
 
 
 @dataclass(frozen=True, slots=True)
+class MigIdentity:
+    """Where a MIG device sits in its parent GPU. Its GpuIdentity has the parent's index and model
+    name and its own MIG UUID."""
+
+    parent_uuid: str
+    profile: str  # "1g.10gb", "1c.3g.40gb": what follows "MIG " in NVML's device name; "" if unknown
+    gpu_instance_id: int
+    compute_instance_id: int
+    sm_count: int | None  # the slice's SMs (nvmlDeviceGetAttributes); None when NVML did not say
+
+
+@dataclass(frozen=True, slots=True)
 class GpuIdentity:
+    """A device that runs work: a whole GPU, or a MIG device (then `mig` is set, `index` is the
+    parent's index and `name` the parent's model name, so peaks are looked up by model)."""
+
     index: int
     uuid: str
     name: str
     pci_bus_id: str = ""
     architecture: str = "unknown"
+    mig: MigIdentity | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +71,9 @@ class GpuReading:
 
     identity: GpuIdentity
     up: bool = True
+    # For a whole GPU: True while it is in MIG mode (its work runs on its MIG devices, which follow it
+    # in Snapshot.gpus), False when not, None when NVML cannot say (no MIG on this GPU).
+    mig_mode: bool | None = None
     sm_activity_source: SmActivitySource = "none"
     utilization_ratio: float | None = None
     memory_utilization_ratio: float | None = None
@@ -81,6 +100,10 @@ class GpuReading:
     def uuid(self) -> str:
         return self.identity.uuid
 
+    @property
+    def is_mig(self) -> bool:
+        return self.identity.mig is not None
+
 
 @dataclass(frozen=True, slots=True)
 class GpuEvent:
@@ -102,6 +125,7 @@ class Snapshot:
     sample_duration_seconds: float
     backend: str = "nvml"
     # Lookups for report attribution, built once per tick (the first GPU wins where two share a key).
+    # by_index holds whole GPUs only: a MIG device carries its parent's index.
     by_index: dict[int, GpuReading] = field(init=False, compare=False, repr=False)
     by_uuid: dict[str, GpuReading] = field(init=False, compare=False, repr=False)
 
@@ -109,7 +133,8 @@ class Snapshot:
         by_index: dict[int, GpuReading] = {}
         by_uuid: dict[str, GpuReading] = {}
         for gpu in self.gpus:
-            by_index.setdefault(gpu.index, gpu)
+            if not gpu.is_mig:
+                by_index.setdefault(gpu.index, gpu)
             by_uuid.setdefault(gpu.uuid, gpu)
         object.__setattr__(self, "by_index", by_index)  # a frozen dataclass: set once, here
         object.__setattr__(self, "by_uuid", by_uuid)
