@@ -10,8 +10,13 @@ Every NVML call goes through `NvmlGateway.call`, which sorts failures into four 
 
 Every failure is counted in `errors` by (call, error) for `mfu_agent_nvml_errors_total`.
 
-One exception: NotFound from nvmlDeviceGetProcessUtilization means "no samples newer than the
-timestamp asked for", NVML's normal answer between a process's samples; it is not a failure.
+Exceptions: NotFound from nvmlDeviceGetProcessUtilization means "no samples newer than the
+timestamp asked for", and from nvmlDeviceGetMigDeviceHandleByIndex "no MIG device in this slot";
+both are NVML's normal answers, not failures.
+
+A GPU is named by a key: its index (int) for a whole GPU, "<parent index>.<slot>" for a MIG device.
+What was remembered as absent for a key is forgotten when the device changes (`forget`): a GPU that
+enters or leaves MIG mode answers differently (utilisation is NotSupported in MIG mode only).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, TypeVar
 import pynvml
 
 T = TypeVar("T")
+GpuKey = int | str  # a GPU index, or "<parent index>.<slot>" for a MIG device
 
 
 class _Absent:
@@ -56,7 +62,7 @@ class NvmlUnavailable(RuntimeError):
 class GpuDown(RuntimeError):
     """A GPU stopped answering (GpuIsLost or Unknown)."""
 
-    def __init__(self, gpu: int | None, call: str, error: str) -> None:
+    def __init__(self, gpu: GpuKey | None, call: str, error: str) -> None:
         super().__init__(f"GPU {gpu} is down: {call} failed with {error}")
         self.gpu = gpu
 
@@ -144,17 +150,30 @@ def _process_utilization_or_none(handle: Any, since: int) -> list[Any]:
         return []  # no samples newer than `since`: the normal case between samples
 
 
+def _mig_handle_or_none(handle: Any, slot: int) -> Any:
+    try:
+        return pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+    except pynvml.NVMLError_NotFound:
+        return None  # an empty slot: the normal case on a GPU not fully partitioned
+
+
+@dataclass(frozen=True, slots=True)
+class MigIds:
+    gpu_instance_id: int
+    compute_instance_id: int
+
+
 class NvmlGateway:
     def __init__(self) -> None:
         self.errors: Counter[tuple[str, str]] = Counter()
-        self._absent: set[tuple[int | None, str]] = set()
+        self._absent: set[tuple[GpuKey | None, str]] = set()
         self._missing: set[str] = set()
         self._lock = threading.Lock()
         self._initialised = False
-        self._utilization_seen: dict[int, int] = {}  # GPU -> newest process sample timestamp (µs)
+        self._utilization_seen: dict[GpuKey, int] = {}  # GPU -> newest process sample timestamp (µs)
 
     # -- the one place NVML is called -------------------------------------------------------
-    def call(self, gpu: int | None, name: str, fn: Callable[..., T], *args: Any) -> T:
+    def call(self, gpu: GpuKey | None, name: str, fn: Callable[..., T], *args: Any) -> T:
         if name in self._missing or (gpu, name) in self._absent:
             return ABSENT
         try:
@@ -187,6 +206,12 @@ class NvmlGateway:
         with self._lock:
             return dict(self.errors)
 
+    def forget(self, gpu: GpuKey) -> None:
+        """Ask `gpu` everything again: it changed (entered or left MIG mode, a new MIG device)."""
+        with self._lock:
+            self._absent = {entry for entry in self._absent if entry[0] != gpu}
+            self._utilization_seen.pop(gpu, None)
+
     # -- library ------------------------------------------------------------------------------
     def init(self) -> None:
         try:
@@ -218,28 +243,28 @@ class NvmlGateway:
         return self.call(index, "nvmlDeviceGetHandleByIndex", pynvml.nvmlDeviceGetHandleByIndex, index)
 
     # -- identity -----------------------------------------------------------------------------
-    def name(self, gpu: int, handle: Any) -> str:
+    def name(self, gpu: GpuKey, handle: Any) -> str:
         value = self.call(gpu, "nvmlDeviceGetName", pynvml.nvmlDeviceGetName, handle)
         return str(value) if value is not ABSENT else "unknown"
 
-    def uuid(self, gpu: int, handle: Any) -> str:
+    def uuid(self, gpu: GpuKey, handle: Any) -> str:
         value = self.call(gpu, "nvmlDeviceGetUUID", pynvml.nvmlDeviceGetUUID, handle)
         return str(value) if value is not ABSENT else ""
 
-    def pci_bus_id(self, gpu: int, handle: Any) -> str:
+    def pci_bus_id(self, gpu: GpuKey, handle: Any) -> str:
         info = self.call(gpu, "nvmlDeviceGetPciInfo", pynvml.nvmlDeviceGetPciInfo_v3, handle)
         return str(info.busId) if info is not ABSENT else ""
 
-    def architecture(self, gpu: int, handle: Any) -> str:
+    def architecture(self, gpu: GpuKey, handle: Any) -> str:
         value = self.call(gpu, "nvmlDeviceGetArchitecture", pynvml.nvmlDeviceGetArchitecture, handle)
         return ARCHITECTURES.get(value, "unknown") if value is not ABSENT else "unknown"
 
     # -- readings (NVML units; the backend converts) ------------------------------------------
-    def utilization(self, gpu: int, handle: Any) -> tuple[int, int] | None:
+    def utilization(self, gpu: GpuKey, handle: Any) -> tuple[int, int] | None:
         rates = self.call(gpu, "nvmlDeviceGetUtilizationRates", pynvml.nvmlDeviceGetUtilizationRates, handle)
         return (rates.gpu, rates.memory) if rates is not ABSENT else None
 
-    def memory(self, gpu: int, handle: Any) -> tuple[int, int] | None:
+    def memory(self, gpu: GpuKey, handle: Any) -> tuple[int, int] | None:
         """(used, total) bytes from the v2 struct, or v1 where the driver has no v2."""
         info = self.call(
             gpu, "nvmlDeviceGetMemoryInfo_v2", pynvml.nvmlDeviceGetMemoryInfo, handle, pynvml.nvmlMemory_v2
@@ -248,15 +273,15 @@ class NvmlGateway:
             info = self.call(gpu, "nvmlDeviceGetMemoryInfo", pynvml.nvmlDeviceGetMemoryInfo, handle)
         return (info.used, info.total) if info is not ABSENT else None
 
-    def power_mw(self, gpu: int, handle: Any) -> int | None:
+    def power_mw(self, gpu: GpuKey, handle: Any) -> int | None:
         return _opt(self.call(gpu, "nvmlDeviceGetPowerUsage", pynvml.nvmlDeviceGetPowerUsage, handle))
 
-    def power_limit_mw(self, gpu: int, handle: Any) -> int | None:
+    def power_limit_mw(self, gpu: GpuKey, handle: Any) -> int | None:
         return _opt(
             self.call(gpu, "nvmlDeviceGetEnforcedPowerLimit", pynvml.nvmlDeviceGetEnforcedPowerLimit, handle)
         )
 
-    def energy_mj(self, gpu: int, handle: Any) -> int | None:
+    def energy_mj(self, gpu: GpuKey, handle: Any) -> int | None:
         return _opt(
             self.call(
                 gpu,
@@ -266,7 +291,7 @@ class NvmlGateway:
             )
         )
 
-    def temperature_c(self, gpu: int, handle: Any) -> int | None:
+    def temperature_c(self, gpu: GpuKey, handle: Any) -> int | None:
         return _opt(
             self.call(
                 gpu,
@@ -277,14 +302,14 @@ class NvmlGateway:
             )
         )
 
-    def sm_clock_mhz(self, gpu: int, handle: Any) -> int | None:
+    def sm_clock_mhz(self, gpu: GpuKey, handle: Any) -> int | None:
         return _opt(
             self.call(
                 gpu, "nvmlDeviceGetClockInfo", pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_SM
             )
         )
 
-    def sm_clock_max_mhz(self, gpu: int, handle: Any) -> int | None:
+    def sm_clock_max_mhz(self, gpu: GpuKey, handle: Any) -> int | None:
         return _opt(
             self.call(
                 gpu,
@@ -295,7 +320,7 @@ class NvmlGateway:
             )
         )
 
-    def clock_event_reasons(self, gpu: int, handle: Any) -> frozenset[str] | None:
+    def clock_event_reasons(self, gpu: GpuKey, handle: Any) -> frozenset[str] | None:
         mask = self.call(
             gpu,
             "nvmlDeviceGetCurrentClocksEventReasons",
@@ -306,7 +331,7 @@ class NvmlGateway:
             return None
         return frozenset(name for bit, name in CLOCK_EVENT_REASONS.items() if mask & bit)
 
-    def ecc_errors(self, gpu: int, handle: Any) -> tuple[int, int] | None:
+    def ecc_errors(self, gpu: GpuKey, handle: Any) -> tuple[int, int] | None:
         """(corrected, uncorrected) volatile totals: counts since the driver loaded."""
         counts = []
         for error_type in (
@@ -326,11 +351,11 @@ class NvmlGateway:
             counts.append(int(value))
         return counts[0], counts[1]
 
-    def remapped_rows(self, gpu: int, handle: Any) -> tuple[int, int, int, int] | None:
+    def remapped_rows(self, gpu: GpuKey, handle: Any) -> tuple[int, int, int, int] | None:
         rows = self.call(gpu, "nvmlDeviceGetRemappedRows", pynvml.nvmlDeviceGetRemappedRows, handle)
         return tuple(rows) if rows is not ABSENT else None  # type: ignore[return-value]
 
-    def compute_processes(self, gpu: int, handle: Any) -> list[tuple[int, int | None]] | None:
+    def compute_processes(self, gpu: GpuKey, handle: Any) -> list[tuple[int, int | None]] | None:
         procs = self.call(
             gpu,
             "nvmlDeviceGetComputeRunningProcesses",
@@ -341,7 +366,7 @@ class NvmlGateway:
             return None
         return [(int(p.pid), p.usedGpuMemory) for p in procs]
 
-    def process_utilization(self, gpu: int, handle: Any) -> list[ProcessSample] | None:
+    def process_utilization(self, gpu: GpuKey, handle: Any) -> list[ProcessSample] | None:
         """Per-process utilisation samples newer than the last ones this GPU gave; [] when none are new.
 
         None when the GPU cannot give them (NotSupported: remembered, never asked again) or the call
@@ -363,21 +388,53 @@ class NvmlGateway:
             self._utilization_seen[gpu] = max(since, *(s.timestamp_us for s in newest.values()))
         return list(newest.values())
 
+    # -- MIG ----------------------------------------------------------------------------------
+    def mig_mode(self, gpu: GpuKey, handle: Any) -> bool | None:
+        """True in MIG mode, False not; None for a GPU without MIG (NotSupported, remembered)."""
+        modes = self.call(gpu, "nvmlDeviceGetMigMode", pynvml.nvmlDeviceGetMigMode, handle)
+        return bool(modes[0] == pynvml.NVML_DEVICE_MIG_ENABLE) if modes is not ABSENT else None
+
+    def mig_slots(self, gpu: GpuKey, handle: Any) -> int:
+        count = self.call(
+            gpu, "nvmlDeviceGetMaxMigDeviceCount", pynvml.nvmlDeviceGetMaxMigDeviceCount, handle
+        )
+        return int(count) if count is not ABSENT else 0
+
+    def mig_handle(self, gpu: GpuKey, handle: Any, slot: int) -> Any:
+        """The MIG device in `slot`; None for an empty slot, ABSENT when the call failed."""
+        return self.call(gpu, "nvmlDeviceGetMigDeviceHandleByIndex", _mig_handle_or_none, handle, slot)
+
+    def mig_ids(self, mig: GpuKey, handle: Any) -> MigIds | None:
+        gi = self.call(mig, "nvmlDeviceGetGpuInstanceId", pynvml.nvmlDeviceGetGpuInstanceId, handle)
+        ci = self.call(mig, "nvmlDeviceGetComputeInstanceId", pynvml.nvmlDeviceGetComputeInstanceId, handle)
+        return MigIds(int(gi), int(ci)) if gi is not ABSENT and ci is not ABSENT else None
+
+    def mig_sm_count(self, mig: GpuKey, handle: Any) -> int | None:
+        """The MIG device's SMs (nvmlDeviceGetAttributes answers for MIG device handles only)."""
+        attrs = self.call(mig, "nvmlDeviceGetAttributes", pynvml.nvmlDeviceGetAttributes, handle)
+        return int(attrs.multiprocessorCount) if attrs is not ABSENT and attrs.multiprocessorCount else None
+
+    def gpm_mig_sample_get(self, mig: GpuKey, parent_handle: Any, gpu_instance_id: int, sample: Any) -> bool:
+        done = self.call(
+            mig, "nvmlGpmMigSampleGet", pynvml.nvmlGpmMigSampleGet, parent_handle, gpu_instance_id, sample
+        )
+        return done is not ABSENT
+
     # -- GPM ----------------------------------------------------------------------------------
-    def gpm_supported(self, gpu: int, handle: Any) -> bool:
+    def gpm_supported(self, gpu: GpuKey, handle: Any) -> bool:
         support = self.call(gpu, "nvmlGpmQueryDeviceSupport", pynvml.nvmlGpmQueryDeviceSupport, handle)
         return support is not ABSENT and bool(support.isSupportedDevice)
 
-    def gpm_sample_alloc(self, gpu: int) -> Any:
+    def gpm_sample_alloc(self, gpu: GpuKey) -> Any:
         return self.call(gpu, "nvmlGpmSampleAlloc", pynvml.nvmlGpmSampleAlloc)
 
-    def gpm_sample_free(self, gpu: int, sample: Any) -> None:
+    def gpm_sample_free(self, gpu: GpuKey, sample: Any) -> None:
         self.call(gpu, "nvmlGpmSampleFree", pynvml.nvmlGpmSampleFree, sample)
 
-    def gpm_sample_get(self, gpu: int, handle: Any, sample: Any) -> bool:
+    def gpm_sample_get(self, gpu: GpuKey, handle: Any, sample: Any) -> bool:
         return self.call(gpu, "nvmlGpmSampleGet", pynvml.nvmlGpmSampleGet, handle, sample) is not ABSENT
 
-    def gpm_metrics(self, gpu: int, request: Any, older: Any, newer: Any) -> dict[str, float]:
+    def gpm_metrics(self, gpu: GpuKey, request: Any, older: Any, newer: Any) -> dict[str, float]:
         """GPM metrics between two samples, in NVML's percent 0..100, keyed as GPM_METRICS."""
         request.sample1 = older
         request.sample2 = newer
@@ -403,7 +460,7 @@ class NvmlGateway:
     def event_set_create(self) -> Any:
         return self.call(None, "nvmlEventSetCreate", pynvml.nvmlEventSetCreate)
 
-    def register_events(self, gpu: int, handle: Any, event_set: Any, wanted: int) -> int:
+    def register_events(self, gpu: GpuKey, handle: Any, event_set: Any, wanted: int) -> int:
         """Registers the wanted event types the device supports; returns the mask registered."""
         supported = self.call(
             gpu, "nvmlDeviceGetSupportedEventTypes", pynvml.nvmlDeviceGetSupportedEventTypes, handle

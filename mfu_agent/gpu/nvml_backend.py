@@ -6,15 +6,17 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model import GpuEvent, GpuIdentity, GpuProcess, GpuReading, RemappedRows, SmActivity
+from .model import GpuEvent, GpuIdentity, GpuProcess, GpuReading, MigIdentity, RemappedRows, SmActivity
 from .nvml import (
     ABSENT,
     DOUBLE_BIT_ECC_EVENT,
     XID_EVENT,
     GpuDown,
+    GpuKey,
     NvmlGateway,
     NvmlUnavailable,
     handle_key,
@@ -40,6 +42,16 @@ class _GpmState:
 
 
 @dataclass
+class _Mig:
+    """A MIG device of a GPU in MIG mode, in one of its parent's MIG slots."""
+
+    key: str  # the gateway key "<parent index>.<slot>"
+    handle: Any
+    identity: GpuIdentity
+    gpm: _GpmState | None = None
+
+
+@dataclass
 class _Gpu:
     index: int
     handle: Any
@@ -50,6 +62,8 @@ class _Gpu:
     tick: int = 0
     # pid -> (SM ratio, memory ratio, tick of its newest sample) from NVML's process utilisation
     process_utilization: dict[int, tuple[float, float, int]] = field(default_factory=dict)
+    mig_mode: bool | None = None  # None until read, and for a GPU without MIG
+    migs: dict[int, _Mig] = field(default_factory=dict)  # MIG slot -> device, while in MIG mode
 
 
 class NvmlBackend:
@@ -100,17 +114,30 @@ class NvmlBackend:
             log.warning("GPU %d went down while being identified", i)
 
     def _gpm_state(self, gpu: _Gpu) -> _GpmState | None:
-        samples = [self.gateway.gpm_sample_alloc(gpu.index) for _ in range(2)]
+        return self._new_gpm(gpu.index, self._whole_gpu_sampler(gpu))
+
+    def _new_gpm(self, key: GpuKey, take_sample: Callable[[Any], bool]) -> _GpmState | None:
+        samples = [self.gateway.gpm_sample_alloc(key) for _ in range(2)]
         if any(s is ABSENT for s in samples):
             for s in samples:
                 if s is not ABSENT:
-                    self.gateway.gpm_sample_free(gpu.index, s)
+                    self.gateway.gpm_sample_free(key, s)
             return None
         state = _GpmState(samples=samples, request=self.gateway.gpm_request())
         # Take a first sample now, so the first tick ~1 s later already has activity to report.
-        if self.gateway.gpm_sample_get(gpu.index, gpu.handle, samples[0]):
+        if take_sample(samples[0]):
             state.older, state.older_at = 0, self._clock()
         return state
+
+    def _free_gpm(self, key: GpuKey, state: _GpmState | None) -> None:
+        for sample in state.samples if state is not None else ():
+            self.gateway.gpm_sample_free(key, sample)
+
+    def _whole_gpu_sampler(self, gpu: _Gpu) -> Callable[[Any], bool]:
+        return lambda sample: self.gateway.gpm_sample_get(gpu.index, gpu.handle, sample)
+
+    def _mig_sampler(self, gpu: _Gpu, mig_key: str, gpu_instance_id: int) -> Callable[[Any], bool]:
+        return lambda sample: self.gateway.gpm_mig_sample_get(mig_key, gpu.handle, gpu_instance_id, sample)
 
     def _start_events(self) -> None:
         event_set = self.gateway.event_set_create()
@@ -137,10 +164,14 @@ class NvmlBackend:
         return self.gateway.driver_version()
 
     def read_all(self) -> list[GpuReading]:
+        """Every GPU, each followed by its MIG devices when it is in MIG mode."""
         with self._read_lock:
             if self._closed:
                 return []
-            return [self._read(gpu) for gpu in self._gpus]
+            readings: list[GpuReading] = []
+            for gpu in self._gpus:
+                readings += self._read(gpu)
+            return readings
 
     def wait_for_events(self, timeout_seconds: float) -> list[GpuEvent]:
         if self._event_set is ABSENT or self._closed:
@@ -164,10 +195,9 @@ class NvmlBackend:
                 return
             self._closed = True
             for gpu in self._gpus:
-                if gpu.gpm is not None:
-                    for sample in gpu.gpm.samples:
-                        self.gateway.gpm_sample_free(gpu.index, sample)
-                    gpu.gpm = None
+                self._free_gpm(gpu.index, gpu.gpm)
+                gpu.gpm = None
+                self._drop_migs(gpu)
             if self._event_set is not ABSENT:
                 self.gateway.event_set_free(self._event_set)
                 self._event_set = ABSENT
@@ -175,7 +205,7 @@ class NvmlBackend:
                 self.gateway.shutdown()
 
     # -- one GPU ------------------------------------------------------------------------------
-    def _read(self, gpu: _Gpu) -> GpuReading:
+    def _read(self, gpu: _Gpu) -> list[GpuReading]:
         if gpu.handle is ABSENT:
             try:
                 gpu.handle = self.gateway.handle(gpu.index)
@@ -186,15 +216,19 @@ class NvmlBackend:
             self._identify(gpu)
             self._by_handle[handle_key(gpu.handle)] = gpu
         try:
-            reading = self._read_up(gpu)
+            self._follow_mig_mode(gpu, self.gateway.mig_mode(gpu.index, gpu.handle))
+            readings = [self._read_up(gpu)]
+            if gpu.mig_mode:
+                readings += self._read_migs(gpu)
         except GpuDown:
             return self._down(gpu)
         if gpu.was_down:
             log.warning("GPU %d (%s) answers again", gpu.index, gpu.identity.uuid)
             gpu.was_down = gpu.down_logged = False
-        return reading
+        return readings
 
-    def _down(self, gpu: _Gpu) -> GpuReading:
+    def _down(self, gpu: _Gpu) -> list[GpuReading]:
+        """The GPU down, and with it every MIG device it had (they come back with it)."""
         gpu.was_down = True
         if not gpu.down_logged:
             log.error(
@@ -203,11 +237,149 @@ class NvmlBackend:
                 gpu.identity.uuid,
             )
             gpu.down_logged = True
-        return GpuReading(identity=gpu.identity, up=False, sm_activity_source="gpm" if gpu.gpm else "none")
+        source = "gpm" if gpu.gpm and not gpu.mig_mode else "none"
+        readings = [
+            GpuReading(identity=gpu.identity, up=False, sm_activity_source=source, mig_mode=gpu.mig_mode)
+        ]
+        for mig in self._ordered_migs(gpu):
+            readings.append(
+                GpuReading(identity=mig.identity, up=False, sm_activity_source="gpm" if mig.gpm else "none")
+            )
+        return readings
 
-    def _read_up(self, gpu: _Gpu) -> GpuReading:
+    # -- MIG ----------------------------------------------------------------------------------
+    def _follow_mig_mode(self, gpu: _Gpu, mode: bool | None) -> None:
+        """A GPU entering or leaving MIG mode is read afresh: its MIG devices come or go, NVML is asked
+        again what it answers (utilisation is NotSupported in MIG mode only), GPM restarts."""
+        if mode == gpu.mig_mode:
+            return
+        if gpu.mig_mode is not None or mode:
+            log.warning("GPU %d (%s): MIG mode %s", gpu.index, gpu.identity.uuid, "on" if mode else "off")
+        if gpu.mig_mode is not None:
+            self.gateway.forget(gpu.index)
+            gpu.process_utilization.clear()
+            if gpu.gpm is not None:
+                gpu.gpm.older, gpu.gpm.last = -1, None
+        self._drop_migs(gpu)
+        gpu.mig_mode = mode
+
+    def _drop_migs(self, gpu: _Gpu) -> None:
+        for mig in gpu.migs.values():
+            self._free_gpm(mig.key, mig.gpm)
+        gpu.migs = {}
+
+    @staticmethod
+    def _ordered_migs(gpu: _Gpu) -> list[_Mig]:
+        def order(mig: _Mig) -> tuple[int, int]:
+            ids = mig.identity.mig
+            return (ids.gpu_instance_id, ids.compute_instance_id) if ids else (0, 0)
+
+        return sorted(gpu.migs.values(), key=order)
+
+    def _read_migs(self, gpu: _Gpu) -> list[GpuReading]:
+        """Enumerates the MIG slots each tick (instances are created and destroyed at run time), then
+        reads each MIG device. A slot is re-identified when its handle or UUID changed."""
         gw, i, h = self.gateway, gpu.index, gpu.handle
-        utilization = gw.utilization(i, h)
+        found: dict[int, _Mig] = {}
+        for slot in range(gw.mig_slots(i, h)):
+            key = f"{i}.{slot}"
+            known = gpu.migs.get(slot)
+            handle = gw.mig_handle(i, h, slot)
+            if handle is ABSENT:  # the call failed this tick: keep what we knew
+                if known is not None:
+                    found[slot] = known
+                continue
+            if handle is None:
+                continue
+            if (
+                known is not None
+                and handle_key(known.handle) == handle_key(handle)
+                and gw.uuid(key, handle) == known.identity.uuid
+            ):
+                found[slot] = known
+                continue
+            if known is not None:
+                self._free_gpm(key, known.gpm)
+            gw.forget(key)
+            mig = self._identify_mig(gpu, key, handle)
+            if mig is not None:
+                found[slot] = mig
+        for slot, gone in gpu.migs.items():
+            if slot not in found or found[slot] is not gone:
+                if slot not in found:
+                    self._free_gpm(gone.key, gone.gpm)
+                log.info("GPU %d: MIG device %s is gone", i, gone.identity.uuid)
+        gpu.migs = found
+        return [self._read_mig(gpu, mig) for mig in self._ordered_migs(gpu)]
+
+    def _identify_mig(self, gpu: _Gpu, key: str, handle: Any) -> _Mig | None:
+        gw = self.gateway
+        uuid = gw.uuid(key, handle)
+        ids = gw.mig_ids(key, handle)
+        if not uuid or ids is None:
+            return None  # asked again next tick
+        name = gw.name(key, handle)
+        profile = name.rsplit(" MIG ", 1)[1].strip() if " MIG " in name else ""
+        parent = gpu.identity
+        identity = GpuIdentity(
+            index=gpu.index,
+            uuid=uuid,
+            name=parent.name,
+            pci_bus_id=parent.pci_bus_id,
+            architecture=parent.architecture,
+            mig=MigIdentity(
+                parent_uuid=parent.uuid,
+                profile=profile,
+                gpu_instance_id=ids.gpu_instance_id,
+                compute_instance_id=ids.compute_instance_id,
+                sm_count=gw.mig_sm_count(key, handle),
+            ),
+        )
+        mig = _Mig(key, handle, identity)
+        if gpu.gpm is not None:  # GPM per GPU instance, through the parent
+            mig.gpm = self._new_gpm(key, self._mig_sampler(gpu, key, ids.gpu_instance_id))
+        log.info(
+            "GPU %d: MIG device %s (%s, GPU instance %d, compute instance %d, %s SMs)",
+            gpu.index,
+            uuid,
+            profile or "unknown profile",
+            ids.gpu_instance_id,
+            ids.compute_instance_id,
+            identity.mig.sm_count if identity.mig else None,
+        )
+        return mig
+
+    def _read_mig(self, gpu: _Gpu, mig: _Mig) -> GpuReading:
+        gw, key, h = self.gateway, mig.key, mig.handle
+        source = "gpm" if mig.gpm else "none"
+        try:
+            memory = gw.memory(key, h)
+            processes = gw.compute_processes(key, h)
+            activity = None
+            if mig.gpm is not None and mig.identity.mig is not None:
+                sampler = self._mig_sampler(gpu, key, mig.identity.mig.gpu_instance_id)
+                activity = self._activity(mig.gpm, key, sampler)
+        except GpuDown:
+            return GpuReading(identity=mig.identity, up=False, sm_activity_source=source)
+        return GpuReading(
+            identity=mig.identity,
+            up=True,
+            sm_activity_source=source,
+            memory_used_bytes=memory[0] if memory else None,
+            memory_total_bytes=memory[1] if memory else None,
+            processes=tuple(GpuProcess(pid, mem) for pid, mem in processes)
+            if processes is not None
+            else None,
+            activity=activity,
+        )
+
+    # -- a whole GPU --------------------------------------------------------------------------
+    def _read_up(self, gpu: _Gpu) -> GpuReading:
+        """In MIG mode the GPU's work is read on its MIG devices: NVML has no utilisation for the
+        GPU then, and its processes and GPM activity are the MIG devices'."""
+        gw, i, h = self.gateway, gpu.index, gpu.handle
+        mig_mode = bool(gpu.mig_mode)
+        utilization = gw.utilization(i, h) if not mig_mode else None
         memory = gw.memory(i, h)
         power = gw.power_mw(i, h)
         power_limit = gw.power_limit_mw(i, h)
@@ -216,12 +388,13 @@ class NvmlBackend:
         sm_clock_max = gw.sm_clock_max_mhz(i, h)
         ecc = gw.ecc_errors(i, h)
         rows = gw.remapped_rows(i, h)
-        processes = gw.compute_processes(i, h)
+        processes = gw.compute_processes(i, h) if not mig_mode else None
         temperature = gw.temperature_c(i, h)
         return GpuReading(
             identity=gpu.identity,
             up=True,
-            sm_activity_source="gpm" if gpu.gpm else "none",
+            mig_mode=gpu.mig_mode,
+            sm_activity_source="gpm" if gpu.gpm and not mig_mode else "none",
             utilization_ratio=utilization[0] / 100 if utilization else None,
             memory_utilization_ratio=utilization[1] / 100 if utilization else None,
             memory_used_bytes=memory[0] if memory else None,
@@ -237,7 +410,9 @@ class NvmlBackend:
             ecc_uncorrected_total=ecc[1] if ecc else None,
             remapped_rows=RemappedRows(rows[0], rows[1], bool(rows[2]), bool(rows[3])) if rows else None,
             processes=self._processes(gpu, processes) if processes is not None else None,
-            activity=self._activity(gpu),
+            activity=self._activity(gpu.gpm, i, self._whole_gpu_sampler(gpu))
+            if gpu.gpm and not mig_mode
+            else None,
         )
 
     def _processes(self, gpu: _Gpu, processes: list[tuple[int, int | None]]) -> tuple[GpuProcess, ...]:
@@ -258,23 +433,22 @@ class NvmlBackend:
             result.append(GpuProcess(pid, mem, sm_ratio, mem_ratio))
         return tuple(result)
 
-    def _activity(self, gpu: _Gpu) -> SmActivity | None:
-        state = gpu.gpm
-        if state is None:
-            return None
+    def _activity(
+        self, state: _GpmState, key: GpuKey, take_sample: Callable[[Any], bool]
+    ) -> SmActivity | None:
         now = self._clock()
         if state.older >= 0 and now - state.older_at < GPM_MIN_GAP_SECONDS:
             return state.last  # too soon for a new pair: keep the last figures
         newer = 1 - state.older if state.older >= 0 else 0
-        if not self.gateway.gpm_sample_get(gpu.index, gpu.handle, state.samples[newer]):
+        if not take_sample(state.samples[newer]):
             state.older, state.last = -1, None
             return None
         if state.older >= 0:
             percent = self.gateway.gpm_metrics(
-                gpu.index, state.request, state.samples[state.older], state.samples[newer]
+                key, state.request, state.samples[state.older], state.samples[newer]
             )
             state.last = (
-                SmActivity(**{key: _ratio(value) for key, value in percent.items()}) if percent else None
+                SmActivity(**{name: _ratio(value) for name, value in percent.items()}) if percent else None
             )
         state.older, state.older_at = newer, now
         return state.last

@@ -1,6 +1,10 @@
 """Which GPU(s) a report's work ran on: named by the sender, found by pid in NVML's process list, or by
 local_rank. A process can hold a CUDA context on a GPU it does not compute on (a stray `torch.cuda`
-call on device 0 is common); by pid, the GPUs where it holds most of its memory win."""
+call on device 0 is common); by pid, the GPUs where it holds most of its memory win.
+
+A GPU in MIG mode computes nothing itself: its MIG devices do. A report naming it (by index or UUID)
+is refused with the MIG devices it has, and so is a bare local_rank on a node with MIG devices, since
+local_rank counts the devices the process sees (CUDA_VISIBLE_DEVICES), which the agent cannot know."""
 
 from __future__ import annotations
 
@@ -36,11 +40,18 @@ def place(report: ReportData, snapshot: Snapshot | None, where: str) -> Placemen
             else:
                 found = snapshot.by_uuid.get(wanted)
             if found is None:
-                have = ", ".join(str(g.index) for g in all_gpus) or "none"
+                have = ", ".join(str(g.index) for g in all_gpus if not g.is_mig) or "none"
                 raise ReportRejected(
                     422,
                     f"{where}gpus",
                     f"{where}gpus: GPU {wanted!r} does not exist on this node (GPUs: {have})",
+                )
+            if found.mig_mode:
+                raise ReportRejected(
+                    422,
+                    f"{where}gpus",
+                    f"{where}gpus: GPU {wanted!r} is in MIG mode; name the MIG device the rank runs on by "
+                    f"its UUID ({_mig_devices_of(found, all_gpus)})",
                 )
             if found not in chosen:
                 chosen.append(found)
@@ -50,14 +61,23 @@ def place(report: ReportData, snapshot: Snapshot | None, where: str) -> Placemen
         if by_pid is not None:
             return by_pid
     if report.local_rank is not None:
-        if report.local_rank >= len(all_gpus):
+        if any(g.mig_mode for g in all_gpus):
+            raise ReportRejected(
+                422,
+                f"{where}local_rank",
+                f"{where}local_rank: this node has GPUs in MIG mode, where local_rank counts the MIG devices "
+                "the process sees (CUDA_VISIBLE_DEVICES), which the agent cannot know; send gpus with the "
+                "MIG device's UUID (the Python client does so from CUDA_VISIBLE_DEVICES)",
+            )
+        whole = [g for g in all_gpus if not g.is_mig]
+        if report.local_rank >= len(whole):
             raise ReportRejected(
                 422,
                 f"{where}local_rank",
                 f"{where}local_rank: {report.local_rank} has no GPU of that index on this node "
-                f"({len(all_gpus)} GPU(s)); send gpus explicitly",
+                f"({len(whole)} GPU(s)); send gpus explicitly",
             )
-        gpu = all_gpus[report.local_rank]
+        gpu = whole[report.local_rank]
         return Placement((gpu,), "local_rank", f"local_rank {report.local_rank} -> GPU {gpu.index}")
     raise ReportRejected(
         422,
@@ -97,6 +117,15 @@ def by_process_memory(snapshot: Snapshot, pid: int) -> Placement | None:
             f"GPU {g.index} ({(m or 0) / _GIB:.2f} GiB)" for g, m in left_out
         )
     return Placement(chosen, "pid", detail)
+
+
+def _mig_devices_of(parent: GpuReading, all_gpus: tuple[GpuReading, ...]) -> str:
+    devices = [
+        f"{g.uuid} {g.identity.mig.profile}".strip()
+        for g in all_gpus
+        if g.identity.mig is not None and g.index == parent.index
+    ]
+    return "its MIG devices: " + ", ".join(devices) if devices else "it has no MIG device now"
 
 
 def _indices(gpus: tuple[GpuReading, ...]) -> str:

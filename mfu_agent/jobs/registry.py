@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..gpu.model import GpuReading, Snapshot
+from ..gpu.peaks import device_peaks
 from ..specs import PeakTable
 from .errors import ReportRejected
 from .ownership import conflict_message, same_sender, takeover_reason
@@ -192,25 +193,25 @@ class JobRegistry:
         if share is None:
             if len(self._shares) >= 4096:  # bounded whatever GPUs and dtypes reports name
                 self._shares.clear()
+            peaks = device_peaks(gpu.identity, self.peaks)
             share = self._shares[key] = GpuShare(
-                gpu.index,
-                gpu.uuid,
-                gpu.identity.name,
-                tuple((d, self._peak(gpu.identity.name, d)) for d in dtypes),
+                gpu.index, gpu.uuid, gpu.identity.name, tuple((d, self._peak(gpu, peaks, d)) for d in dtypes)
             )
         elif share.index != gpu.index:  # the same GPU at another index (GPUs came or went)
             share = self._shares[key] = GpuShare(gpu.index, share.uuid, share.model, share.peaks)
         return share
 
-    def _peak(self, name: str, dtype: str) -> float | None:
-        peak = self.peaks.peak_flops(name, dtype)
+    def _peak(self, gpu: GpuReading, peaks: dict[str, float], dtype: str) -> float | None:
+        peak = peaks.get(dtype)
+        name = gpu.identity.name + (" MIG" if gpu.is_mig else "")
         if peak is None and (name, dtype) not in self._unknown_peaks_logged:
             self._unknown_peaks_logged.add((name, dtype))
             log.warning(
                 "no dense peak FLOP/s known for %r at %s: MFU is not computed for it; add it with "
-                "--peak-flops-file",
+                "--peak-flops-file%s",
                 name,
                 dtype,
+                ' (for MIG devices, the GPU\'s "sm_count" too)' if gpu.is_mig else "",
             )
         return peak
 

@@ -8,8 +8,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ..gpu.model import GpuReading, Snapshot
 from ..gpu.nvml import CLOCK_EVENT_REASONS
+from .labels import add_sample, device_labels
 
 GPU_LABELS = ["gpu", "uuid"]
+_OWNER = ("pod_uid", "container_id", "slurm_job_id")
 MAX_PROCESSES_PER_GPU = 64  # bounds mfu_gpu_process_* cardinality; the largest users of memory are kept
 
 # (metric name, help, value getter): gauges with only the gpu and uuid labels, absent when None.
@@ -91,29 +93,38 @@ def gpu_families(
     gpus = snapshot.gpus if snapshot else ()
     info = GaugeMetricFamily(
         "mfu_gpu_info",
-        "GPU identity; the value is always 1.",
+        "GPU identity (MIG devices: also parent_uuid and the MIG labels); the value is always 1.",
         labels=[*GPU_LABELS, "model", "driver_version", "pci_bus_id", "architecture", "sm_activity_source"],
     )
     up = GaugeMetricFamily(
         "mfu_gpu_up", "1 when the GPU answered at the last sample, 0 when it is lost.", labels=GPU_LABELS
     )
+    mig_mode = GaugeMetricFamily(
+        "mfu_gpu_mig_mode",
+        "1 while the GPU is in MIG mode (its work is on its MIG devices), 0 when not; absent without MIG.",
+        labels=GPU_LABELS,
+    )
+    labels_of = {g.uuid: device_labels(g.identity) for g in gpus}
     for g in gpus:
         ident = g.identity
-        labels = [str(ident.index), ident.uuid]
-        info.add_metric(
-            [
-                *labels,
-                ident.name,
-                snapshot.driver_version,
-                ident.pci_bus_id,
-                ident.architecture,
-                g.sm_activity_source,
-            ],
-            1,
-        )
-        up.add_metric(labels, 1 if g.up else 0)
+        labels = labels_of[g.uuid]
+        extra = {"parent_uuid": ident.mig.parent_uuid} if ident.mig else {}
+        info_labels = {
+            **labels,
+            "model": ident.name,
+            "driver_version": snapshot.driver_version,
+            "pci_bus_id": ident.pci_bus_id,
+            "architecture": ident.architecture,
+            "sm_activity_source": g.sm_activity_source,
+            **extra,
+        }
+        add_sample(info, info_labels, 1)
+        add_sample(up, labels, 1 if g.up else 0)
+        if g.mig_mode is not None and g.up:
+            add_sample(mig_mode, labels, 1 if g.mig_mode else 0)
     yield info
     yield up
+    yield mig_mode
 
     live = [g for g in gpus if g.up]
     for name, help_text, value_of in _GAUGES:
@@ -121,7 +132,7 @@ def gpu_families(
         for g in live:
             value = value_of(g)
             if value is not None:
-                family.add_metric([str(g.index), g.uuid], value)
+                add_sample(family, labels_of[g.uuid], value)
         yield family
 
     energy = CounterMetricFamily(
@@ -163,30 +174,30 @@ def gpu_families(
         labels=[*GPU_LABELS, "pid", "pod_uid", "container_id", "slurm_job_id"],
     )
     for g in live:
-        labels = [str(g.index), g.uuid]
+        labels = labels_of[g.uuid]
         if g.energy_joules is not None:
-            energy.add_metric(labels, g.energy_joules)
+            add_sample(energy, labels, g.energy_joules)
         if g.clock_event_reasons is not None:
             for reason in CLOCK_EVENT_REASONS.values():
-                reasons.add_metric([*labels, reason], 1 if reason in g.clock_event_reasons else 0)
+                add_sample(reasons, {**labels, "reason": reason}, 1 if reason in g.clock_event_reasons else 0)
         if g.ecc_corrected_total is not None:
-            ecc.add_metric([*labels, "corrected"], g.ecc_corrected_total)
-            ecc.add_metric([*labels, "uncorrected"], g.ecc_uncorrected_total)
+            add_sample(ecc, {**labels, "type": "corrected"}, g.ecc_corrected_total)
+            add_sample(ecc, {**labels, "type": "uncorrected"}, g.ecc_uncorrected_total)  # type: ignore[arg-type]
         if g.remapped_rows is not None:
-            rows.add_metric([*labels, "corrected"], g.remapped_rows.corrected)
-            rows.add_metric([*labels, "uncorrected"], g.remapped_rows.uncorrected)
+            add_sample(rows, {**labels, "type": "corrected"}, g.remapped_rows.corrected)
+            add_sample(rows, {**labels, "type": "uncorrected"}, g.remapped_rows.uncorrected)
         if g.processes:
             biggest = sorted(g.processes, key=lambda p: p.used_memory_bytes or 0, reverse=True)
             for proc in biggest[:MAX_PROCESSES_PER_GPU]:
-                pid = str(proc.pid)
+                by_pid = {**labels, "pid": str(proc.pid)}
                 if proc.used_memory_bytes is not None:
-                    memory.add_metric([*labels, pid], proc.used_memory_bytes)
+                    add_sample(memory, by_pid, proc.used_memory_bytes)
                 if proc.sm_utilization_ratio is not None:
-                    process_sm.add_metric([*labels, pid], proc.sm_utilization_ratio)
+                    add_sample(process_sm, by_pid, proc.sm_utilization_ratio)
                 if proc.memory_utilization_ratio is not None:
-                    process_memory.add_metric([*labels, pid], proc.memory_utilization_ratio)
-                pod_uid, container_id, slurm_job_id = pod_of(proc.pid) if pod_of else ("", "", "")
-                process_info.add_metric([*labels, pid, pod_uid, container_id, slurm_job_id], 1)
+                    add_sample(process_memory, by_pid, proc.memory_utilization_ratio)
+                owner = dict(zip(_OWNER, pod_of(proc.pid) if pod_of else ("", "", ""), strict=True))
+                add_sample(process_info, {**by_pid, **owner}, 1)
     yield from (energy, reasons, ecc, rows, memory, process_sm, process_memory, process_info)
 
     xid = CounterMetricFamily(

@@ -7,6 +7,9 @@
   is unknown (no reading, no reference clock for the model, or an overridden peak).
 * ``mfu_gpu_peak_flops_unknown``: 1 for a GPU whose device name has no peak at all; a warning is
   logged once per such name for the life of the process.
+
+A MIG device's peak is its parent's x its SMs / the whole GPU's SMs (gpu/peaks.py), at the parent's
+SM clock; unknown (flagged) when an SM count is unknown.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from collections.abc import Iterator
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ..gpu.model import GpuReading, Snapshot
+from ..gpu.peaks import device_peaks
 from ..specs import PeakTable
+from .labels import add_sample, device_labels
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +49,27 @@ def gpu_peak_families(snapshot: Snapshot | None, peaks: PeakTable) -> Iterator[M
     )
     unknown = GaugeMetricFamily(
         "mfu_gpu_peak_flops_unknown",
-        "1 for a GPU whose model has no known peak FLOP/s: add it with --peak-flops-file.",
+        "1 for a GPU whose model has no known peak FLOP/s (or a MIG device whose SM counts are unknown): "
+        "add it with --peak-flops-file.",
         labels=["gpu", "uuid", "model"],
     )
     for gpu in snapshot.gpus if snapshot else ():
         name = gpu.identity.name
-        labels = [str(gpu.index), gpu.uuid]
-        by_dtype = peaks.peaks_for(name)
+        labels = device_labels(gpu.identity)
+        by_dtype = device_peaks(gpu.identity, peaks)
         if not by_dtype:
-            unknown.add_metric([*labels, name], 1)
-            _warn_once(name)
+            add_sample(unknown, {**labels, "model": name}, 1)
+            _warn_once(name, gpu)
             continue
-        sm_clock = _clock_hz(gpu)
+        # A MIG device runs at its parent's SM clock (NVML gives clocks for the whole GPU only).
+        clocked = snapshot.by_index.get(gpu.index, gpu) if gpu.is_mig and snapshot else gpu
+        sm_clock = _clock_hz(clocked)
         reference = peaks.reference_clocks_for(name) if sm_clock is not None else {}
         for dtype, value in by_dtype.items():
-            peak.add_metric([*labels, dtype], value)
+            add_sample(peak, {**labels, "dtype": dtype}, value)
             ref_clock = reference.get(dtype)
             if sm_clock is not None and ref_clock is not None:
-                clock_peak.add_metric([*labels, dtype], value * sm_clock / ref_clock)
+                add_sample(clock_peak, {**labels, "dtype": dtype}, value * sm_clock / ref_clock)
     yield peak
     yield clock_peak
     yield unknown
@@ -75,11 +83,23 @@ def _clock_hz(gpu: GpuReading) -> float | None:
     return clock
 
 
-def _warn_once(name: str) -> None:
+def _warn_once(name: str, gpu: GpuReading) -> None:
+    key = f"{name} MIG" if gpu.is_mig else name
     with _warned_lock:
-        if name in _warned_names:
+        if key in _warned_names:
             return
-        _warned_names.add(name)
+        _warned_names.add(key)
+    if gpu.is_mig:
+        log.warning(
+            "MIG devices of %r have no known peak FLOP/s: their peak is the GPU's x their SMs / the GPU's "
+            'SMs, and %s. Give the GPU\'s SM count with --peak-flops-file, e.g. {%r: {"sm_count": 132}}',
+            name,
+            "NVML gave no SM count for the MIG device"
+            if gpu.identity.mig is None or not gpu.identity.mig.sm_count
+            else "the GPU's SM count (or its peak) is not known",
+            name,
+        )
+        return
     log.warning(
         "no peak FLOP/s known for GPU model %r: MFU cannot be computed on it. Add its dense datasheet "
         'figures with --peak-flops-file (see docs/peak-flops.md), e.g. {%r: {"bf16": 312e12}}',

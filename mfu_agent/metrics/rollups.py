@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from ..gpu.model import Snapshot
 from ..jobs.registry import RankView
 from ..jobs.rollup import peak_weighted, per_gpu
+from .labels import add_sample, device_labels
 
 GPU = ["gpu", "uuid"]
 RANK = ["job_id", "rank"]
@@ -39,11 +40,13 @@ def gpu_rollup_families(views: list[RankView], snapshot: Snapshot | None) -> Ite
     for gpu in snapshot.gpus if snapshot else ():
         if not gpu.up:
             continue
-        labels = [str(gpu.index), gpu.uuid]
-        ranks.add_metric(labels, on_gpu.get(gpu.uuid, 0))
+        if gpu.mig_mode:
+            continue  # its work runs on its MIG devices, which have their own series
+        labels = device_labels(gpu.identity)
+        add_sample(ranks, labels, on_gpu.get(gpu.uuid, 0))
         figure = figures.get(gpu.uuid)
         if figure is not None:
-            mfu.add_metric(labels, figure.utilisation)
+            add_sample(mfu, labels, figure.utilisation)
     yield mfu
     yield ranks
 
