@@ -451,7 +451,7 @@ FAKE_PEAKS = {"bf16": FAKE_PEAK_FLOPS, "fp8": 2 * FAKE_PEAK_FLOPS}
 FAKE_DATASHEET_CLOCK_HZ = 1.98e9  # the SM clock the fake peak figures assume
 
 
-def fake_agent_metrics(elapsed: float) -> str:
+def fake_agent_metrics(elapsed: float, mig: bool = False) -> str:
     """An exposition shaped like the agent's (docs/metrics.md and the issue 9 contract), `elapsed` s in.
 
     One node, four GPUs: job "llm" ranks 0 and 1 on GPUs 0 and 1 at MFU 0.5 (HFU 0.6), rank 0 in
@@ -466,6 +466,7 @@ def fake_agent_metrics(elapsed: float) -> str:
     The agent's pre-aggregated families (issue 9 contract, round 2) say the same: per GPU
     (`mfu_gpu_mfu_ratio`, `mfu_gpu_reporting_ranks`), per rank (`mfu_job_rank_*`) and per job on the
     node (`mfu_job_node_*`).
+    With `mig`, a fifth GPU in MIG mode is added (see _fake_mig_gpu).
     """
     t = elapsed
     started = time.time() - elapsed
@@ -641,4 +642,108 @@ def fake_agent_metrics(elapsed: float) -> str:
         m("mfu_job_node_model_flops_per_second", jn, acc["flops"])
         m("mfu_job_node_tokens_per_second", jn, acc["tokens"])
         m("mfu_job_node_first_report_timestamp_seconds", jn, acc["first"])
+    if mig:
+        _fake_mig_gpu(m, t, started)
     return "\n".join(out) + "\n"
+
+
+def _fake_mig_gpu(m: Callable[[str, dict[str, str], float], None], t: float, started: float) -> None:
+    """GPU 4 in MIG mode, as the agent exports it (docs/metrics.md, MIG devices): the parent keeps power,
+    clocks and errors; two 1g.10gb MIG devices (GPU instances 1 and 2, 16 of 132 SMs each) carry memory,
+    SM activity, processes, peaks and MFU. Job "mig" runs rank 0 on GPU instance 1 and rank 1 on 2, each
+    at MFU 0.25 of its slice."""
+    parent = {"gpu": "4", "uuid": "GPU-fake-4"}
+    model = "NVIDIA H100 80GB HBM3"
+    info = {"driver_version": "550.54.15", "pci_bus_id": "00000000:05:00.0", "architecture": "hopper"}
+    m("mfu_gpu_info", {**parent, "model": model, **info, "sm_activity_source": "none"}, 1)
+    m("mfu_gpu_up", parent, 1)
+    m("mfu_gpu_mig_mode", parent, 1)
+    m("mfu_gpu_memory_used_bytes", parent, 12e9)
+    m("mfu_gpu_memory_total_bytes", parent, 80e9)
+    m("mfu_gpu_power_watts", parent, 300.0)
+    m("mfu_gpu_power_limit_watts", parent, 700.0)
+    m("mfu_gpu_energy_joules_total", parent, 1e9 + 300.0 * t)
+    m("mfu_gpu_temperature_celsius", parent, 50.0)
+    m("mfu_gpu_sm_clock_hertz", parent, 1.98e9)
+    m("mfu_gpu_sm_clock_max_hertz", parent, 1.98e9)
+    m("mfu_gpu_clock_event_active", {**parent, "reason": "hw_slowdown"}, 0)
+    for kind in ("corrected", "uncorrected"):
+        m("mfu_gpu_ecc_errors_total", {**parent, "type": kind}, 0)
+    for dtype, peak in FAKE_PEAKS.items():
+        m("mfu_gpu_peak_flops", {**parent, "dtype": dtype}, peak)
+        m("mfu_gpu_clock_peak_flops", {**parent, "dtype": dtype}, peak)
+    slice_peaks = {dtype: peak * 16 / 132 for dtype, peak in FAKE_PEAKS.items()}
+    for gi in (1, 2):
+        d = {
+            "gpu": "4",
+            "uuid": f"MIG-fake-4-{gi}",
+            "mig_profile": "1g.10gb",
+            "gpu_instance_id": str(gi),
+            "compute_instance_id": "0",
+        }
+        busy = True
+        m(
+            "mfu_gpu_info",
+            {**d, "model": model, **info, "sm_activity_source": "gpm", "parent_uuid": "GPU-fake-4"},
+            1,
+        )
+        m("mfu_gpu_up", d, 1)
+        m("mfu_gpu_memory_used_bytes", d, 9e9 if busy else 0.0)
+        m("mfu_gpu_memory_total_bytes", d, 10e9)
+        m("mfu_gpu_sm_active_ratio", d, 0.8 if busy else 0.0)
+        m("mfu_gpu_tensor_active_ratio", d, 0.5 if busy else 0.0)
+        m("mfu_gpu_dram_active_ratio", d, 0.3 if busy else 0.0)
+        for dtype, peak in slice_peaks.items():
+            m("mfu_gpu_peak_flops", {**d, "dtype": dtype}, peak)
+            m("mfu_gpu_clock_peak_flops", {**d, "dtype": dtype}, peak)
+        m("mfu_gpu_reporting_ranks", d, 1 if busy else 0)
+        if not busy:
+            continue
+        pid, rank = str(1003 + gi), str(gi - 1)
+        m("mfu_gpu_process_memory_bytes", {**d, "pid": pid}, 9e9)
+        m(
+            "mfu_gpu_process_info",
+            {**d, "pid": pid, "pod_uid": "pod-mig", "container_id": "cmig", "slurm_job_id": ""},
+            1,
+        )
+        m("mfu_gpu_mfu_ratio", d, 0.25)
+        g = {"gpu": "4", "uuid": d["uuid"]}
+        j = {"job_id": "mig", "rank": rank, **g, "dtype": "bf16"}
+        m(
+            "mfu_job_info",
+            {
+                **j,
+                "pid": pid,
+                "local_rank": "0",
+                "world_size": "1",
+                "pod": "mig-0",
+                "namespace": "training",
+                "slurm_job_id": "",
+                "hostname": "node-1",
+            },
+            1,
+        )
+        m("mfu_job_model_flops_total", j, 0.25 * slice_peaks["bf16"] * t)
+        m("mfu_job_hardware_flops_total", j, 0.3 * slice_peaks["bf16"] * t)
+        m("mfu_job_peak_flops", j, slice_peaks["bf16"])
+        m("mfu_job_mfu_ratio", j, 0.25)
+        m("mfu_job_hfu_ratio", j, 0.3)
+        m("mfu_job_tokens_total", j, 500.0 * t)
+        m("mfu_job_samples_total", j, 0.5 * t)
+        m("mfu_job_step", j, float(int(t)))
+        m("mfu_job_tokens_per_second", j, 500.0)
+        m("mfu_job_last_report_timestamp_seconds", j, time.time())
+        m("mfu_job_first_report_timestamp_seconds", j, started)
+        r = {"job_id": "mig", "rank": rank}
+        m("mfu_job_rank_mfu_ratio", r, 0.25)
+        m("mfu_job_rank_hfu_ratio", r, 0.3)
+        m("mfu_job_rank_last_progress_timestamp_seconds", r, time.time())
+        m("mfu_job_rank_last_report_timestamp_seconds", r, time.time())
+    jm = {"job_id": "mig", "model": model}
+    m("mfu_job_node_gpus", jm, 2)
+    m("mfu_job_node_peak_flops", jm, 2 * slice_peaks["bf16"])
+    m("mfu_job_node_mfu_ratio", jm, 0.25)
+    m("mfu_job_node_hfu_ratio", jm, 0.3)
+    m("mfu_job_node_model_flops_per_second", {"job_id": "mig"}, 0.5 * slice_peaks["bf16"])
+    m("mfu_job_node_tokens_per_second", {"job_id": "mig"}, 1000.0)
+    m("mfu_job_node_first_report_timestamp_seconds", {"job_id": "mig"}, started)

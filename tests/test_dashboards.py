@@ -115,7 +115,7 @@ def prometheus(tmp_path_factory):
         pytest.fail(str(e), pytrace=False)
     start = time.time()
     with (
-        MetricsExporter(lambda: fake_agent_metrics(time.time() - start)) as agent,
+        MetricsExporter(lambda: fake_agent_metrics(time.time() - start, mig=True)) as agent,
         PrometheusServer(
             rule_files=RULE_FILES,
             scrape_targets=[agent.target],
