@@ -15,6 +15,12 @@ arrays, opaque POINTER handles), writes its results into them as the driver woul
   but NOT with ``==`` (ctypes pointers compare by identity).
 * Every call takes one lock; ``nvmlEventSetWait_v2`` waits on a Condition of that lock, so other
   threads can sample (and ``queue_xid``) while an event thread is blocked in a wait.
+* MIG: a device with ``mig_mode`` 1 exposes its ``mig_devices`` (FakeMigDevice) through
+  ``nvmlDeviceGetMigDeviceHandleByIndex``. A MIG handle answers identity, memory, processes,
+  attributes and the MIG id symbols for its slice and NVML_ERROR_NOT_SUPPORTED for every other
+  per-device symbol; it is valid while its FakeMigDevice object is in the parent's ``mig_devices``
+  and the parent is in MIG mode, NVML_ERROR_INVALID_ARGUMENT after. The parent in MIG mode has no
+  utilization rates or process utilization; its memory and processes aggregate its MIG devices'.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from __future__ import annotations
 import collections
 import copy
 import ctypes
+import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
@@ -34,13 +41,17 @@ import pytest
 
 __all__ = [
     "DEFAULT_GPM_PERCENT",
+    "H100_MIG_PROFILES",
+    "MAX_MIG_DEVICES",
     "MEM_CLOCK_MHZ",
     "MEM_CLOCK_MAX_MHZ",
     "SUPPORTED_EVENT_TYPES",
     "FakeDevice",
+    "FakeMigDevice",
     "FakeNvml",
     "fake_nvml",
     "handle_address",
+    "mig_devices",
     "no_nvml",
     "no_nvml_library",
 ]
@@ -71,6 +82,38 @@ MEM_CLOCK_MAX_MHZ = 2619
 _NOT_AVAILABLE_UINT = 0xFFFFFFFF  # gpuInstanceId/computeInstanceId outside MIG
 _NOT_AVAILABLE_ULL = 0xFFFFFFFFFFFFFFFF
 
+_MiB = 1024**2
+_GiB = 1024**3
+
+# nvmlDeviceGetMaxMigDeviceCount of a GPU in MIG mode.
+MAX_MIG_DEVICES = 7
+
+# MIG profiles of an H100 80GB (nvidia-smi mig -lgip): profile -> (SM count, memory bytes).
+H100_MIG_PROFILES: dict[str, tuple[int, int]] = {
+    "1g.10gb": (16, 9 * _GiB + 768 * _MiB),
+    "1g.20gb": (26, 19 * _GiB + 512 * _MiB),
+    "2g.20gb": (32, 19 * _GiB + 512 * _MiB),
+    "3g.40gb": (60, 39 * _GiB + 256 * _MiB),
+    "4g.40gb": (64, 39 * _GiB + 256 * _MiB),
+    "7g.80gb": (132, 79 * _GiB + 256 * _MiB),
+}
+
+# GPU instance placements on an 8-memory-slice GPU (A100, H100): slice class (or a profile taking
+# more memory than its class) -> (memory slices, ((placement start, GPU instance id), ...)), in the
+# order mig_devices tries them (a 3g takes the upper half first). The ids are the driver's numbering.
+_MIG_PLACEMENTS: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {
+    "1g": (1, tuple((start, 7 + start) for start in range(7))),
+    "1g.20gb": (2, ((0, 7), (2, 9), (4, 11), (6, 13))),
+    "2g": (2, ((0, 3), (2, 4), (4, 5))),
+    "3g": (4, ((4, 2), (0, 1))),
+    "4g": (4, ((0, 1),)),
+    "7g": (8, ((0, 0),)),
+}
+_MIG_MEMORY_SLICES = 8
+
+# "1g.10gb", "1c.3g.40gb", "1g.10gb+me": optional compute-instance slices, GPU-instance slices.
+_MIG_PROFILE_RE = re.compile(r"^(?:(\d+)c\.)?(\d+)g\.")
+
 _GPM_METRIC_NAMES: dict[int, str] = {
     pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL: "gr_util",
     pynvml.NVML_GPM_METRIC_SM_UTIL: "sm_util",
@@ -90,6 +133,75 @@ def default_uuid(index: int) -> str:
 
 def default_pci_bus_id(index: int) -> str:
     return f"00000000:{0x18 + index:02X}:00.0"
+
+
+def default_mig_uuid(parent_index: int, gpu_instance_id: int, compute_instance_id: int) -> str:
+    return f"MIG-00000000-0000-4000-8000-{parent_index:04x}{gpu_instance_id:04x}{compute_instance_id:04x}"
+
+
+def _mig_slices(profile: str) -> tuple[int, int]:
+    """(GPU instance slices, compute instance slices) of a profile name; (0, 0) if unparsable."""
+    match = _MIG_PROFILE_RE.match(profile)
+    if match is None:
+        return 0, 0
+    gi = int(match.group(2))
+    return gi, int(match.group(1)) if match.group(1) else gi
+
+
+@dataclass
+class FakeMigDevice:
+    """One MIG device (a compute instance of a GPU instance) of a FakeDevice in MIG mode."""
+
+    profile: str = "1g.10gb"  # what follows "MIG " in the device name
+    gpu_instance_id: int = 0
+    compute_instance_id: int = 0
+    uuid: str = ""  # default: default_mig_uuid(parent index, GI, CI), filled in by FakeNvml
+    sm_count: int = 16
+    memory_total: int = 9 * _GiB + 768 * _MiB  # bytes
+    memory_used: int = 6 * _GiB
+    memory_reserved: int = 32 * _MiB
+    # (pid, used memory bytes); None memory is reported as NVML_VALUE_NOT_AVAILABLE
+    processes: list[tuple[int, int | None]] = field(default_factory=list)
+    gpm_supported: bool = True
+    gpm_percent: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_GPM_PERCENT))
+    not_supported: set[str] = field(default_factory=set)  # symbols returning NVML_ERROR_NOT_SUPPORTED
+    unknown_error: set[str] = field(default_factory=set)  # symbols returning NVML_ERROR_UNKNOWN
+
+
+def mig_devices(
+    profiles: Sequence[str], table: dict[str, tuple[int, int]] = H100_MIG_PROFILES
+) -> list[FakeMigDevice]:
+    """MIG devices for a layout, in the order given: SMs and memory from ``table``, compute instance
+    0, and the GPU instance id of the placement each gets (7g 0; 4g and 3g 1-2; 2g 3-5; 1g 7-13),
+    placements chosen in list order, backtracking so that every layout that fits gets placed.
+    ValueError if a profile is unknown or the layout does not fit."""
+    options = []
+    for profile in profiles:
+        if profile not in table:
+            raise ValueError(f"unknown MIG profile {profile!r}")
+        placements = _MIG_PLACEMENTS.get(profile) or _MIG_PLACEMENTS.get(f"{_mig_slices(profile)[0]}g")
+        if placements is None:
+            raise ValueError(f"no GPU instance placements for MIG profile {profile!r}")
+        options.append(placements)
+
+    def place(i: int, used: frozenset[int]) -> list[int] | None:
+        if i == len(options):
+            return []
+        size, starts = options[i]
+        for start, gi in starts:
+            slices = frozenset(range(start, start + size))
+            rest = None if used & slices else place(i + 1, used | slices)
+            if rest is not None:
+                return [gi, *rest]
+        return None
+
+    ids = place(0, frozenset())
+    if ids is None:
+        raise ValueError(f"MIG layout {list(profiles)} does not fit in {_MIG_MEMORY_SLICES} memory slices")
+    return [
+        FakeMigDevice(profile=p, gpu_instance_id=gi, sm_count=table[p][0], memory_total=table[p][1])
+        for p, gi in zip(profiles, ids, strict=True)
+    ]
 
 
 @dataclass
@@ -123,6 +235,10 @@ class FakeDevice:
     not_supported: set[str] = field(default_factory=set)  # symbols returning NVML_ERROR_NOT_SUPPORTED
     lost: bool = False  # every per-device symbol returns NVML_ERROR_GPU_IS_LOST
     unknown_error: set[str] = field(default_factory=set)  # symbols returning NVML_ERROR_UNKNOWN
+    mig_capable: bool = True  # False: the MIG symbols answer NVML_ERROR_NOT_SUPPORTED
+    mig_mode: int = 0  # current MIG mode: pynvml.NVML_DEVICE_MIG_ENABLE (1) or _DISABLE (0)
+    mig_pending_mode: int | None = None  # None: same as mig_mode
+    mig_devices: list[FakeMigDevice] = field(default_factory=list)  # exposed while in MIG mode
 
 
 _DEVICE_FIELDS = frozenset(f.name for f in fields(FakeDevice))
@@ -147,6 +263,7 @@ class _EventSet:
 @dataclass
 class _GpmSample:
     device_index: int | None = None
+    gpu_instance_id: int | None = None  # set by nvmlGpmMigSampleGet
     seq: int = 0
     cum: dict[int, tuple[Fraction, int]] = field(default_factory=dict)  # metric -> (sum of %, steps)
     present: frozenset[int] = frozenset()  # metrics configured when this sample was taken
@@ -237,6 +354,8 @@ class FakeNvml:
         for i, dev in enumerate(self.devices):
             dev.uuid = dev.uuid or default_uuid(i)
             dev.pci_bus_id = dev.pci_bus_id or default_pci_bus_id(i)
+            for mig in dev.mig_devices:
+                mig.uuid = self._mig_uuid(i, mig)
         self.driver_version = driver_version
         self.cuda_driver_version = 12040
         # pynvml caches symbol lookups: change this before install() or call clear_function_cache().
@@ -252,10 +371,13 @@ class FakeNvml:
         self._buffers: list[ctypes.Array[ctypes.c_char]] = []  # keeps every handed-out address valid
         self._device_addr: dict[int, int] = {}  # device index -> address
         self._addr_device: dict[int, int] = {}  # address -> device index
+        self._mig_addr: dict[tuple[int, int], int] = {}  # (parent index, id(FakeMigDevice)) -> address
+        self._addr_mig: dict[int, tuple[int, FakeMigDevice]] = {}  # address -> (parent index, MIG device)
         self._event_sets: dict[int, _EventSet] = {}
         self._gpm_samples: dict[int, _GpmSample] = {}
-        self._gpm_seq: dict[int, int] = {}
-        self._gpm_cum: dict[int, dict[int, tuple[Fraction, int]]] = {}
+        # per (device index, GPU instance id or None for the whole GPU)
+        self._gpm_seq: dict[tuple[int, int | None], int] = {}
+        self._gpm_cum: dict[tuple[int, int | None], dict[int, tuple[Fraction, int]]] = {}
         self._symbols: dict[str, _Symbol] = {}
         self._lib = _FakeLib(self)
         self._saved: tuple[Any, int] | None = None
@@ -276,6 +398,15 @@ class FakeNvml:
         nvml_kwargs = {k: v for k, v in kwargs.items() if k in _NVML_KWARGS}
         devices = [FakeDevice(**copy.deepcopy(dev_kwargs)) for _ in range(count)]
         return cls(devices, **nvml_kwargs)
+
+    @classmethod
+    def h100_mig(cls, count: int = 1, profiles: Sequence[str] = ("1g.10gb",) * 7, **kwargs: Any) -> FakeNvml:
+        """``count`` H100s in MIG mode, each with MIG devices ``mig_devices(profiles)``; other keyword
+        arguments as for ``h100s``."""
+        if "mig_devices" in kwargs:
+            raise TypeError("FakeNvml.h100_mig builds the MIG devices itself")
+        kwargs.setdefault("mig_mode", pynvml.NVML_DEVICE_MIG_ENABLE)
+        return cls.h100s(count, mig_devices=mig_devices(profiles), **kwargs)
 
     # ----------------------------------------------------------------- install / uninstall
 
@@ -330,8 +461,14 @@ class FakeNvml:
         self._queue_event(device_index, event_type, event_data)
 
     def index_of(self, handle: Any) -> int | None:
-        """The device index a handle refers to, or None if it is not a device handle of this fake."""
+        """The device index a handle refers to, or None if it is not a (whole GPU) device handle of
+        this fake."""
         return self._addr_device.get(handle_address(handle))
+
+    def mig_of(self, handle: Any) -> tuple[int, FakeMigDevice] | None:
+        """(parent index, MIG device) a MIG handle was handed out for, even if that MIG device is gone
+        since; None if it is not a MIG handle of this fake."""
+        return self._addr_mig.get(handle_address(handle))
 
     def pending_events(self) -> int:
         with self._lock:
@@ -385,6 +522,31 @@ class FakeNvml:
     def _device_handle(self, index: int) -> Any:
         return ctypes.cast(ctypes.c_void_p(self._handle_for(index)), pynvml.c_nvmlDevice_t)
 
+    def _mig_handle_for(self, index: int, mig: FakeMigDevice) -> int:
+        key = (index, id(mig))
+        addr = self._mig_addr.get(key)
+        if addr is None:
+            addr = self._mig_addr[key] = self._new_address()
+            self._addr_mig[addr] = (index, mig)  # keeps mig alive, so id(mig) is not reused
+        return addr
+
+    @staticmethod
+    def _in_mig_mode(dev: FakeDevice) -> bool:
+        return dev.mig_capable and dev.mig_mode == pynvml.NVML_DEVICE_MIG_ENABLE
+
+    @staticmethod
+    def _mig_uuid(index: int, mig: FakeMigDevice) -> str:
+        return mig.uuid or default_mig_uuid(index, mig.gpu_instance_id, mig.compute_instance_id)
+
+    @staticmethod
+    def _check_mig(name: str, dev: FakeDevice, mig: FakeMigDevice) -> None:
+        if dev.lost:
+            raise _Ret(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if name in mig.unknown_error:
+            raise _Ret(pynvml.NVML_ERROR_UNKNOWN)
+        if name in mig.not_supported:
+            raise _Ret(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
     def _check_device(self, name: str, index: int) -> FakeDevice:
         if not 0 <= index < len(self.devices):
             raise _Ret(pynvml.NVML_ERROR_INVALID_ARGUMENT)
@@ -397,12 +559,39 @@ class FakeNvml:
             raise _Ret(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return dev
 
-    def _device(self, name: str, handle: Any) -> tuple[int, FakeDevice]:
+    def _any_device(self, name: str, handle: Any) -> tuple[int, FakeDevice, FakeMigDevice | None]:
+        """(device index, device, None) for a GPU handle; (parent index, parent, MIG device) for a
+        live MIG handle."""
         self._require_init()
-        index = self._addr_device.get(handle_address(handle))
-        if index is None:
+        addr = handle_address(handle)
+        index = self._addr_device.get(addr)
+        if index is not None:
+            return index, self._check_device(name, index), None
+        entry = self._addr_mig.get(addr)
+        if entry is None:
             raise _Ret(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        return index, self._check_device(name, index)
+        index, mig = entry
+        if not 0 <= index < len(self.devices):
+            raise _Ret(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        dev = self.devices[index]
+        if not self._in_mig_mode(dev) or not any(m is mig for m in dev.mig_devices):
+            raise _Ret(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        self._check_mig(name, dev, mig)
+        return index, dev, mig
+
+    def _device(self, name: str, handle: Any) -> tuple[int, FakeDevice]:
+        """A GPU handle's index and device; a MIG handle answers NVML_ERROR_NOT_SUPPORTED."""
+        index, dev, mig = self._any_device(name, handle)
+        if mig is not None:
+            raise _Ret(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return index, dev
+
+    def _mig(self, name: str, handle: Any, non_mig: int) -> tuple[int, FakeDevice, FakeMigDevice]:
+        """A MIG handle's parent index, parent and MIG device; a GPU handle answers ``non_mig``."""
+        index, dev, mig = self._any_device(name, handle)
+        if mig is None:
+            raise _Ret(non_mig)
+        return index, dev, mig
 
     def _event_set(self, handle: Any) -> _EventSet:
         es = self._event_sets.get(handle_address(handle))
@@ -468,10 +657,14 @@ class FakeNvml:
         _write_pointer(out, self._handle_for(i))
         return pynvml.NVML_SUCCESS
 
+    @staticmethod
+    def _text(arg: Any) -> str:
+        text = _target(arg).value
+        return text.decode() if isinstance(text, bytes) else str(text)
+
     def _lookup_by(self, name: str, key: Callable[[int, FakeDevice], str], wanted: Any, out: Any) -> int:
         self._require_init()
-        text = _target(wanted).value
-        text = text.decode() if isinstance(text, bytes) else str(text)
+        text = self._text(wanted)
         for i, dev in enumerate(self.devices):
             if key(i, dev).lower() == text.lower():
                 self._check_device(name, i)
@@ -480,7 +673,20 @@ class FakeNvml:
         return pynvml.NVML_ERROR_NOT_FOUND
 
     def _c_nvmlDeviceGetHandleByUUID(self, uuid: Any, out: Any) -> int:
-        return self._lookup_by("nvmlDeviceGetHandleByUUID", lambda i, d: d.uuid or default_uuid(i), uuid, out)
+        name = "nvmlDeviceGetHandleByUUID"
+        ret = self._lookup_by(name, lambda i, d: d.uuid or default_uuid(i), uuid, out)
+        if ret != pynvml.NVML_ERROR_NOT_FOUND:
+            return ret
+        text = self._text(uuid).lower()
+        for i, dev in enumerate(self.devices):
+            if not self._in_mig_mode(dev):
+                continue
+            for mig in dev.mig_devices:
+                if self._mig_uuid(i, mig).lower() == text:
+                    self._check_mig(name, dev, mig)
+                    _write_pointer(out, self._mig_handle_for(i, mig))
+                    return pynvml.NVML_SUCCESS
+        return pynvml.NVML_ERROR_NOT_FOUND
 
     def _c_nvmlDeviceGetHandleByPciBusId_v2(self, bus_id: Any, out: Any) -> int:
         name = "nvmlDeviceGetHandleByPciBusId_v2"
@@ -494,13 +700,14 @@ class FakeNvml:
     # ----------------------------------------------------------------- C symbols: identity
 
     def _c_nvmlDeviceGetName(self, handle: Any, buf: Any, length: Any) -> int:
-        _, dev = self._device("nvmlDeviceGetName", handle)
-        _write_str(buf, length, dev.name)
+        _, dev, mig = self._any_device("nvmlDeviceGetName", handle)
+        _write_str(buf, length, dev.name if mig is None else f"{dev.name} MIG {mig.profile}")
         return pynvml.NVML_SUCCESS
 
     def _c_nvmlDeviceGetUUID(self, handle: Any, buf: Any, length: Any) -> int:
-        index, dev = self._device("nvmlDeviceGetUUID", handle)
-        _write_str(buf, length, dev.uuid or default_uuid(index))
+        index, dev, mig = self._any_device("nvmlDeviceGetUUID", handle)
+        uuid = (dev.uuid or default_uuid(index)) if mig is None else self._mig_uuid(index, mig)
+        _write_str(buf, length, uuid)
         return pynvml.NVML_SUCCESS
 
     @staticmethod
@@ -541,34 +748,115 @@ class FakeNvml:
         _target(out).value = dev.architecture
         return pynvml.NVML_SUCCESS
 
+    # ----------------------------------------------------------------- C symbols: MIG
+
+    def _c_nvmlDeviceGetMigMode(self, handle: Any, current: Any, pending: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetMigMode", handle)
+        if not dev.mig_capable:
+            return pynvml.NVML_ERROR_NOT_SUPPORTED
+        _target(current).value = dev.mig_mode
+        _target(pending).value = dev.mig_mode if dev.mig_pending_mode is None else dev.mig_pending_mode
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetMaxMigDeviceCount(self, handle: Any, out: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetMaxMigDeviceCount", handle)
+        if not dev.mig_capable:
+            return pynvml.NVML_ERROR_NOT_SUPPORTED
+        _target(out).value = MAX_MIG_DEVICES if self._in_mig_mode(dev) else 0
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, index: Any, out: Any) -> int:
+        parent, dev, mig = self._any_device("nvmlDeviceGetMigDeviceHandleByIndex", handle)
+        if mig is not None:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        if not dev.mig_capable:
+            return pynvml.NVML_ERROR_NOT_SUPPORTED
+        i = _int(index)
+        if not self._in_mig_mode(dev) or i >= MAX_MIG_DEVICES:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        if i >= len(dev.mig_devices):
+            return pynvml.NVML_ERROR_NOT_FOUND
+        _write_pointer(out, self._mig_handle_for(parent, dev.mig_devices[i]))
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceIsMigDeviceHandle(self, handle: Any, out: Any) -> int:
+        _, _, mig = self._any_device("nvmlDeviceIsMigDeviceHandle", handle)
+        _target(out).value = 0 if mig is None else 1
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetGpuInstanceId(self, handle: Any, out: Any) -> int:
+        _, _, mig = self._mig("nvmlDeviceGetGpuInstanceId", handle, pynvml.NVML_ERROR_NOT_SUPPORTED)
+        _target(out).value = mig.gpu_instance_id
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetComputeInstanceId(self, handle: Any, out: Any) -> int:
+        _, _, mig = self._mig("nvmlDeviceGetComputeInstanceId", handle, pynvml.NVML_ERROR_NOT_SUPPORTED)
+        _target(out).value = mig.compute_instance_id
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: Any, out: Any) -> int:
+        name = "nvmlDeviceGetDeviceHandleFromMigDeviceHandle"
+        parent, _, _ = self._mig(name, handle, pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        _write_pointer(out, self._handle_for(parent))
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetAttributes_v2(self, handle: Any, out: Any) -> int:
+        # "This API currently only supports MIG device handles."
+        _, _, mig = self._mig("nvmlDeviceGetAttributes_v2", handle, pynvml.NVML_ERROR_NOT_SUPPORTED)
+        gi_slices, ci_slices = _mig_slices(mig.profile)
+        attrs = _target(out)
+        attrs.multiprocessorCount = mig.sm_count
+        attrs.gpuInstanceSliceCount = gi_slices
+        attrs.computeInstanceSliceCount = ci_slices
+        attrs.memorySizeMB = mig.memory_total // _MiB
+        # engines of an H100 slice (nvidia-smi mig -lgip): no NVENC, OFA only on the full GPU
+        attrs.sharedCopyEngineCount = 8 if gi_slices == 7 else gi_slices
+        attrs.sharedDecoderCount = gi_slices
+        attrs.sharedEncoderCount = 0
+        attrs.sharedJpegCount = gi_slices
+        attrs.sharedOfaCount = 1 if gi_slices == 7 else 0
+        return pynvml.NVML_SUCCESS
+
     # ----------------------------------------------------------------- C symbols: telemetry
 
     def _c_nvmlDeviceGetUtilizationRates(self, handle: Any, out: Any) -> int:
         _, dev = self._device("nvmlDeviceGetUtilizationRates", handle)
+        if self._in_mig_mode(dev):
+            return pynvml.NVML_ERROR_NOT_SUPPORTED
         util = _target(out)
         util.gpu = dev.utilization_gpu
         util.memory = dev.utilization_memory
         return pynvml.NVML_SUCCESS
 
+    def _memory(self, name: str, handle: Any) -> tuple[int, int, int]:
+        """(total, used, reserved) bytes: a MIG device's own; a GPU in MIG mode: its total, and the
+        used and reserved memory of its MIG devices summed."""
+        _, dev, mig = self._any_device(name, handle)
+        if mig is not None:
+            return mig.memory_total, mig.memory_used, mig.memory_reserved
+        if self._in_mig_mode(dev):
+            used = sum(m.memory_used for m in dev.mig_devices)
+            return dev.memory_total, used, sum(m.memory_reserved for m in dev.mig_devices)
+        return dev.memory_total, dev.memory_used, dev.memory_reserved
+
     def _c_nvmlDeviceGetMemoryInfo(self, handle: Any, out: Any) -> int:
         # v1 semantics: "used" includes the driver-reserved memory; free = total - used.
-        _, dev = self._device("nvmlDeviceGetMemoryInfo", handle)
+        total, used, reserved = self._memory("nvmlDeviceGetMemoryInfo", handle)
         mem = _target(out)
-        used = dev.memory_used + dev.memory_reserved
-        mem.total = dev.memory_total
-        mem.used = used
-        mem.free = max(dev.memory_total - used, 0)
+        mem.total = total
+        mem.used = used + reserved
+        mem.free = max(total - used - reserved, 0)
         return pynvml.NVML_SUCCESS
 
     def _c_nvmlDeviceGetMemoryInfo_v2(self, handle: Any, out: Any) -> int:
-        _, dev = self._device("nvmlDeviceGetMemoryInfo_v2", handle)
+        total, used, reserved = self._memory("nvmlDeviceGetMemoryInfo_v2", handle)
         mem = _target(out)
         if mem.version != pynvml.nvmlMemory_v2:
             return pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
-        mem.total = dev.memory_total
-        mem.reserved = dev.memory_reserved
-        mem.used = dev.memory_used
-        mem.free = max(dev.memory_total - dev.memory_reserved - dev.memory_used, 0)
+        mem.total = total
+        mem.reserved = reserved
+        mem.used = used
+        mem.free = max(total - reserved - used, 0)
         return pynvml.NVML_SUCCESS
 
     def _c_nvmlDeviceGetPowerUsage(self, handle: Any, out: Any) -> int:
@@ -647,9 +935,17 @@ class FakeNvml:
         return pynvml.NVML_SUCCESS
 
     def _c_nvmlDeviceGetComputeRunningProcesses_v3(self, handle: Any, count: Any, infos: Any) -> int:
-        _, dev = self._device("nvmlDeviceGetComputeRunningProcesses_v3", handle)
+        _, dev, mig = self._any_device("nvmlDeviceGetComputeRunningProcesses_v3", handle)
+        if mig is None and not self._in_mig_mode(dev):
+            procs = [(pid, used, _NOT_AVAILABLE_UINT, _NOT_AVAILABLE_UINT) for pid, used in dev.processes]
+        else:
+            migs = dev.mig_devices if mig is None else [mig]
+            procs = [
+                (pid, used, m.gpu_instance_id, m.compute_instance_id)
+                for m in migs
+                for pid, used in m.processes
+            ]
         c_count = _target(count)
-        procs = list(dev.processes)
         capacity = c_count.value
         if capacity < len(procs):
             c_count.value = len(procs)
@@ -658,13 +954,13 @@ class FakeNvml:
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
         if isinstance(infos, ctypes.Array) and len(infos) < len(procs):
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
-        for i, (pid, used) in enumerate(procs):
+        for i, (pid, used, gi, ci) in enumerate(procs):
             entry = infos[i]
             entry.pid = pid
             # pynvml turns NVML_VALUE_NOT_AVAILABLE back into None
             entry.usedGpuMemory = _NOT_AVAILABLE_ULL if used is None else used
-            entry.gpuInstanceId = _NOT_AVAILABLE_UINT
-            entry.computeInstanceId = _NOT_AVAILABLE_UINT
+            entry.gpuInstanceId = gi
+            entry.computeInstanceId = ci
         c_count.value = len(procs)
         return pynvml.NVML_SUCCESS
 
@@ -672,6 +968,8 @@ class FakeNvml:
         self, handle: Any, utilization: Any, count: Any, last_seen: Any
     ) -> int:
         _, dev = self._device("nvmlDeviceGetProcessUtilization", handle)
+        if self._in_mig_mode(dev):
+            return pynvml.NVML_ERROR_NOT_SUPPORTED
         c_count = _target(count)
         since = _int(last_seen)
         samples = [s for s in dev.process_samples if s[3] > since]
@@ -770,21 +1068,49 @@ class FakeNvml:
         self.live_gpm_samples.discard(addr)
         return pynvml.NVML_SUCCESS
 
+    def _take_gpm_sample(
+        self, record: _GpmSample, index: int, gpu_instance_id: int | None, percent: dict[int, float]
+    ) -> None:
+        key = (index, gpu_instance_id)
+        seq = self._gpm_seq.get(key, 0) + 1
+        self._gpm_seq[key] = seq
+        cum = self._gpm_cum.setdefault(key, {})
+        for metric, value in percent.items():
+            total, steps = cum.get(metric, (Fraction(0), 0))
+            cum[metric] = (total + Fraction(value), steps + 1)
+        record.device_index = index
+        record.gpu_instance_id = gpu_instance_id
+        record.seq = seq
+        record.cum = dict(cum)
+        record.present = frozenset(percent)
+
     def _c_nvmlGpmSampleGet(self, handle: Any, sample: Any) -> int:
         index, dev = self._device("nvmlGpmSampleGet", handle)
         record = self._gpm_sample(sample)
         if not dev.gpm_supported:
             return pynvml.NVML_ERROR_NOT_SUPPORTED
-        seq = self._gpm_seq.get(index, 0) + 1
-        self._gpm_seq[index] = seq
-        cum = self._gpm_cum.setdefault(index, {})
-        for metric, percent in dev.gpm_percent.items():
-            total, steps = cum.get(metric, (Fraction(0), 0))
-            cum[metric] = (total + Fraction(percent), steps + 1)
-        record.device_index = index
-        record.seq = seq
-        record.cum = dict(cum)
-        record.present = frozenset(dev.gpm_percent)
+        self._take_gpm_sample(record, index, None, dev.gpm_percent)
+        return pynvml.NVML_SUCCESS
+
+    @staticmethod
+    def _gpu_instance(dev: FakeDevice, gpu_instance_id: int) -> FakeMigDevice | None:
+        """The first MIG device of that GPU instance, if any."""
+        return next((m for m in dev.mig_devices if m.gpu_instance_id == gpu_instance_id), None)
+
+    def _c_nvmlGpmMigSampleGet(self, handle: Any, gpu_instance_id: Any, sample: Any) -> int:
+        name = "nvmlGpmMigSampleGet"
+        index, dev = self._device(name, handle)
+        record = self._gpm_sample(sample)
+        if not self._in_mig_mode(dev):
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        gi = _int(gpu_instance_id)
+        mig = self._gpu_instance(dev, gi)
+        if mig is None:
+            return pynvml.NVML_ERROR_NOT_FOUND
+        self._check_mig(name, dev, mig)
+        if not mig.gpm_supported:
+            return pynvml.NVML_ERROR_NOT_SUPPORTED
+        self._take_gpm_sample(record, index, gi, mig.gpm_percent)
         return pynvml.NVML_SUCCESS
 
     def _c_nvmlGpmMetricsGet(self, out: Any) -> int:
@@ -798,16 +1124,21 @@ class FakeNvml:
         if addr1 == addr2:
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
         s1, s2 = self._gpm_sample(req.sample1), self._gpm_sample(req.sample2)
-        if s1.device_index is None or s2.device_index is None or s1.device_index != s2.device_index:
+        if s1.device_index is None or s2.device_index is None:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        if (s1.device_index, s1.gpu_instance_id) != (s2.device_index, s2.gpu_instance_id):
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
         if s2.seq <= s1.seq:
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
         if 0 <= s2.device_index < len(self.devices):
             dev = self.devices[s2.device_index]
-            if "nvmlGpmMetricsGet" in dev.unknown_error:
-                return pynvml.NVML_ERROR_UNKNOWN
-            if "nvmlGpmMetricsGet" in dev.not_supported:
-                return pynvml.NVML_ERROR_NOT_SUPPORTED
+            gi = s2.gpu_instance_id
+            injected = dev if gi is None else self._gpu_instance(dev, gi)
+            if injected is not None:
+                if "nvmlGpmMetricsGet" in injected.unknown_error:
+                    return pynvml.NVML_ERROR_UNKNOWN
+                if "nvmlGpmMetricsGet" in injected.not_supported:
+                    return pynvml.NVML_ERROR_NOT_SUPPORTED
         for i in range(req.numMetrics):
             metric = req.metrics[i]
             mid = metric.metricId

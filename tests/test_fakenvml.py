@@ -12,10 +12,14 @@ import pynvml
 import pytest
 from fakenvml import (
     DEFAULT_GPM_PERCENT,
+    H100_MIG_PROFILES,
+    MAX_MIG_DEVICES,
     SUPPORTED_EVENT_TYPES,
     FakeDevice,
+    FakeMigDevice,
     FakeNvml,
     handle_address,
+    mig_devices,
     no_nvml_library,
 )
 
@@ -710,3 +714,419 @@ def test_fake_nvml_fixture_installs_eight_h100s(fake_nvml: FakeNvml) -> None:
     assert pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(7)) == "NVIDIA H100 80GB HBM3"
     pynvml.nvmlShutdown()
     assert fake_nvml.calls["nvmlShutdown"] == 1
+
+
+# ---------------------------------------------------------------- MIG
+
+
+@pytest.fixture
+def mig() -> Iterator[FakeNvml]:
+    """Two H100s in MIG mode with seven 1g.10gb slices each, installed and initialised."""
+    nvml = FakeNvml.h100_mig(2)
+    with nvml.installed():
+        pynvml.nvmlInit()
+        yield nvml
+        if nvml.init_count:
+            pynvml.nvmlShutdown()
+
+
+def mig_handles(parent: object) -> list[object]:
+    """Every MIG device handle of a parent, as an agent enumerates them (NotFound = empty slot)."""
+    handles = []
+    for i in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(parent)):
+        try:
+            handles.append(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, i))
+        except pynvml.NVMLError_NotFound:
+            continue
+    return handles
+
+
+def test_mig_devices_take_sms_memory_and_the_placements_gpu_instance_ids() -> None:
+    assert H100_MIG_PROFILES["1g.10gb"] == (16, 9984 * MiB)
+    assert H100_MIG_PROFILES["7g.80gb"] == (132, 81152 * MiB)
+    seven = mig_devices(["1g.10gb"] * 7)
+    assert [m.gpu_instance_id for m in seven] == [7, 8, 9, 10, 11, 12, 13]
+    assert {(m.profile, m.compute_instance_id, m.sm_count, m.memory_total) for m in seven} == {
+        ("1g.10gb", 0, 16, 9984 * MiB)
+    }
+    mixed = mig_devices(["3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"])
+    assert [(m.profile, m.gpu_instance_id, m.sm_count) for m in mixed] == [
+        ("3g.40gb", 2, 60),
+        ("2g.20gb", 3, 32),
+        ("1g.10gb", 9, 16),
+        ("1g.10gb", 10, 16),
+    ]
+    assert [m.gpu_instance_id for m in mig_devices(["4g.40gb", "3g.40gb"])] == [1, 2]
+    assert [m.gpu_instance_id for m in mig_devices(["7g.80gb"])] == [0]
+    for layout in (["1g.10gb"] * 8, ["7g.80gb", "1g.10gb"], ["4g.40gb", "4g.40gb"], ["5g.50gb"]):
+        with pytest.raises(ValueError):
+            mig_devices(layout)
+
+
+def test_h100_mig_builds_gpus_in_mig_mode_with_their_own_slices() -> None:
+    nvml = FakeNvml.h100_mig(2, profiles=["3g.40gb", "3g.40gb"], power_mw=5)
+    assert [d.mig_mode for d in nvml.devices] == [1, 1]
+    assert [d.power_mw for d in nvml.devices] == [5, 5]
+    assert [m.profile for m in nvml.devices[1].mig_devices] == ["3g.40gb", "3g.40gb"]
+    assert nvml.devices[0].mig_devices[0] is not nvml.devices[1].mig_devices[0]
+    uuids = [m.uuid for d in nvml.devices for m in d.mig_devices]
+    assert len(set(uuids)) == 4
+    assert all(u.startswith("MIG-") and set(u[4:]) <= set("0123456789abcdef-") for u in uuids)
+    assert FakeNvml.h100_mig(1, mig_mode=0).devices[0].mig_mode == 0
+    with pytest.raises(TypeError):
+        FakeNvml.h100_mig(1, mig_devices=[])
+
+
+def test_mig_mode_and_max_mig_device_count(mig: FakeNvml) -> None:
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    assert pynvml.nvmlDeviceGetMigMode(h) == [1, 1]
+    assert pynvml.nvmlDeviceGetMaxMigDeviceCount(h) == MAX_MIG_DEVICES == 7
+    mig.devices[0].mig_pending_mode = 0
+    assert pynvml.nvmlDeviceGetMigMode(h) == [1, 0]
+    mig.devices[1].mig_mode = 0
+    h1 = pynvml.nvmlDeviceGetHandleByIndex(1)
+    assert pynvml.nvmlDeviceGetMigMode(h1) == [0, 0]
+    assert pynvml.nvmlDeviceGetMaxMigDeviceCount(h1) == 0
+    mig.devices[1].mig_capable = False
+    for call in (
+        lambda: pynvml.nvmlDeviceGetMigMode(h1),
+        lambda: pynvml.nvmlDeviceGetMaxMigDeviceCount(h1),
+        lambda: pynvml.nvmlDeviceGetMigDeviceHandleByIndex(h1, 0),
+    ):
+        with pytest.raises(pynvml.NVMLError_NotSupported):
+            call()
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetMigMode(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(h, 0))
+
+
+def test_enumerates_seven_1g_slices(mig: FakeNvml) -> None:
+    assert pynvml.nvmlDeviceGetCount() == 2  # physical GPUs only
+    parent = pynvml.nvmlDeviceGetHandleByIndex(1)
+    handles = mig_handles(parent)
+    assert len(handles) == 7
+    assert len({handle_address(h) for h in handles} | {handle_address(parent)}) == 8
+    again = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 4)
+    assert handle_address(again) == handle_address(handles[4])
+    assert [pynvml.nvmlDeviceGetGpuInstanceId(h) for h in handles] == [7, 8, 9, 10, 11, 12, 13]
+    assert {pynvml.nvmlDeviceGetComputeInstanceId(h) for h in handles} == {0}
+    assert {pynvml.nvmlDeviceGetName(h) for h in handles} == {"NVIDIA H100 80GB HBM3 MIG 1g.10gb"}
+    uuids = [pynvml.nvmlDeviceGetUUID(h) for h in handles]
+    assert uuids == [m.uuid for m in mig.devices[1].mig_devices]
+    assert len(set(uuids)) == 7 and all(u.startswith("MIG-") for u in uuids)
+    assert all(pynvml.nvmlDeviceIsMigDeviceHandle(h).value == 1 for h in handles)
+    assert pynvml.nvmlDeviceIsMigDeviceHandle(parent).value == 0
+    back = pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handles[2])
+    assert handle_address(back) == handle_address(parent)
+    assert mig.mig_of(handles[2]) == (1, mig.devices[1].mig_devices[2])
+    assert mig.mig_of(parent) is None and mig.index_of(handles[2]) is None
+    by_uuid = pynvml.nvmlDeviceGetHandleByUUID(uuids[5])
+    assert handle_address(by_uuid) == handle_address(handles[5])
+    assert pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(1)) == mig.devices[1].uuid
+
+
+def test_empty_slot_is_not_found_and_past_the_max_is_invalid(mig: FakeNvml) -> None:
+    del mig.devices[0].mig_devices[5:]
+    parent = pynvml.nvmlDeviceGetHandleByIndex(0)
+    assert pynvml.nvmlDeviceGetGpuInstanceId(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 4)) == 11
+    for index in (5, 6):
+        with pytest.raises(pynvml.NVMLError_NotFound):
+            pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, index)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 7)
+    assert len(mig_handles(parent)) == 5
+    slice_handle = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 0)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlDeviceGetMigDeviceHandleByIndex(slice_handle, 0)  # not a parent
+    mig.devices[0].mig_mode = 0
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 0)
+
+
+def test_mig_id_symbols_on_a_whole_gpu_handle(fake: FakeNvml) -> None:
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    assert pynvml.nvmlDeviceGetMigMode(h) == [0, 0]
+    assert pynvml.nvmlDeviceIsMigDeviceHandle(h).value == 0
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetGpuInstanceId(h)
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetComputeInstanceId(h)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(h)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlDeviceGetMigDeviceHandleByIndex(h, 0)
+
+
+def test_attributes_answer_for_mig_handles_only(mig: FakeNvml) -> None:
+    mig.devices[1].mig_devices = [
+        *mig_devices(["3g.40gb", "2g.20gb"]),
+        FakeMigDevice(profile="1c.1g.10gb", gpu_instance_id=9),
+    ]
+    parent = pynvml.nvmlDeviceGetHandleByIndex(1)
+    got = []
+    for h in mig_handles(parent):
+        a = pynvml.nvmlDeviceGetAttributes(h)
+        got.append(
+            (a.multiprocessorCount, a.gpuInstanceSliceCount, a.computeInstanceSliceCount, a.memorySizeMB)
+        )
+    assert got == [(60, 3, 3, 40192), (32, 2, 2, 19968), (16, 1, 1, 9984)]
+    a = pynvml.nvmlDeviceGetAttributes(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 0))
+    assert (a.sharedCopyEngineCount, a.sharedDecoderCount, a.sharedEncoderCount) == (3, 3, 0)
+    mig.devices[0].mig_devices = [FakeMigDevice(profile="1c.3g.40gb", gpu_instance_id=1, sm_count=16)]
+    ci_slice = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(pynvml.nvmlDeviceGetHandleByIndex(0), 0)
+    assert pynvml.nvmlDeviceGetName(ci_slice) == "NVIDIA H100 80GB HBM3 MIG 1c.3g.40gb"
+    a = pynvml.nvmlDeviceGetAttributes(ci_slice)
+    assert (a.multiprocessorCount, a.gpuInstanceSliceCount, a.computeInstanceSliceCount) == (16, 3, 1)
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetAttributes(parent)
+    mig.devices[1].mig_mode = 0
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetAttributes(parent)
+
+
+def test_mig_handle_has_its_own_memory_and_processes(mig: FakeNvml) -> None:
+    slices = mig.devices[0].mig_devices
+    slices[3].memory_used = 2 * GiB
+    slices[3].processes = [(4242, 2 * GiB - 64 * MiB), (4343, None)]
+    h = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(pynvml.nvmlDeviceGetHandleByIndex(0), 3)
+    v2 = pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2)
+    assert (v2.total, v2.used, v2.reserved) == (9984 * MiB, 2 * GiB, 32 * MiB)
+    assert v2.free == 9984 * MiB - 2 * GiB - 32 * MiB
+    v1 = pynvml.nvmlDeviceGetMemoryInfo(h)
+    assert (v1.total, v1.used) == (9984 * MiB, 2 * GiB + 32 * MiB)
+    assert v1.free == v1.total - v1.used
+    procs = pynvml.nvmlDeviceGetComputeRunningProcesses(h)
+    assert [(p.pid, p.usedGpuMemory, p.gpuInstanceId, p.computeInstanceId) for p in procs] == [
+        (4242, 2 * GiB - 64 * MiB, 10, 0),
+        (4343, None, 10, 0),
+    ]
+    other = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(pynvml.nvmlDeviceGetHandleByIndex(0), 4)
+    assert pynvml.nvmlDeviceGetComputeRunningProcesses(other) == []
+
+
+def test_parent_in_mig_mode_aggregates_memory_and_processes(mig: FakeNvml) -> None:
+    dev = mig.devices[1]
+    dev.processes = [(1, 1)]  # the parent's own list is not what MIG mode reports
+    dev.mig_devices[0].processes = [(100, 3 * GiB)]
+    dev.mig_devices[6].processes = [(600, 5 * GiB), (601, 1 * GiB)]
+    dev.mig_devices[6].memory_used = 6 * GiB + 512 * MiB
+    h = pynvml.nvmlDeviceGetHandleByIndex(1)
+    v2 = pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2)
+    assert v2.total == 80 * GiB
+    assert v2.used == 7 * 6 * GiB + 512 * MiB
+    assert v2.reserved == 7 * 32 * MiB
+    assert v2.free == 80 * GiB - v2.used - v2.reserved
+    v1 = pynvml.nvmlDeviceGetMemoryInfo(h)
+    assert v1.used == v2.used + v2.reserved
+    slice_v1 = [pynvml.nvmlDeviceGetMemoryInfo(s).used for s in mig_handles(h)]
+    assert v1.used == sum(slice_v1)
+    procs = pynvml.nvmlDeviceGetComputeRunningProcesses(h)
+    assert [(p.pid, p.usedGpuMemory, p.gpuInstanceId, p.computeInstanceId) for p in procs] == [
+        (100, 3 * GiB, 7, 0),
+        (600, 5 * GiB, 13, 0),
+        (601, 1 * GiB, 13, 0),
+    ]
+    dev.mig_devices.clear()
+    assert pynvml.nvmlDeviceGetComputeRunningProcesses(h) == []
+    assert pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2).used == 0
+
+
+def test_parent_in_mig_mode_has_no_utilization_but_keeps_the_rest(mig: FakeNvml) -> None:
+    mig.devices[0].process_samples = [(100, 50, 10, 1_000)]
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetUtilizationRates(h)
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetProcessUtilization(h, 0)
+    assert pynvml.nvmlDeviceGetName(h) == "NVIDIA H100 80GB HBM3"
+    assert pynvml.nvmlDeviceGetPowerUsage(h) == 612_000
+    assert pynvml.nvmlDeviceGetTotalEnergyConsumption(h) == 123_456_789
+    assert pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU) == 64
+    assert pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM) == 1755
+    assert pynvml.nvmlDeviceGetCurrentClocksEventReasons(h) == 0
+    assert pynvml.nvmlDeviceGetRemappedRows(h) == (2, 0, 0, 0)
+    ecc = pynvml.nvmlDeviceGetTotalEccErrors(
+        h, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_VOLATILE_ECC
+    )
+    assert ecc == 3
+    assert pynvml.nvmlDeviceGetPciInfo(h).busId == "00000000:18:00.0"
+    assert pynvml.nvmlGpmQueryDeviceSupport(h).isSupportedDevice == 1
+
+
+def test_mig_handle_answers_not_supported_for_whole_gpu_symbols(mig: FakeNvml) -> None:
+    h = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(pynvml.nvmlDeviceGetHandleByIndex(0), 0)
+    es = pynvml.nvmlEventSetCreate()
+    s = pynvml.nvmlGpmSampleAlloc()
+    calls = [
+        lambda: pynvml.nvmlDeviceGetUtilizationRates(h),
+        lambda: pynvml.nvmlDeviceGetPowerUsage(h),
+        lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(h),
+        lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(h),
+        lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
+        lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+        lambda: pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
+        lambda: pynvml.nvmlDeviceGetCurrentClocksEventReasons(h),
+        lambda: pynvml.nvmlDeviceGetTotalEccErrors(
+            h, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_VOLATILE_ECC
+        ),
+        lambda: pynvml.nvmlDeviceGetRemappedRows(h),
+        lambda: pynvml.nvmlDeviceGetProcessUtilization(h, 0),
+        lambda: pynvml.nvmlDeviceGetPciInfo(h),
+        lambda: pynvml.nvmlDeviceGetArchitecture(h),
+        lambda: pynvml.nvmlDeviceGetIndex(h),
+        lambda: pynvml.nvmlDeviceGetSupportedEventTypes(h),
+        lambda: pynvml.nvmlDeviceRegisterEvents(h, pynvml.nvmlEventTypeXidCriticalError, es),
+        lambda: pynvml.nvmlGpmQueryDeviceSupport(h),
+        lambda: pynvml.nvmlGpmSampleGet(h, s),
+        lambda: pynvml.nvmlGpmMigSampleGet(h, 7, s),
+        lambda: pynvml.nvmlDeviceGetMaxMigDeviceCount(h),
+    ]
+    for call in calls:
+        with pytest.raises(pynvml.NVMLError_NotSupported):
+            call()
+    pynvml.nvmlEventSetFree(es)
+    pynvml.nvmlGpmSampleFree(s)
+
+
+def test_destroying_an_instance_makes_its_handle_stale(mig: FakeNvml) -> None:
+    parent = pynvml.nvmlDeviceGetHandleByIndex(0)
+    handles = mig_handles(parent)
+    gone = mig.devices[0].mig_devices.pop(2)  # nvidia-smi mig -dci/-dgi of GPU instance 9
+    assert mig.mig_of(handles[2]) == (0, gone)
+    for call in (
+        lambda: pynvml.nvmlDeviceGetName(handles[2]),
+        lambda: pynvml.nvmlDeviceGetUUID(handles[2]),
+        lambda: pynvml.nvmlDeviceGetMemoryInfo(handles[2]),
+        lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(handles[2]),
+        lambda: pynvml.nvmlDeviceGetAttributes(handles[2]),
+        lambda: pynvml.nvmlDeviceGetGpuInstanceId(handles[2]),
+        lambda: pynvml.nvmlDeviceIsMigDeviceHandle(handles[2]),
+        lambda: pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handles[2]),
+        lambda: pynvml.nvmlDeviceGetPowerUsage(handles[2]),
+    ):
+        with pytest.raises(pynvml.NVMLError_InvalidArgument):
+            call()
+    with pytest.raises(pynvml.NVMLError_NotFound):
+        pynvml.nvmlDeviceGetHandleByUUID(gone.uuid)
+    now = mig_handles(parent)
+    assert [pynvml.nvmlDeviceGetGpuInstanceId(h) for h in now] == [7, 8, 10, 11, 12, 13]
+    kept = [handles[i] for i in (0, 1, 3, 4, 5, 6)]
+    assert [handle_address(h) for h in now] == [handle_address(h) for h in kept]
+    created = FakeMigDevice(gpu_instance_id=9)
+    mig.devices[0].mig_devices.insert(2, created)  # a new instance in the freed placement
+    fresh = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 2)
+    assert handle_address(fresh) not in {handle_address(h) for h in handles}
+    assert mig.mig_of(fresh) == (0, created)
+    assert pynvml.nvmlDeviceGetUUID(fresh).startswith("MIG-")
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlDeviceGetName(handles[2])
+
+
+def test_switching_mig_off_restores_the_whole_gpu(mig: FakeNvml) -> None:
+    dev = mig.devices[0]
+    dev.processes = [(77, 8 * GiB)]
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    slice_handle = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(h, 0)
+    slice_uuid = pynvml.nvmlDeviceGetUUID(slice_handle)
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetUtilizationRates(h)
+    dev.mig_pending_mode = 0
+    assert pynvml.nvmlDeviceGetMigMode(h) == [1, 0]  # disabled only after the reset
+    dev.mig_mode, dev.mig_pending_mode = 0, None
+    assert pynvml.nvmlDeviceGetMigMode(h) == [0, 0]
+    util = pynvml.nvmlDeviceGetUtilizationRates(h)
+    assert (util.gpu, util.memory) == (97, 41)
+    v2 = pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2)
+    assert (v2.total, v2.used, v2.reserved) == (80 * GiB, 60 * GiB, 512 * MiB)
+    procs = pynvml.nvmlDeviceGetComputeRunningProcesses(h)
+    assert [(p.pid, p.usedGpuMemory, p.gpuInstanceId) for p in procs] == [(77, 8 * GiB, 0xFFFFFFFF)]
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlDeviceGetName(slice_handle)
+    with pytest.raises(pynvml.NVMLError_NotFound):
+        pynvml.nvmlDeviceGetHandleByUUID(slice_uuid)
+    assert pynvml.nvmlDeviceGetMaxMigDeviceCount(h) == 0
+
+
+def test_lost_parent_loses_its_mig_handles(mig: FakeNvml) -> None:
+    h = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(pynvml.nvmlDeviceGetHandleByIndex(1), 1)
+    uuid = pynvml.nvmlDeviceGetUUID(h)
+    mig.devices[1].lost = True
+    for call in (
+        lambda: pynvml.nvmlDeviceGetName(h),
+        lambda: pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2),
+        lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(h),
+        lambda: pynvml.nvmlDeviceGetAttributes(h),
+        lambda: pynvml.nvmlDeviceGetGpuInstanceId(h),
+        lambda: pynvml.nvmlDeviceGetHandleByUUID(uuid),
+        lambda: pynvml.nvmlDeviceGetPowerUsage(h),
+    ):
+        with pytest.raises(pynvml.NVMLError_GpuIsLost):
+            call()
+    other = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(pynvml.nvmlDeviceGetHandleByIndex(0), 1)
+    assert pynvml.nvmlDeviceGetGpuInstanceId(other) == 8
+    mig.devices[1].lost = False
+    assert pynvml.nvmlDeviceGetGpuInstanceId(h) == 8
+
+
+def test_error_injection_on_a_mig_device(mig: FakeNvml) -> None:
+    slices = mig.devices[0].mig_devices
+    slices[0].not_supported = {"nvmlDeviceGetAttributes_v2"}
+    slices[0].unknown_error = {"nvmlDeviceGetMemoryInfo_v2"}
+    parent = pynvml.nvmlDeviceGetHandleByIndex(0)
+    h0, h1 = (pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, i) for i in (0, 1))
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetAttributes(h0)
+    with pytest.raises(pynvml.NVMLError_Unknown):
+        pynvml.nvmlDeviceGetMemoryInfo(h0, version=pynvml.nvmlMemory_v2)
+    assert pynvml.nvmlDeviceGetMemoryInfo(h0).total == 9984 * MiB
+    assert pynvml.nvmlDeviceGetAttributes(h1).multiprocessorCount == 16
+    assert pynvml.nvmlDeviceGetMemoryInfo(parent, version=pynvml.nvmlMemory_v2).total == 80 * GiB
+
+
+def test_gpm_per_gpu_instance(mig: FakeNvml) -> None:
+    slices = mig.devices[0].mig_devices
+    slices[0].gpm_percent[pynvml.NVML_GPM_METRIC_SM_UTIL] = 10.0
+    slices[1].gpm_percent[pynvml.NVML_GPM_METRIC_SM_UTIL] = 90.0
+    del slices[1].gpm_percent[pynvml.NVML_GPM_METRIC_FP16_UTIL]
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    a, b, c, d = (pynvml.nvmlGpmSampleAlloc() for _ in range(4))
+    pynvml.nvmlGpmMigSampleGet(h, 7, a)
+    pynvml.nvmlGpmMigSampleGet(h, 8, c)
+    pynvml.nvmlGpmMigSampleGet(h, 8, d)
+    pynvml.nvmlGpmMigSampleGet(h, 7, b)  # GI 7's sequence continues across GI 8's samples
+    res = metrics_get(a, b, SEVEN_METRICS)
+    assert res.metrics[0].value == 10.0
+    assert res.metrics[2].value == DEFAULT_GPM_PERCENT[pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL]
+    res = metrics_get(c, d, SEVEN_METRICS)
+    assert res.metrics[0].value == 90.0
+    assert res.metrics[6].nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED  # FP16 absent on GI 8
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        metrics_get(a, d, SEVEN_METRICS)  # GI 7 then GI 8
+    pynvml.nvmlGpmSampleGet(h, c)  # the whole GPU
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        metrics_get(a, c, SEVEN_METRICS)
+    slices[0].gpm_percent[pynvml.NVML_GPM_METRIC_SM_UTIL] = 30.0
+    pynvml.nvmlGpmMigSampleGet(h, 7, d)
+    assert metrics_get(a, d, [pynvml.NVML_GPM_METRIC_SM_UTIL]).metrics[0].value == 20.0
+    assert metrics_get(b, d, [pynvml.NVML_GPM_METRIC_SM_UTIL]).metrics[0].value == 30.0
+    for s in (a, b, c, d):
+        pynvml.nvmlGpmSampleFree(s)
+
+
+def test_gpm_mig_sample_errors(mig: FakeNvml) -> None:
+    h0, h1 = pynvml.nvmlDeviceGetHandleByIndex(0), pynvml.nvmlDeviceGetHandleByIndex(1)
+    s = pynvml.nvmlGpmSampleAlloc()
+    with pytest.raises(pynvml.NVMLError_NotFound):
+        pynvml.nvmlGpmMigSampleGet(h0, 3, s)
+    mig.devices[0].mig_devices[2].gpm_supported = False
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlGpmMigSampleGet(h0, 9, s)
+    pynvml.nvmlGpmMigSampleGet(h0, 10, s)
+    mig.devices[1].mig_mode = 0
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlGpmMigSampleGet(h1, 7, s)
+    mig.devices[0].lost = True
+    with pytest.raises(pynvml.NVMLError_GpuIsLost):
+        pynvml.nvmlGpmMigSampleGet(h0, 7, s)
+    pynvml.nvmlGpmSampleFree(s)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlGpmMigSampleGet(h1, 7, s)  # freed sample
