@@ -15,8 +15,13 @@ from . import __version__
 
 DEFAULT_PORT = 8469  # outside 9100-9999, the Prometheus exporter range, which is fully allocated
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
-DEMO_SPEC = "8xNVIDIA H100 80GB HBM3"
-DEMO_FAULTS = ["busy-idle:7", "shared:6"]
+SIMULATE_DEFAULT = "8xNVIDIA H100 80GB HBM3"
+# The demo node: 8 H100s, GPU 7 in MIG mode (a small job reports on its 3g.40gb slice); the main
+# job's 6 ranks on GPUs 0..5, the one on GPU 5 crawling on a GPU busy doing nothing; two processes
+# time-share GPU 6.
+DEMO_SPEC = "7xNVIDIA H100 80GB HBM3,1xNVIDIA H100 80GB HBM3[mig=3g.40gb,2g.20gb,1g.10gb,1g.10gb]"
+DEMO_FAULTS = ["busy-idle:5", "shared:6"]
+DEMO_RANKS = 6
 
 log = logging.getLogger("mfu_agent")
 
@@ -140,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--simulate",
-        default=_env("simulate", DEMO_SPEC),
-        help=f"simulated GPUs as COUNTxDEVICE NAME (default {DEMO_SPEC!r}; env MFU_AGENT_SIMULATE)",
+        default=_env("simulate", SIMULATE_DEFAULT),
+        help="simulated GPUs as COUNTxDEVICE NAME[,...]; COUNTxDEVICE NAME[mig=PROFILE,...] puts each "
+        "in MIG mode, e.g. 1xNVIDIA H100 80GB HBM3[mig=3g.40gb,2g.20gb,1g.10gb,1g.10gb] "
+        f"(default {SIMULATE_DEFAULT!r}; env MFU_AGENT_SIMULATE)",
     )
     run.add_argument(
         "--fault",
@@ -152,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = commands.add_parser(
-        "demo", help=f"run with simulated GPUs ({DEMO_SPEC}) and a synthetic training job"
+        "demo",
+        help="run with 8 simulated H100s (GPU 6 time-shared, GPU 7 in MIG mode) and synthetic training jobs",
     )
     _add_common(demo, DEFAULT_LISTEN)
     return parser
@@ -256,7 +264,7 @@ def serve(
 
         local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
         url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
-        job = SyntheticJob(url, DEMO_SPEC.split("x", 1)[1], 8, {7})
+        job = SyntheticJob(url, backend.devices(), DEMO_RANKS, {5})
         if token:
             os.environ.setdefault("MFU_AGENT_TOKEN", token)
     app = create_app(agent, on_started=job.start if job else None, on_stopping=job.stop if job else None)

@@ -13,7 +13,11 @@ import pytest
 from conftest import free_port
 
 from mfu_agent import __version__
-from mfu_agent.cli import build_parser, parse_listen
+from mfu_agent.cli import DEMO_FAULTS, DEMO_RANKS, DEMO_SPEC, build_parser, make_backend, parse_listen
+from mfu_agent.demo import DEMO_JOB_ID, DEMO_MIG_JOB_ID, SyntheticJob
+from mfu_agent.gpu.model import Snapshot
+from mfu_agent.gpu.peaks import device_peaks
+from mfu_agent.specs import PeakTable
 
 
 def promtool() -> str:
@@ -60,20 +64,43 @@ def stop(proc: subprocess.Popen) -> str:
     return out
 
 
-def test_demo_serves_eight_gpus_and_promtool_is_clean():
+def test_demo_serves_eight_gpus_one_in_mig_mode_and_promtool_is_clean():
     port = free_port()
     proc = start_agent("demo", "--listen", f"127.0.0.1:{port}")
     try:
         # The issue asks for /metrics within 3 s of start; the bound here is generous because CI
         # machines are shared, and the measured time is reported in docs/performance.md instead.
         text, _ = wait_for_metrics(f"http://127.0.0.1:{port}", proc, within=30)
-        assert text.count("mfu_gpu_up{") == 8
+        # 8 GPUs, and the 4 MIG devices of GPU 7.
+        ups = [line for line in text.splitlines() if line.startswith("mfu_gpu_up{")]
+        assert sum('uuid="GPU-' in line for line in ups) == 8
+        mig_ups = [line for line in ups if 'uuid="MIG-' in line]
+        assert len(mig_ups) == 4 and all('gpu="7"' in line for line in mig_ups)
         deadline = time.monotonic() + 30
+
+        def main_job_mfu(text: str) -> list[str]:
+            return [
+                line
+                for line in text.splitlines()
+                if line.startswith("mfu_job_mfu_ratio{") and f'job_id="{DEMO_JOB_ID}"' in line
+            ]
+
         # Each rank's reporter posts on its own 2 s clock, so their MFU appears within a moment of each other.
-        while text.count("mfu_job_mfu_ratio{") < 8 and time.monotonic() < deadline:
+        while len(main_job_mfu(text)) < DEMO_RANKS and time.monotonic() < deadline:
             time.sleep(0.5)
             text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-        assert text.count("mfu_job_mfu_ratio{") == 8, "the synthetic job reports MFU for its 8 ranks"
+        main = main_job_mfu(text)
+        assert len(main) == DEMO_RANKS, "the synthetic job reports MFU for its 6 ranks"
+        assert {line.split('gpu="')[1].split('"')[0] for line in main} == {"0", "1", "2", "3", "4", "5"}
+        # The small job reports on GPU 7's first MIG device, by its MIG UUID.
+        jobs = {}
+        while DEMO_MIG_JOB_ID not in jobs and time.monotonic() < deadline:
+            jobs = {j["job_id"]: j for j in httpx.get(f"http://127.0.0.1:{port}/v1/jobs").json()["jobs"]}
+            time.sleep(0.1)
+        (rank,) = jobs[DEMO_MIG_JOB_ID]["ranks"]
+        (gpu,) = rank["gpus"]
+        assert gpu["index"] == 7 and gpu["uuid"].startswith("MIG-") and rank["attributed_by"] == "gpus"
+        assert any(f'uuid="{gpu["uuid"]}"' in line for line in mig_ups), "the slice the job reports on"
         # GPU 6 is time-shared by two processes, each with its own SM utilisation.
         assert text.count('mfu_gpu_process_sm_utilization_ratio{gpu="6"') == 2
         check = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True)
@@ -117,6 +144,41 @@ def test_run_simulated_with_faults_and_env_flags():
         stop(proc)
 
 
+def test_demo_wiring_puts_the_small_job_on_a_mig_device_and_the_main_job_on_whole_gpus():
+    backend = make_backend("simulated", DEMO_SPEC, list(DEMO_FAULTS), seed=42)
+    snapshot = Snapshot(0.0, backend.driver_version(), tuple(backend.read_all()), 0.0)
+    whole = [g for g in snapshot.gpus if not g.is_mig]
+    assert [g.index for g in whole] == list(range(8))
+    assert [g.mig_mode for g in whole] == [False] * 7 + [True]
+    slices = [g for g in snapshot.gpus if g.is_mig]
+    assert [(g.index, g.identity.mig.profile) for g in slices] == [
+        (7, "3g.40gb"),
+        (7, "2g.20gb"),
+        (7, "1g.10gb"),
+        (7, "1g.10gb"),
+    ]
+    assert len(snapshot.gpus[6].processes) == 2, "GPU 6 is time-shared"
+    assert snapshot.gpus[5].activity.sm_active < 0.2, "GPU 5 is busy doing nothing"
+
+    job = SyntheticJob("http://127.0.0.1:1", backend.devices(), DEMO_RANKS, {5})
+    main = [r for r in job.ranks if r.job_id == DEMO_JOB_ID]
+    assert [r.gpu for r in main] == list(range(6)) and [r.slow for r in main] == [False] * 5 + [True]
+    assert all(r.world_size == 6 and r.peak == 989.4e12 for r in main)
+    (small,) = [r for r in job.ranks if r.job_id == DEMO_MIG_JOB_ID]
+    device = snapshot.by_uuid[small.gpu]
+    assert device is slices[0] and small.world_size == 1
+    assert (
+        small.peak == device_peaks(device.identity, PeakTable())["bf16"] == pytest.approx(989.4e12 * 60 / 132)
+    )
+    assert 0.2 < small.mfu < 0.5
+
+
+def test_demo_job_refuses_gpus_in_mig_mode():
+    backend = make_backend("simulated", DEMO_SPEC, [], seed=1)
+    with pytest.raises(ValueError, match=r"GPU\(s\) \[7\]"):
+        SyntheticJob("http://127.0.0.1:1", backend.devices(), 8, set())
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -126,6 +188,11 @@ def test_run_simulated_with_faults_and_env_flags():
         (["run", "--interval", "abc"], "expected a number"),
         (["run", "--backend", "cuda"], "invalid choice"),
         (["run", "--backend", "simulated", "--simulate", "eight H100s"], "COUNTxDEVICE NAME"),
+        (
+            ["run", "--backend", "simulated", "--simulate", "1xNVIDIA H100 80GB HBM3[mig=5g.50gb]"],
+            "unknown MIG profile '5g.50gb'",
+        ),
+        (["run", "--backend", "simulated", "--simulate", "1xNVIDIA L4[mig=1g.5gb]"], "NVIDIA L4 has no MIG"),
         (["run", "--backend", "simulated", "--fault", "lost:9"], "no simulated GPU 9"),
         (["run", "--backend", "simulated", "--fault", "melt:1"], "bad --fault"),
         (
