@@ -253,8 +253,10 @@ class NvmlBackend:
         again what it answers (utilisation is NotSupported in MIG mode only), GPM restarts."""
         if mode == gpu.mig_mode:
             return
-        if gpu.mig_mode is not None or mode:
+        if gpu.mig_mode is not None:
             log.warning("GPU %d (%s): MIG mode %s", gpu.index, gpu.identity.uuid, "on" if mode else "off")
+        elif mode:
+            log.info("GPU %d (%s) is in MIG mode", gpu.index, gpu.identity.uuid)
         if gpu.mig_mode is not None:
             self.gateway.forget(gpu.index)
             gpu.process_utilization.clear()
