@@ -485,6 +485,12 @@ class Fleet:
             ),
         )
         yield "mfu_gpu_up", "gauge", per_gpu(lambda g: 1.0 if g.up else 0.0, self.gpus)
+        # no GPU of the fleet is in MIG mode: the A100s and H100s say 0, the others have no MIG
+        yield (
+            "mfu_gpu_mig_mode",
+            "gauge",
+            per_gpu(lambda g: 0.0 if g.up and ("A100" in g.model or "H100" in g.model) else None, self.gpus),
+        )
 
         def gpu_mfu(g: Gpu) -> float | None:
             """Every rank's and dtype's part on the GPU; absent when no rank on it has an MFU."""
