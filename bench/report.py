@@ -241,6 +241,14 @@ def mig_tables(x: dict) -> str:
             f"{shown} |"
         )
     nvml = x["sampler"].get("nvml_fake", {})
+    if "outside_fake" in nvml:
+        o = nvml["outside_fake"]
+        w, m, d = o["whole"], o["mig"], o["devices"]
+        out.append(
+            f"| nvml_fake without the fake's own time | {_ms(w['median'])} ({_ms(w['p99'])}) | "
+            f"{_ms(m['median'])} ({_ms(m['p99'])}) | {d['whole']} / {d['mig']} | {o['ratio_median']:.2f} | "
+            f"{o['ratio_per_device']:.2f} | - |"
+        )
     if "nvml_calls_per_tick_by_symbol" in nvml:
         by = nvml["nvml_calls_per_tick_by_symbol"]
         out.append("")

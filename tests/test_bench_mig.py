@@ -41,6 +41,9 @@ def test_sampler_compares_mig_with_whole_gpus_and_counts_nvml_calls(result):
         for kind in ("whole", "mig"):
             assert row[kind]["n"] > 0 and row[kind]["median"] > 0
         assert row["ratio_median"] > 0 and row["ratio_per_device"] > 0
+    outside = s["nvml_fake"]["outside_fake"]  # the tick less the fake's own time
+    for kind in ("whole", "mig"):
+        assert 0 < outside[kind]["median"] < s["nvml_fake"][kind]["median"]
     calls = s["nvml_fake"]["nvml_calls_per_tick"]
     assert 0 < calls["whole"] < calls["mig"]
     by_symbol = s["nvml_fake"]["nvml_calls_per_tick_by_symbol"]
