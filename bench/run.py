@@ -1,7 +1,7 @@
 """mfu-agent performance benchmarks, each against a baseline measured in the same run.
 
-    .venv/bin/python -m bench.run                  # full run, about 13 minutes on 2 cores
-    .venv/bin/python -m bench.run --quick          # about 3 minutes, for a smoke check
+    .venv/bin/python -m bench.run                  # full run, about 18 minutes on 2 cores
+    .venv/bin/python -m bench.run --quick          # about 4 minutes, for a smoke check
     .venv/bin/python -m bench.run --json out.json  # raw numbers as JSON too
     .venv/bin/python -m bench.run --only scrape client --standing-seconds 300
     .venv/bin/python -m bench.run --only mig       # 8 GPUs x 7 MIG devices against 8 whole GPUs
@@ -123,7 +123,7 @@ def targets(results: dict) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorter runs (about 3 minutes in all)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (about 4 minutes in all)")
     parser.add_argument("--json", metavar="PATH", help="write every raw number to PATH as JSON")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument(
