@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from mfu_agent.gpu.nvml_backend import MIG_RESCAN_TICKS
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -47,7 +49,9 @@ def test_sampler_compares_mig_with_whole_gpus_and_counts_nvml_calls(result):
     calls = s["nvml_fake"]["nvml_calls_per_tick"]
     assert 0 < calls["whole"] < calls["mig"]
     by_symbol = s["nvml_fake"]["nvml_calls_per_tick_by_symbol"]
-    assert by_symbol["mig"]["nvmlDeviceGetMigDeviceHandleByIndex"] == 56  # the slots, read every tick
+    # the 56 slots are enumerated once every MIG_RESCAN_TICKS ticks, the MIG devices read every tick
+    assert by_symbol["mig"]["nvmlDeviceGetMigDeviceHandleByIndex"] == pytest.approx(56 / MIG_RESCAN_TICKS)
+    assert by_symbol["mig"]["nvmlDeviceGetMemoryInfo_v2"] == 64
     assert "nvmlDeviceGetMigDeviceHandleByIndex" not in by_symbol["whole"]
 
 

@@ -12,7 +12,7 @@ from metrics_text import one, values
 from prometheus_client import generate_latest
 
 from mfu_agent.agent import Agent, AgentOptions
-from mfu_agent.gpu.nvml_backend import NvmlBackend
+from mfu_agent.gpu.nvml_backend import MIG_RESCAN_TICKS, NvmlBackend
 from mfu_agent.jobs.errors import ReportRejected
 from mfu_agent.jobs.rank import ReportData
 
@@ -145,12 +145,20 @@ def test_mig_mode_and_mig_devices_are_followed_while_the_agent_runs():
         assert one(text, "mfu_gpu_peak_flops", mig_profile="3g.40gb", dtype="bf16") == pytest.approx(
             H100_SXM_BF16 * big.sm_count / 132
         )
-        # the 1g.10gb instance is destroyed, a 2g.20gb created
+        # the 1g.10gb instance is destroyed: gone at the next tick, since its handle stops answering
+        fake.devices[0].mig_devices = [big]
+        text = tick(agent, clock)
+        assert {dict(k).get("mig_profile") for k in _info_labels(text)} == {None, "3g.40gb"}
+        # a 2g.20gb is created: seen within MIG_RESCAN_TICKS ticks (the slots are not read every tick)
         fake.devices[0].mig_devices = [big, *mig_devices(["2g.20gb"])]
         fake.devices[0].mig_devices[1].gpu_instance_id = 5
-        text = tick(agent, clock)
-        profiles = {dict(k).get("mig_profile") for k in _info_labels(text)}
-        assert profiles == {None, "3g.40gb", "2g.20gb"}
+        seen_after = None
+        for ticks in range(1, MIG_RESCAN_TICKS + 1):
+            text = tick(agent, clock)
+            if {dict(k).get("mig_profile") for k in _info_labels(text)} == {None, "3g.40gb", "2g.20gb"}:
+                seen_after = ticks
+                break
+        assert seen_after is not None
         # MIG mode off: the devices go, the GPU's own utilisation comes back
         fake.devices[0].mig_mode = 0
         fake.devices[0].mig_devices = []

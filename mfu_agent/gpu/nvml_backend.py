@@ -25,6 +25,10 @@ from .nvml import (
 log = logging.getLogger(__name__)
 
 GPM_MIN_GAP_SECONDS = 0.1  # NVML needs GPM samples more than 100 ms apart
+# MIG devices are enumerated (slot handles and UUIDs) every this many ticks, and at once when MIG mode
+# changes or a MIG device stops answering; between, the known devices are read. Instances created or
+# destroyed while the mode stays on are therefore seen within this many ticks.
+MIG_RESCAN_TICKS = 5
 # A process's utilisation figure is held while NVML has no newer sample for it (NotFound), for at
 # most this many ticks after its last new sample; then it is dropped (absent), never shown stale.
 PROCESS_UTILIZATION_HOLD_TICKS = 3
@@ -64,6 +68,7 @@ class _Gpu:
     process_utilization: dict[int, tuple[float, float, int]] = field(default_factory=dict)
     mig_mode: bool | None = None  # None until read, and for a GPU without MIG
     migs: dict[int, _Mig] = field(default_factory=dict)  # MIG slot -> device, while in MIG mode
+    mig_rescan_in: int = 0  # ticks until the MIG slots are enumerated again (0: this tick)
 
 
 class NvmlBackend:
@@ -269,6 +274,7 @@ class NvmlBackend:
         for mig in gpu.migs.values():
             self._free_gpm(mig.key, mig.gpm)
         gpu.migs = {}
+        gpu.mig_rescan_in = 0
 
     @staticmethod
     def _ordered_migs(gpu: _Gpu) -> list[_Mig]:
@@ -279,8 +285,25 @@ class NvmlBackend:
         return sorted(gpu.migs.values(), key=order)
 
     def _read_migs(self, gpu: _Gpu) -> list[GpuReading]:
-        """Enumerates the MIG slots each tick (instances are created and destroyed at run time), then
-        reads each MIG device. A slot is re-identified when its handle or UUID changed."""
+        """Reads each MIG device, after enumerating the MIG slots when due (MIG_RESCAN_TICKS)."""
+        if gpu.mig_rescan_in <= 0:
+            self._enumerate_migs(gpu)
+            gpu.mig_rescan_in = MIG_RESCAN_TICKS
+        gpu.mig_rescan_in -= 1
+        readings = [self._read_mig(gpu, mig) for mig in self._ordered_migs(gpu)]
+        if gpu.mig_rescan_in < MIG_RESCAN_TICKS - 1 and any(
+            r.up and r.memory_total_bytes is None for r in readings
+        ):
+            # A known MIG device stopped answering (destroyed?): enumerate now rather than export it
+            # as up with no readings.
+            self._enumerate_migs(gpu)
+            gpu.mig_rescan_in = MIG_RESCAN_TICKS - 1
+            readings = [self._read_mig(gpu, mig) for mig in self._ordered_migs(gpu)]
+        return readings
+
+    def _enumerate_migs(self, gpu: _Gpu) -> None:
+        """Finds the MIG devices in the GPU's slots (instances are created and destroyed at run time).
+        A slot is re-identified when its handle or UUID changed."""
         gw, i, h = self.gateway, gpu.index, gpu.handle
         found: dict[int, _Mig] = {}
         for slot in range(gw.mig_slots(i, h)):
@@ -312,7 +335,6 @@ class NvmlBackend:
                     self._free_gpm(gone.key, gone.gpm)
                 log.info("GPU %d: MIG device %s is gone", i, gone.identity.uuid)
         gpu.migs = found
-        return [self._read_mig(gpu, mig) for mig in self._ordered_migs(gpu)]
 
     def _identify_mig(self, gpu: _Gpu, key: str, handle: Any) -> _Mig | None:
         gw = self.gateway
