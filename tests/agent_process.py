@@ -29,6 +29,7 @@ class AgentProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[str] | None = None
+        self.output: str | None = None  # everything it printed, once stopped
         self.control_path: Path | None = None  # the fake NVML's control file (tests/fake_nvml_agent.py)
         self._seq = 0
 
@@ -65,15 +66,19 @@ class AgentProcess:
         return out
 
     def stop(self) -> str:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.stdout.read() if self.proc and self.proc.stdout else ""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = self.proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        return out
+        """SIGTERM (unless it exited), then the process's whole output; again on later calls."""
+        if self.proc is None:
+            return ""
+        if self.output is None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                out, _ = self.proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                out, _ = self.proc.communicate()
+            self.output = out
+        return self.output
 
     def __enter__(self) -> AgentProcess:
         return self.start()

@@ -23,11 +23,16 @@ def healthz() -> str:
     return "ok\n"
 
 
-@router.get("/readyz", summary="Readiness: the first GPU snapshot exists", response_class=PlainTextResponse)
+@router.get(
+    "/readyz",
+    summary="Readiness: a fresh GPU snapshot exists and NVML answers",
+    response_class=PlainTextResponse,
+)
 def readyz(request: Request) -> Response:
-    if request.app.state.agent.ready:
+    reason = request.app.state.agent.readiness()
+    if not reason:
         return PlainTextResponse("ready\n")
-    return PlainTextResponse("waiting for the first GPU sample\n", status_code=503)
+    return PlainTextResponse(reason + "\n", status_code=503)
 
 
 @router.get("/v1/gpus", summary="The latest GPU snapshot as JSON")
