@@ -257,6 +257,9 @@ def test_a_stale_snapshot_is_exported_down_with_the_age_of_its_readings(fake_nvm
     ready = asyncio.run(ask("/readyz"))
     assert ready.status_code == 503 and ready.text.count("\n") == 1 and "stuck" in ready.text
     assert asyncio.run(ask("/healthz")).status_code == 200
+    body = asyncio.run(ask("/v1/gpus")).json()
+    assert body["nvml_up"] is False and "stuck" in body["unavailable_reason"]
+    assert [(g["up"], g["power_watts"]) for g in body["gpus"]] == [(False, None)] * 8
     text = rig.tick(0)
     assert values(text, "mfu_gpu_up") == [1.0] * 8
     assert values(text, "mfu_gpu_reading_age_seconds") == [0.0] * 8

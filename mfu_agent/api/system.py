@@ -37,7 +37,7 @@ def readyz(request: Request) -> Response:
 
 @router.get("/v1/gpus", summary="The latest GPU snapshot as JSON")
 def gpus(request: Request) -> Any:
-    snapshot = request.app.state.agent.sampler.latest
+    snapshot = request.app.state.agent.snapshot()  # as exported: GPUs down once it is stale
     if snapshot is None:
         return JSONResponse({"detail": "no GPU sample yet"}, status_code=503)
     return {
@@ -45,6 +45,8 @@ def gpus(request: Request) -> Any:
         "driver_version": snapshot.driver_version,
         "backend": snapshot.backend,
         "sample_duration_seconds": snapshot.sample_duration_seconds,
+        "nvml_up": snapshot.nvml_up,
+        "unavailable_reason": snapshot.unavailable_reason,
         "gpus": [_gpu_json(g) for g in snapshot.gpus],
     }
 
