@@ -423,6 +423,7 @@ class Fleet:
         yield "mfu_agent_sample_failures_total", "counter", per_node(lambda n: (0.0, 0.0))
         yield "mfu_agent_sample_duration_seconds", "gauge", per_node(lambda n: (0.012, 0.0))
         yield "mfu_agent_last_sample_timestamp_seconds", "gauge", per_node(lambda n: (-0.4, 1.0))
+        yield "mfu_agent_nvml_up", "gauge", per_node(lambda n: (1.0, 0.0))
         yield "mfu_agent_tracked_ranks", "gauge", per_node(lambda n: (float(ranks_on[n]), 0.0))
         yield (
             "mfu_agent_reports_total",
@@ -491,6 +492,8 @@ class Fleet:
             "gauge",
             per_gpu(lambda g: 0.0 if g.up and ("A100" in g.model or "H100" in g.model) else None, self.gpus),
         )
+        # a GPU down was last read an hour ago
+        yield "mfu_gpu_reading_age_seconds", "gauge", per_gpu(lambda g: 0.4 if g.up else 3600.0, self.gpus)
 
         def gpu_mfu(g: Gpu) -> float | None:
             """Every rank's and dtype's part on the GPU; absent when no rank on it has an MFU."""
