@@ -240,10 +240,9 @@ def make_backend(kind: str, simulate: str, faults: list[str], seed: int = 0):
 def serve(
     args: argparse.Namespace, backend, token: str | None, overrides: dict[str, dict[str, float]]
 ) -> int:
-    import uvicorn
-
     from .agent import Agent, AgentOptions
     from .app import create_app
+    from .server import limits_for, make_server, raise_open_file_limit
 
     options = AgentOptions(
         interval=args.interval,
@@ -268,9 +267,10 @@ def serve(
         if token:
             os.environ.setdefault("MFU_AGENT_TOKEN", token)
     app = create_app(agent, on_started=job.start if job else None, on_stopping=job.stop if job else None)
+    limits = limits_for(raise_open_file_limit())
+    log.debug("at most %d connections", limits.max_connections)
     log.info("mfu-agent %s serving on http://%s:%d (backend %s)", __version__, host, port, backend.name)
-    config = uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=False)
-    server = uvicorn.Server(config)
+    server = make_server(app, host, port, args.log_level, limits)
     server.run()
     return 0 if server.started else 1
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
+from starlette.requests import ClientDisconnect
 
 from ..jobs.registry import RankView, ReportData, ReportRejected
 from ..jobs.rollup import peak_weighted, per_gpu
@@ -180,10 +181,13 @@ async def post_reports(request: Request) -> JSONResponse:
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
         return _error(413, "too_large", agent, f"body over {MAX_BODY_BYTES} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            return _error(413, "too_large", agent, f"body over {MAX_BODY_BYTES} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return _error(413, "too_large", agent, f"body over {MAX_BODY_BYTES} bytes")
+    except ClientDisconnect:  # gone (or cut off by the server's request deadline): nobody to answer
+        return JSONResponse({"error": "the client went away before sending the whole body"}, 400)
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
