@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI
 from . import __version__
 from .agent import Agent
 from .api import reports, system
+from .api.drain import DrainRequestBody
 
 
 def create_app(
@@ -39,6 +40,7 @@ def create_app(
         lifespan=lifespan,
         description="GPU telemetry and live model FLOPs utilisation, as Prometheus metrics.",
     )
+    app.add_middleware(DrainRequestBody)
     app.state.agent = agent
     app.include_router(system.router)
     app.include_router(reports.router)

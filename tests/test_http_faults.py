@@ -1,14 +1,18 @@
 """The HTTP server under abuse, through a real agent process and real sockets (docs/reliability.md):
-idle connections past the open-file limit, slowloris headers, slow bodies."""
+idle connections past the open-file limit, slowloris headers, slow bodies, over-limit bodies from
+clients that write everything before reading, and JSON nested too deep."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import resource
 import selectors
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +20,10 @@ import httpx
 import pytest
 from agent_process import AgentProcess
 
+from mfu_agent.api.reports import MAX_BODY_BYTES, MAX_REPORTS_IN_FLIGHT
 from mfu_agent.server import HEADER_TIMEOUT, REQUEST_TIMEOUT
+
+REPORT = {"job_id": "j", "rank": 0, "gpus": [0], "model_flops_total": 1.0}
 
 
 @contextlib.contextmanager
@@ -168,3 +175,82 @@ def test_slowloris_headers_and_stalled_bodies_are_cut_off():
         assert set(health) == {200}
     out = agent.output
     assert "Traceback" not in out and "ERROR" not in out, out[-3000:]
+
+
+def test_report_bodies_being_read_at_once_are_bounded_and_the_rest_told_to_retry():
+    with AgentProcess() as agent:
+        stalled = []
+        for _ in range(MAX_REPORTS_IN_FLIGHT):
+            sock = socket.create_connection(("127.0.0.1", agent.port))
+            sock.sendall(
+                b"POST /v1/reports HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n" + b'{"job_id":'
+            )
+            stalled.append(sock)
+        deadline = time.monotonic() + 30
+        response = httpx.post(agent.url + "/v1/reports", json=REPORT, timeout=30)
+        while response.status_code == 202 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            response = httpx.post(agent.url + "/v1/reports", json=REPORT, timeout=30)
+        assert response.status_code == 429 and response.headers["retry-after"] == "1"
+        assert "retry" in response.json()["error"]
+        assert httpx.get(agent.url + "/metrics", timeout=30).status_code == 200
+        for sock in stalled:
+            sock.close()
+        deadline = time.monotonic() + 30
+        while response.status_code == 429 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            response = httpx.post(agent.url + "/v1/reports", json=REPORT, timeout=30)
+        assert response.status_code == 202, "the slots come back when those clients go away"
+    out = agent.output
+    assert "Traceback" not in out, out[-3000:]
+
+
+def _urlopen(url: str, data, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize("mib", [4, 8])
+def test_an_over_limit_body_written_whole_before_reading_gets_its_413(mib, tmp_path):
+    # urllib writes the whole body, then reads the answer, and sends Connection: close.
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    body = json.dumps({**REPORT, "labels": {"pod": "p" * 200}, "pad": "x" * (mib << 20)}).encode()
+    assert len(body) > MAX_BODY_BYTES
+    with AgentProcess("--report-token-file", str(token)) as agent:
+        url = agent.url + "/v1/reports"
+        auth = {"Authorization": "Bearer s3cret"}
+        status, answer = _urlopen(url, body, auth)  # Content-Length over the limit
+        assert (status, answer) == (413, {"error": f"body over {MAX_BODY_BYTES} bytes"})
+        chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))  # chunked: no length
+        status, answer = _urlopen(url, chunks, auth)
+        assert (status, answer) == (413, {"error": f"body over {MAX_BODY_BYTES} bytes"})
+        status, answer = _urlopen(url, body, {"Authorization": "Bearer wrong"})  # refused before reading
+        assert (status, answer) == (401, {"error": "missing or wrong bearer token"})
+        assert _urlopen(url, json.dumps(REPORT).encode(), auth)[0] == 202
+    out = agent.output
+    assert "Traceback" not in out, out[-3000:]
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_json_nested_too_deep_gets_400(depth):
+    with AgentProcess() as agent:
+        url = agent.url + "/v1/reports"
+        for body in ("[" * depth + "]" * depth, '{"a":' * depth + "1" + "}" * depth):
+            response = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=30)
+            assert response.status_code == 400, response.text
+            assert "nested too deeply" in response.json()["error"]
+        # Deep, but within what the JSON parser takes: a field of the wrong type, not a crash.
+        deep = {**REPORT, "labels": {"pod": json.loads("[" * 400 + "]" * 400)}}
+        response = httpx.post(url, json=deep, timeout=30)
+        assert response.status_code == 422 and response.json()["field"] == "labels.pod"
+        assert httpx.post(url, json=REPORT, timeout=30).status_code == 202
+    out = agent.output
+    assert "Traceback" not in out, out[-3000:]
