@@ -34,9 +34,12 @@ REQUEST_TIMEOUT = 30.0  # seconds from a request's headers to the end of its res
 KEEP_ALIVE_TIMEOUT = 5  # seconds an idle connection is kept (uvicorn's default)
 MAX_CONNECTIONS = 4096  # about 5 KiB of memory each while idle
 FD_RESERVE = 64  # file descriptors left for everything but client connections (NVML, files)
-# Pending connections the kernel queues, and the most asyncio accepts in one go: a burst of accepts
-# takes its file descriptors before the connections it pushes out have given theirs back.
-BACKLOG = 128
+# asyncio accepts up to `backlog` connections at each wake-up, and a connection pushed out to make room
+# gives its descriptor back only a few wake-ups later: accepting few at a time keeps that overshoot
+# small, and ACCEPT_HEADROOM descriptors cover it. The kernel still queues LISTEN_BACKLOG connections.
+ACCEPT_BATCH = 16
+ACCEPT_HEADROOM = 8 * ACCEPT_BATCH
+LISTEN_BACKLOG = 1024
 MAX_HEADER_BYTES = 16 * 1024  # a request's headers; more gets 400 (h11's default, made explicit)
 WARN_EVERY = 60.0
 
@@ -72,7 +75,7 @@ def limits_for(open_files: int | None) -> Limits:
     """The connection cap for an open-file limit: MAX_CONNECTIONS, or fewer where the limit is low."""
     if open_files is None:
         return Limits()
-    return Limits(max_connections=max(8, min(MAX_CONNECTIONS, open_files - FD_RESERVE - BACKLOG)))
+    return Limits(max_connections=max(8, min(MAX_CONNECTIONS, open_files - FD_RESERVE - ACCEPT_HEADROOM)))
 
 
 class _Shared:
@@ -210,6 +213,14 @@ class Server(uvicorn.Server):
         asyncio.get_running_loop().set_exception_handler(_loop_exception_handler)
         await super().serve(sockets)
 
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        # uvicorn gives asyncio's accept batch to listen() as well: queue more in the kernel.
+        for server in getattr(self, "servers", []):
+            for listener in server.sockets or ():
+                with listener.dup() as sock:
+                    sock.listen(LISTEN_BACKLOG)
+
 
 def make_server(app: Any, host: str, port: int, log_level: str, limits: Limits | None = None) -> Server:
     config = uvicorn.Config(
@@ -223,6 +234,6 @@ def make_server(app: Any, host: str, port: int, log_level: str, limits: Limits |
         timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_graceful_shutdown=10,
-        backlog=BACKLOG,
+        backlog=ACCEPT_BATCH,
     )
     return Server(config)

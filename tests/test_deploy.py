@@ -485,10 +485,10 @@ def test_systemd_unit_requires_a_report_token_as_a_credential() -> None:
 
 
 def test_systemd_unit_raises_the_open_file_limit() -> None:
-    from mfu_agent.server import BACKLOG, FD_RESERVE, MAX_CONNECTIONS
+    from mfu_agent.server import ACCEPT_HEADROOM, FD_RESERVE, MAX_CONNECTIONS
 
     service = _unit(SYSTEMD_DIR / "mfu-agent.service")["Service"]
-    assert int(service["LimitNOFILE"]) >= MAX_CONNECTIONS + BACKLOG + FD_RESERVE
+    assert int(service["LimitNOFILE"]) >= MAX_CONNECTIONS + ACCEPT_HEADROOM + FD_RESERVE
 
 
 def test_systemd_unit_is_hardened_without_breaking_nvml() -> None:
