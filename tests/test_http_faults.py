@@ -258,3 +258,28 @@ def test_json_nested_too_deep_gets_400(depth):
         assert httpx.post(url, json=REPORT, timeout=30).status_code == 202
     out = agent.output
     assert "Traceback" not in out, out[-3000:]
+
+
+def test_accept_errors_for_want_of_descriptors_are_logged_once_a_minute(caplog):
+    # Should the agent still run out of descriptors, asyncio would log each retry of accept() with a
+    # traceback (tens of MB a minute); the agent's handler logs one line a minute instead.
+    import asyncio
+    import errno
+
+    from mfu_agent.server import _loop_exception_handler
+
+    loop = asyncio.new_event_loop()
+    passed_on = []
+    loop.default_exception_handler = passed_on.append  # type: ignore[method-assign]
+    try:
+        emfile = OSError(errno.EMFILE, "Too many open files")
+        for _ in range(1000):
+            _loop_exception_handler(
+                loop, {"message": "socket.accept() out of system resource", "exception": emfile}
+            )
+        _loop_exception_handler(loop, {"message": "something else", "exception": ValueError("x")})
+    finally:
+        loop.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "mfu_agent.server"]
+    assert lines == ["cannot accept connections: Too many open files (logged once a minute)"]
+    assert [c["message"] for c in passed_on] == ["something else"], "anything else goes to asyncio's handler"
