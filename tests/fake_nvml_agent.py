@@ -12,6 +12,8 @@ line, each applied once, in order of its "seq" (1, 2, ...):
     {"seq": 4, "action": "release"}                 every hang; "symbol": one
     {"seq": 5, "action": "add_device", "device": {FakeDevice fields}}   (device optional)
     {"seq": 6, "action": "remove_device", "index": 1}
+    {"seq": 7, "action": "queue_xid", "index": 0, "xid": 79, "count": 500}   FakeNvml.queue_xid, `count`
+                                                    times (default 1); "xid" may be a list of codes
 
 After each poll it writes PATH.status (atomically): {"applied": the last seq applied, "blocked": calls
 blocked in a hang now, "devices": the UUIDs by index, "errors": commands that failed}.
@@ -58,6 +60,11 @@ def apply(fake: FakeNvml, command: dict[str, Any]) -> None:
         fake.add_device(device(command.get("device", {})))
     elif action == "remove_device":
         fake.remove_device(command["index"])
+    elif action == "queue_xid":
+        codes = command["xid"] if isinstance(command["xid"], list) else [command["xid"]]
+        for _ in range(command.get("count", 1)):
+            for code in codes:
+                fake.queue_xid(command["index"], code)
     else:
         raise ValueError(f"unknown action {action!r}")
 
