@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 LISTEN ?= 127.0.0.1:8469
 
-.PHONY: install install-test prometheus deploy-tools demo run test lint bench bench-rules clean
+.PHONY: install install-test prometheus deploy-tools demo run test lint bench bench-rules soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ bench: install-test prometheus
 # The rule groups at fleet scale alone (2,048 nodes): about 6 minutes; BENCH_ARGS=--quick for about 1.5.
 bench-rules: install-test prometheus
 	$(BIN)/python -m bench.rules_scale $(BENCH_ARGS)
+
+# The soak (docs/reliability.md#soak): one agent under every fault at once for 10 minutes;
+# SOAK_ARGS="--minutes 3" for a shorter one, SOAK_ARGS="--json soak.json" for every sample.
+soak: install-test
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
