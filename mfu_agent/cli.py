@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=_env_list("fault", []),
         help="simulated fault, repeatable: lost:GPU, busy-idle:GPU, throttle:GPU, ecc:GPU, "
-        "shared:GPU, xid:GPU:CODE (env MFU_AGENT_FAULT, comma-separated)",
+        "shared:GPU, xid:GPU:CODE, xid-storm:GPU (10,000 XID 79s and 10,000 distinct codes) "
+        "(env MFU_AGENT_FAULT, comma-separated)",
     )
 
     demo = commands.add_parser(
