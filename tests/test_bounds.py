@@ -1,12 +1,22 @@
-"""Bounded everything: XID folding and rate-limited logs, in-process and on a clock the test moves."""
+"""Bounded everything, in-process and on a clock the test moves: the series budget, eviction of ranks
+that stopped reporting before any new rank is refused, final reports, XID folding and rate-limited
+logs. The same bounds through real agent processes: tests/test_bounds_process.py."""
 
 from __future__ import annotations
 
 import logging
 
+import pytest
+from metrics_text import samples
+from prometheus_client import generate_latest
+
+from mfu_agent.agent import Agent, AgentOptions
 from mfu_agent.events import XID_CATALOGUE, EventCounter
 from mfu_agent.gpu.model import GpuEvent
+from mfu_agent.gpu.simulated import SimulatedBackend
+from mfu_agent.jobs.registry import STALLED_SECONDS, JobRegistry, ReportData, ReportRejected
 from mfu_agent.logs import RepeatedLog
+from mfu_agent.sampler import Sampler
 
 
 class Clock:
@@ -15,6 +25,200 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@pytest.fixture
+def snapshot():
+    return Sampler(SimulatedBackend("8xNVIDIA H100 80GB HBM3")).sample_once()
+
+
+def report(rank: int, flops: float = 1e15, job_id: str = "j", **kw) -> ReportData:
+    return ReportData(
+        job_id=job_id,
+        rank=rank,
+        model_flops=kw.pop("model_flops", {"bf16": flops}),
+        gpus=kw.pop("gpus", (rank % 8,)),
+        instance=kw.pop("instance", f"sender-{job_id}-{rank}"),
+        interval=kw.pop("interval", 1.0),
+        **kw,
+    )
+
+
+def full_report(rank: int, t: float, gpus: tuple[int, ...], job_id: str = "full") -> ReportData:
+    """A rank with every series there is: mixed precision, hardware FLOPs, tokens, samples, a step,
+    labels, two GPUs."""
+    return report(
+        rank,
+        job_id=job_id,
+        model_flops={"fp8": 4e14 * t, "bf16": 1e14 * t},
+        hardware_flops={"fp8": 5e14 * t, "bf16": 2e14 * t},
+        tokens_total=1e3 * t,
+        samples_total=2.0 * t,
+        step=int(t),
+        timestamp=t,
+        gpus=gpus,
+        labels=(("hostname", "node-1"), ("pod", f"trainer-{rank}")),
+    )
+
+
+# --- --max-ranks: eviction before refusal ------------------------------------------------------------
+
+
+def test_a_new_rank_is_refused_only_while_no_rank_has_stopped_and_the_longest_silent_goes_first(snapshot):
+    clock = Clock()
+    registry = JobRegistry(max_ranks=3, clock=clock)
+    for rank in range(3):  # one report each, a second apart, every one saying it reports every second
+        registry.apply([report(rank)], snapshot)
+        clock.now += 1
+    clock.now -= 0.5  # rank 0 silent 2.5 s: under 3 of its intervals; nobody may be evicted
+    with pytest.raises(ReportRejected) as caught:
+        registry.apply([report(0, job_id="new")], snapshot)
+    assert caught.value.status == 429 and "--max-ranks" in caught.value.message
+    assert "at most 3" in caught.value.message and len(registry) == 3
+    clock.now += 1.0  # rank 0 silent 3.5 s, rank 1 2.5 s
+    registry.apply([report(0, job_id="new")], snapshot)
+    assert sorted((v.job_id, v.rank) for v in registry.views()) == [("j", 1), ("j", 2), ("new", 0)]
+    assert registry.removed["silent"] == 1 and registry.removed["ttl"] == 0
+
+
+def test_a_flood_that_stops_does_not_block_new_jobs_for_the_ttl(snapshot):
+    clock = Clock()
+    registry = JobRegistry(max_ranks=64, rank_ttl_seconds=600, clock=clock)
+    refused = 0
+    for batch in range(625):  # 10,000 distinct pairs in batches of 16
+        try:
+            registry.apply([report(r, job_id=f"flood-{batch}") for r in range(16)], snapshot)
+        except ReportRejected as exc:
+            assert exc.status == 429
+            refused += 1
+        clock.now += 0.01
+    assert len(registry) <= 64 and refused > 0
+    clock.now += 3.1  # the flood stopped: three of its intervals later, far short of the TTL
+    registry.apply([report(r, job_id="real-job") for r in range(8)], snapshot)
+    assert {v.job_id for v in registry.views()} >= {"real-job"} and len(registry) <= 64
+    assert registry.removed["silent"] >= 8 and registry.removed["ttl"] == 0
+
+
+def test_a_rank_stalled_for_minutes_can_be_evicted_but_a_progressing_one_cannot(snapshot):
+    clock = Clock()
+    registry = JobRegistry(max_ranks=2, rank_ttl_seconds=3600, clock=clock)
+    for t in range(0, int(STALLED_SECONDS) + 30, 10):  # both report every 10 s; rank 0 at the same step
+        clock.now = 80_000.0 + t
+        registry.apply([report(0, timestamp=1000.0, interval=10.0)], snapshot)
+        registry.apply([report(1, 1e15 + t, timestamp=1000.0 + t, interval=10.0)], snapshot)
+    registry.apply([report(2, job_id="new", interval=10.0)], snapshot)
+    assert {(v.job_id, v.rank) for v in registry.views()} == {("j", 1), ("new", 2)}
+    assert registry.removed["stalled"] == 1
+
+
+def test_a_rank_in_the_batch_is_never_evicted_to_make_room_for_it(snapshot):
+    clock = Clock()
+    registry = JobRegistry(max_ranks=1, clock=clock)
+    registry.apply([report(0)], snapshot)
+    clock.now += 10  # rank 0 silent: evictable, but it is in the batch
+    with pytest.raises(ReportRejected):
+        registry.apply([report(0, 2e15), report(1)], snapshot)
+    assert [(v.rank, v.totals) for v in registry.views()] == [(0, {("model_flops", "bf16"): 1e15})]
+
+
+def test_the_eviction_heap_stays_bounded_while_ranks_come_and_go(snapshot):
+    clock = Clock()
+    registry = JobRegistry(rank_ttl_seconds=5, clock=clock)
+    for job in range(2000):
+        registry.apply([report(r, job_id=f"short-{job}") for r in range(4)], snapshot)
+        clock.now += 0.5
+    assert len(registry) <= 48
+    assert len(registry._evictable) <= 2 * len(registry) + 64
+
+
+# --- --max-series -------------------------------------------------------------------------------------
+
+
+def test_the_series_budget_refuses_new_ranks_and_growth_naming_the_budget(snapshot):
+    clock = Clock()
+    one_rank = JobRegistry(clock=clock)
+    one_rank.apply([report(0, gpus=tuple(range(8)))], snapshot)
+    per_rank = one_rank.ledger.total  # a rank on 8 GPUs, with its job's series
+    registry = JobRegistry(max_series=3 * per_rank + 50, other_series=lambda: 50, clock=clock)
+    for rank in range(3):
+        registry.apply([report(rank, job_id=f"j{rank}", gpus=tuple(range(8)))], snapshot)
+    assert registry.ledger.total == 3 * per_rank
+    with pytest.raises(ReportRejected) as caught:
+        registry.apply([report(3, job_id="j3", gpus=tuple(range(8)))], snapshot)
+    message = caught.value.message
+    assert caught.value.status == 429 and f"at most {3 * per_rank + 50:,} (--max-series)" in message
+    # Ranks already there keep reporting, but may not grow past the budget either.
+    registry.apply([report(0, 2e15, job_id="j0", gpus=tuple(range(8)))], snapshot)
+    mixed = {"bf16": 3e15, "fp8": 1.0}  # a new dtype: a peak, an MFU and a counter more on each GPU
+    with pytest.raises(ReportRejected):
+        registry.apply([report(0, job_id="j0", model_flops=mixed, gpus=tuple(range(8)))], snapshot)
+    assert registry.ledger.total == 3 * per_rank
+
+
+def test_the_series_estimate_matches_a_real_render():
+    """The ranks' estimate is exact for ranks with every series; the rest is an upper bound of the
+    node's series. A family added without its count in jobs/budget.py or metrics/cardinality.py fails."""
+    backend = SimulatedBackend("2xNVIDIA H100 80GB HBM3,1xNVIDIA Imaginary X9")
+    backend.set_processes(0, [(11, 1024), (12, 2048)])
+    backend.set_shared(1)
+    agent = Agent(backend, AgentOptions())
+    for code in (79, 79, 13, 99_999):
+        agent.events.add(GpuEvent(0, "GPU-a", "xid", code))
+    agent.events.add(GpuEvent(1, "GPU-b", "double_bit_ecc"))
+    snapshot = agent.sampler.sample_once()
+    for t in (100.0, 110.0):
+        agent.jobs.apply(
+            [full_report(0, t, (0, 1)), full_report(1, t, (1,)), full_report(0, t, (0,), job_id="other")],
+            snapshot,
+        )
+    agent.count_reports("accepted", 6)
+    found = samples(generate_latest(agent.registry).decode())
+    ranks = sum(1 for name, _ in found if name.startswith("mfu_job_"))
+    assert ranks == agent.jobs.series(), "every series of a rank with everything is counted"
+    rest = len(found) - ranks
+    assert rest <= agent.other_series() <= rest * 1.25
+
+
+def test_the_estimate_follows_ranks_that_move_grow_and_go(snapshot):
+    clock = Clock()
+    registry = JobRegistry(clock=clock, rank_ttl_seconds=60)
+    registry.apply([report(0, gpus=(0,)), report(1, gpus=(1,))], snapshot)
+    two = registry.ledger.total
+    registry.apply([report(0, 2e15, gpus=(2, 3))], snapshot)  # moves to two other GPUs
+    registry.apply([report(0, 3e15, gpus=(2, 3), model_flops={"bf16": 3e15, "fp8": 1e12})], snapshot)
+    assert registry.ledger.total > two
+    registry.apply([report(1, final=True)], snapshot)
+    clock.now += 61
+    assert registry.views() == [] and registry.ledger.total == 0
+
+
+# --- final report -----------------------------------------------------------------------------------
+
+
+def test_a_final_report_is_applied_then_its_rank_dropped(snapshot, tmp_path):
+    from mfu_agent.jobs.state import StateStore
+
+    registry = JobRegistry()
+    registry.apply([report(0, 1e15), report(1, 1e15)], snapshot)
+    assert registry.apply([report(0, 3e15, final=True)], snapshot) == 1
+    ((key, view),) = [((v.job_id, v.rank), v) for v in registry.views()]
+    assert key == ("j", 1) and registry.removed["final"] == 1
+    store = StateStore(tmp_path, registry, "n")
+    assert store.save()
+    restored = JobRegistry()
+    assert StateStore(tmp_path, restored, "n").load() == 1 and [v.rank for v in restored.views()] == [1]
+    # A final report of a rank the agent does not track is accepted and leaves nothing behind.
+    before = registry.ledger.total
+    assert registry.apply([report(7, final=True)], snapshot) == 1
+    assert len(registry) == 1 and registry.ledger.total == before
+
+
+def test_a_final_report_from_another_sender_is_refused(snapshot):
+    registry = JobRegistry()
+    registry.apply([report(0, instance="owner")], snapshot)
+    with pytest.raises(ReportRejected) as caught:
+        registry.apply([report(0, instance="intruder", final=True)], snapshot)
+    assert caught.value.status == 409 and len(registry) == 1
 
 
 # --- XIDs and logs ----------------------------------------------------------------------------------

@@ -140,7 +140,9 @@ def job_families(
     yield from (step, peak, unknown, mfu, hfu, tokens_rate, last, first)
 
 
-def report_families(outcomes: dict[str, int], tracked: int) -> Iterator[Metric]:
+def report_families(
+    outcomes: dict[str, int], tracked: int, evictions: dict[str, int], series: int, budget: int
+) -> Iterator[Metric]:
     reports = CounterMetricFamily(
         "mfu_agent_reports",
         "Reports received, by outcome (a rejected request counts once however many reports it held).",
@@ -151,4 +153,21 @@ def report_families(outcomes: dict[str, int], tracked: int) -> Iterator[Metric]:
     yield reports
     yield GaugeMetricFamily(
         "mfu_agent_tracked_ranks", "(job_id, rank) pairs the agent is tracking.", value=tracked
+    )
+    evicted = CounterMetricFamily(
+        "mfu_agent_rank_evictions",
+        "Ranks the agent stopped tracking, by reason: ttl (silent past --rank-ttl), silent or stalled "
+        "(evicted to make room for a new rank), final (the sender's final report).",
+        labels=["reason"],
+    )
+    for reason, count in sorted(evictions.items()):
+        evicted.add_metric([reason], count)
+    yield evicted
+    yield GaugeMetricFamily(
+        "mfu_agent_series_budget", "Most series /metrics may carry (--max-series).", value=budget
+    )
+    yield GaugeMetricFamily(
+        "mfu_agent_series_estimate",
+        "Series /metrics carries now, as the agent counts them to admit ranks (an upper bound).",
+        value=series,
     )
