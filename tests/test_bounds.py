@@ -14,6 +14,7 @@ from mfu_agent.agent import Agent, AgentOptions
 from mfu_agent.events import XID_CATALOGUE, EventCounter
 from mfu_agent.gpu.model import GpuEvent
 from mfu_agent.gpu.simulated import SimulatedBackend
+from mfu_agent.jobs.budget import footprint, job_series
 from mfu_agent.jobs.registry import STALLED_SECONDS, JobRegistry, ReportData, ReportRejected
 from mfu_agent.logs import RepeatedLog
 from mfu_agent.sampler import Sampler
@@ -179,6 +180,69 @@ def test_the_series_estimate_matches_a_real_render():
     assert rest <= agent.other_series() <= rest * 1.25
 
 
+def from_scratch(registry: JobRegistry) -> int:
+    """The ranks' and jobs' series counted afresh from the registry's state."""
+    states = registry._ranks.values()
+    total = sum(
+        footprint(
+            s.gpus,
+            sum(c == "model_flops" for c, _ in s.totals),
+            sum(c == "hardware_flops" for c, _ in s.totals),
+            len(s.gpu_totals),
+            s.step is not None,
+            ("tokens", "") in s.totals,
+        ).series
+        for s in states
+    )
+    models: dict[str, set[str]] = {}
+    for s in states:
+        models.setdefault(s.job_id, set()).update(g.model for g in s.gpus)
+    return total + sum(job_series(len(m)) for m in models.values())
+
+
+def test_the_estimate_is_never_below_the_render_whatever_ranks_send():
+    """Random reports (GPUs that change, counters and dtypes that come and go, steps, final reports,
+    evictions): the running count stays equal to a count from scratch, and never below what /metrics
+    shows."""
+    import random
+
+    rng = random.Random(11)
+    clock = Clock()
+    agent = Agent(SimulatedBackend("4xNVIDIA H100 80GB HBM3"), AgentOptions(max_ranks=12))
+    agent.jobs._clock = clock
+    snapshot = agent.sampler.sample_once()
+    for i in range(400):
+        clock.now += rng.choice((0.5, 2.0, 5.0))
+        kw = {}
+        if rng.random() < 0.5:
+            kw["hardware_flops"] = {rng.choice(("bf16", "fp8")): 1e14 * i}
+        if rng.random() < 0.3:
+            kw["tokens_total"] = 10.0 * i
+        if rng.random() < 0.2:
+            kw["samples_total"] = 1.0 * i
+        if rng.random() < 0.3:
+            kw["step"] = i
+        dtypes = rng.sample(("bf16", "fp8", "fp16"), rng.randint(1, 2))
+        gpus = tuple(rng.sample(range(4), rng.randint(1, 3)))
+        rank = report(
+            rng.randrange(16),
+            job_id=rng.choice(("a", "b", "c")),
+            model_flops={d: 1e15 * i for d in dtypes},
+            gpus=gpus,
+            timestamp=1000.0 + i,
+            final=rng.random() < 0.05,
+            **kw,
+        )
+        try:
+            agent.jobs.apply([rank], snapshot)
+        except ReportRejected as exc:
+            assert exc.status in (409, 429)
+        if i % 25 == 0:
+            found = samples(generate_latest(agent.registry).decode())
+            assert sum(1 for name, _ in found if name.startswith("mfu_job_")) <= agent.jobs.series()
+            assert agent.jobs.series() == from_scratch(agent.jobs)
+
+
 def test_the_estimate_follows_ranks_that_move_grow_and_go(snapshot):
     clock = Clock()
     registry = JobRegistry(clock=clock, rank_ttl_seconds=60)
@@ -187,6 +251,12 @@ def test_the_estimate_follows_ranks_that_move_grow_and_go(snapshot):
     registry.apply([report(0, 2e15, gpus=(2, 3))], snapshot)  # moves to two other GPUs
     registry.apply([report(0, 3e15, gpus=(2, 3), model_flops={"bf16": 3e15, "fp8": 1e12})], snapshot)
     assert registry.ledger.total > two
+    assert registry.ledger.total == from_scratch(registry)
+    # Tokens on GPU 0, then on GPU 1 without, then with again: a counter series more on GPU 1.
+    registry.apply([report(1, 2.0, gpus=(0,), tokens_total=5.0)], snapshot)
+    registry.apply([report(1, 3.0, gpus=(1,))], snapshot)
+    registry.apply([report(1, 4.0, gpus=(1,), tokens_total=6.0)], snapshot)
+    assert registry.ledger.total == from_scratch(registry)
     registry.apply([report(1, final=True)], snapshot)
     clock.now += 61
     assert registry.views() == [] and registry.ledger.total == 0

@@ -3,15 +3,17 @@
 The registry asks, before it applies a report, what the report would add; a report that would take
 the agent past --max-series is refused (after ranks that stopped reporting are evicted), so the
 budget holds whatever clients send. The figures are upper bounds of what metrics/jobs.py and
-metrics/rollups.py export (a series that needs two reports, a known peak or a step is counted
-before it exists); tests/test_bounds.py checks them against a real render, so a family added there
-without its count here fails.
+metrics/rollups.py export: the MFU and HFU gauges and the rates, which need two reports and a known
+peak, are counted from the first report, so that no later report of the same shape can add series;
+tests/test_bounds.py checks them against a real render, so a family added there without its count
+here fails.
 
-Per rank, on each GPU it uses now: `mfu_job_info`, `_step`, `_tokens_per_second`,
-`_last_report_timestamp_seconds`, `_first_report_timestamp_seconds` (PER_RANK_GPU), one
-`mfu_job_peak_flops` or `_peak_flops_unknown` per dtype it reports, one `mfu_job_mfu_ratio` per dtype
-of its model FLOPs and one `mfu_job_hfu_ratio` per dtype of its hardware FLOPs; one counter series
-per (GPU it has counters on, counter and dtype); and PER_RANK rollups. Per job on the node:
+Per rank, on each GPU it uses now: `mfu_job_info`, `_last_report_timestamp_seconds` and
+`_first_report_timestamp_seconds` (PER_RANK_GPU), `mfu_job_step` once it sent a step,
+`_tokens_per_second` once it sent tokens, one `mfu_job_peak_flops` or `_peak_flops_unknown` per dtype
+it reports, one `mfu_job_mfu_ratio` per dtype of its model FLOPs and one `mfu_job_hfu_ratio` per dtype
+of its hardware FLOPs; one counter series per (GPU it has counters on, counter and dtype); and
+PER_RANK rollups, plus `mfu_job_rank_hfu_ratio` once it sent hardware FLOPs. Per job on the node:
 PER_JOB, plus PER_JOB_MODEL per GPU model its ranks use here.
 """
 
@@ -24,8 +26,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .rank import GpuShare
 
-PER_RANK_GPU = 5
-PER_RANK = 4  # mfu_job_rank_{mfu,hfu}_ratio, _last_progress_timestamp_seconds, _last_report_timestamp_seconds
+PER_RANK_GPU = 3
+PER_RANK = 3  # mfu_job_rank_mfu_ratio, _last_progress_timestamp_seconds, _last_report_timestamp_seconds
 PER_JOB = 3  # mfu_job_node_{model_flops,tokens}_per_second, _first_report_timestamp_seconds
 PER_JOB_MODEL = 4  # mfu_job_node_{peak_flops,mfu_ratio,hfu_ratio,gpus}
 
@@ -42,11 +44,18 @@ NOTHING = Footprint(0, frozenset())
 
 
 def footprint(
-    gpus: tuple[GpuShare, ...], model_dtypes: int, hardware_dtypes: int, gpu_counters: int
+    gpus: tuple[GpuShare, ...],
+    model_dtypes: int,
+    hardware_dtypes: int,
+    gpu_counters: int,
+    step: bool = False,
+    tokens: bool = False,
 ) -> Footprint:
-    """`gpu_counters`: the (GPU, counter, dtype) triples the rank has counters for."""
-    per_gpu = sum(PER_RANK_GPU + len(g.peaks) for g in gpus) + len(gpus) * (model_dtypes + hardware_dtypes)
-    return Footprint(per_gpu + gpu_counters + PER_RANK, frozenset(g.model for g in gpus))
+    """`gpu_counters`: the (GPU, counter, dtype) triples the rank has counters for; `step`, `tokens`:
+    whether it has sent a step, tokens."""
+    per_gpu = PER_RANK_GPU + model_dtypes + hardware_dtypes + step + tokens
+    series = sum(per_gpu + len(g.peaks) for g in gpus) + gpu_counters + PER_RANK + (hardware_dtypes > 0)
+    return Footprint(series, frozenset(g.model for g in gpus))
 
 
 def job_series(models: int) -> int:

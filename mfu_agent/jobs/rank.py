@@ -109,10 +109,10 @@ class RankState:
     last_progress: float = 0.0  # receive time of the last report whose sender time moved forward
     restarts: int = 0
     history: deque[Point] = field(default_factory=lambda: deque(maxlen=HISTORY_SLOTS))
-    # What the rank puts on /metrics (jobs/budget.py), and the GPUs and counter keys of the report it
-    # was last computed for: a report of the same shape adds no series.
+    # What the rank puts on /metrics (jobs/budget.py), and the shape it was last computed for (its GPUs,
+    # its counter keys, whether it sent a step): a report of the same shape adds no series.
     footprint: Footprint | None = None  # None: not counted yet
-    shape: tuple[tuple[GpuShare, ...], frozenset[CounterKey]] | None = None
+    shape: tuple[tuple[GpuShare, ...], frozenset[CounterKey], bool] | None = None
 
     @property
     def key(self) -> tuple[str, int]:

@@ -216,7 +216,8 @@ class JobRegistry:
                     state = self._ranks[key]
                     self.ledger.change(key[0], state.footprint, fp)
                     state.footprint = fp
-                    state.shape = (state.gpus, frozenset(last.raw_counters()))
+                    # Every (GPU, counter) pair of this last report now has a series.
+                    state.shape = (state.gpus, frozenset(last.raw_counters()), state.step is not None)
             self.changes += 1
         return len(reports)
 
@@ -239,16 +240,21 @@ class JobRegistry:
             key = (report.job_id, report.rank)
             state = ranks.get(key)
             shape = state.shape if state is not None else None
-            same_shape = shape is not None and gpus == shape[0] and raw.keys() <= shape[1]
+            same_shape = (
+                shape is not None
+                and gpus == shape[0]
+                and raw.keys() <= shape[1]
+                and (report.step is None or shape[2])
+            )
             if not same_shape or report.final or key in changing:  # (in changing: twice in the batch)
                 changing[key] = (report, NOTHING)
         if not changing:
             return changing
-        items: dict[tuple[str, int], list[tuple[tuple[GpuShare, ...], dict[CounterKey, float]]]] = {}
+        items: dict[tuple[str, int], list[tuple[tuple[GpuShare, ...], dict[CounterKey, float], bool]]] = {}
         for report, gpus, raw in zip(reports, shares, raws, strict=True):
             key = (report.job_id, report.rank)
             if key in changing:
-                items.setdefault(key, []).append((gpus, raw))
+                items.setdefault(key, []).append((gpus, raw, report.step is not None))
                 changing[key] = (report, NOTHING)  # the last report of the key
         for key, (last, _) in changing.items():
             changing[key] = (last, NOTHING if last.final else _footprint_after(ranks.get(key), items[key]))
@@ -513,7 +519,8 @@ class JobRegistry:
                 if now - s.last_received > self.ttl or s.key in self._ranks:
                     continue
                 self._ranks[s.key] = s
-                s.footprint = footprint((), 0, 0, len(s.gpu_totals))
+                hardware = sum(1 for counter, _ in s.totals if counter == "hardware_flops")
+                s.footprint = footprint((), 0, hardware, len(s.gpu_totals))  # on no GPU until it reports
                 self.ledger.change(s.job_id, None, s.footprint)
                 self._schedule(s)
                 self._oldest_received = min(self._oldest_received, s.last_received)
@@ -522,17 +529,19 @@ class JobRegistry:
 
 
 def _footprint_after(
-    state: RankState | None, items: list[tuple[tuple[GpuShare, ...], dict[CounterKey, float]]]
+    state: RankState | None, items: list[tuple[tuple[GpuShare, ...], dict[CounterKey, float], bool]]
 ) -> Footprint:
-    """What the rank will put on /metrics after these (GPUs, counters) of its reports."""
+    """What the rank will put on /metrics after these (GPUs, counters, step sent) of its reports."""
     keys: set[CounterKey] = set(state.last_raw) if state is not None else set()
     pairs: set[tuple[str, CounterKey]] = set(state.gpu_totals) if state is not None else set()
-    for gpus, raw in items:
+    step = state is not None and state.step is not None
+    for gpus, raw, has_step in items:
         keys.update(raw)
         pairs.update((g.uuid, k) for g in gpus for k in raw)
+        step = step or has_step
     model = sum(1 for counter, _ in keys if counter == "model_flops")
     hardware = sum(1 for counter, _ in keys if counter == "hardware_flops")
-    return footprint(items[-1][0], model, hardware, len(pairs))
+    return footprint(items[-1][0], model, hardware, len(pairs), step, ("tokens", "") in keys)
 
 
 def _durable_copy(s: RankState) -> RankState:
