@@ -353,3 +353,31 @@ def test_repeated_log_kinds_are_bounded(caplog):
     assert len(messages) == 11
     assert messages[-1] == "lines of other kinds: 990 more in the last 60 s"
     assert len(repeated._kinds) <= 11
+
+
+# --- /metrics at the budget: streamed -------------------------------------------------------------
+
+
+def test_metrics_are_streamed_family_by_family_and_are_the_librarys_bytes():
+    import httpx
+    from conftest import serve
+    from prometheus_client.exposition import choose_encoder
+
+    from mfu_agent.metrics.exposition import CHUNK_BYTES, stream
+
+    agent = Agent(SimulatedBackend("4xNVIDIA H100 80GB HBM3"), AgentOptions())  # no threads: a still page
+    snapshot = agent.sampler.sample_once()
+    for t in (100.0, 110.0):
+        reports = [full_report(r, t, (r % 4, (r + 1) % 4), job_id=f"j{r // 8}") for r in range(256)]
+        agent.jobs.apply(reports, snapshot)
+    with serve(agent, manage_agent=False) as url, httpx.Client(base_url=url, timeout=30) as client:
+        for accept in ("", "application/openmetrics-text;version=1.0.0"):
+            library = choose_encoder(accept)[0](agent.registry)
+            chunks, content_type = stream(agent.registry, accept)
+            chunks = list(chunks)
+            assert b"".join(chunks) == library
+            assert len(chunks) > 1 and all(len(c) >= CHUNK_BYTES for c in chunks[:-1])
+            with client.stream("GET", "/metrics", headers={"accept": accept}) as response:
+                assert response.headers["transfer-encoding"] == "chunked"
+                assert response.headers["content-type"] == content_type
+                assert response.read() == library

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..gpu.model import GpuReading, Snapshot
 from ..gpu.peaks import device_peaks
@@ -68,6 +68,11 @@ class RankView:
     last_received: float
     last_progress: float
     restarts: int
+    # gpu_utilisation's answers: a scrape asks for each (GPU, counter) seven times (per rank and GPU,
+    # per rank, per job, per GPU), and a view never changes.
+    _figures: dict[tuple[str, str], dict[str, float] | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def has(self, counter: str) -> bool:
         return any(k[0] == counter for k in self.totals)
@@ -76,7 +81,16 @@ class RankView:
         return sorted(d for c, d in self.totals if c == counter)
 
     def gpu_utilisation(self, gpu: GpuShare, counter: str = "model_flops") -> dict[str, float] | None:
-        """{dtype: part of this rank's MFU (or HFU) on `gpu`}; None without rates or a known peak."""
+        """{dtype: part of this rank's MFU (or HFU) on `gpu`}; None without rates or a known peak.
+        The dict is shared between callers: read it, never change it."""
+        key = (gpu.uuid, counter)
+        try:
+            return self._figures[key]
+        except KeyError:
+            parts = self._figures[key] = self._gpu_utilisation(gpu, counter)
+            return parts
+
+    def _gpu_utilisation(self, gpu: GpuShare, counter: str) -> dict[str, float] | None:
         if self.rates is None or not self.has(counter) or not self.gpus:
             return None
         parts: dict[str, float] = {}
