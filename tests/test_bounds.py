@@ -122,6 +122,19 @@ def test_a_rank_in_the_batch_is_never_evicted_to_make_room_for_it(snapshot):
     assert [(v.rank, v.totals) for v in registry.views()] == [(0, {("model_flops", "bf16"): 1e15})]
 
 
+def test_a_refused_report_evicts_nobody(snapshot):
+    clock = Clock()
+    registry = JobRegistry(max_ranks=2, clock=clock)
+    registry.apply([report(0)], snapshot)
+    clock.now += 10
+    registry.apply([report(1)], snapshot)  # rank 0 silent, rank 1 not
+    with pytest.raises(ReportRejected):  # two new ranks: evicting rank 0 would not be enough
+        registry.apply([report(0, job_id="new"), report(1, job_id="new")], snapshot)
+    assert sorted(v.rank for v in registry.views()) == [0, 1] and registry.removed["silent"] == 0
+    registry.apply([report(0, job_id="new")], snapshot)  # one new rank: rank 0 makes room
+    assert sorted((v.job_id, v.rank) for v in registry.views()) == [("j", 1), ("new", 0)]
+
+
 def test_the_eviction_heap_stays_bounded_while_ranks_come_and_go(snapshot):
     clock = Clock()
     registry = JobRegistry(rank_ttl_seconds=5, clock=clock)

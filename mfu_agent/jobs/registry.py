@@ -232,6 +232,7 @@ class JobRegistry:
                     state.footprint = fp
                     # Every (GPU, counter) pair of this last report now has a series.
                     state.shape = (state.gpus, frozenset(last.raw_counters()), state.step is not None)
+            self._compact()
             self.changes += 1
         return len(reports)
 
@@ -249,7 +250,7 @@ class JobRegistry:
         reporting if need be; raises 429 where they have not. A report of the shape its rank had
         before costs a comparison: O(1)."""
         ranks = self._ranks
-        changing: dict[tuple[str, int], tuple[ReportData, Footprint]] = {}
+        changed: dict[tuple[str, int], ReportData] = {}  # the changing ranks, and their last report
         for report, gpus, raw in zip(reports, shares, raws, strict=True):
             key = (report.job_id, report.rank)
             state = ranks.get(key)
@@ -260,18 +261,20 @@ class JobRegistry:
                 and raw.keys() <= shape[1]
                 and (report.step is None or shape[2])
             )
-            if not same_shape or report.final or key in changing:  # (in changing: twice in the batch)
-                changing[key] = (report, NOTHING)
-        if not changing:
-            return changing
+            if not same_shape or report.final:
+                changed[key] = report
+        if not changed:
+            return {}
         items: dict[tuple[str, int], list[tuple[tuple[GpuShare, ...], dict[CounterKey, float], bool]]] = {}
         for report, gpus, raw in zip(reports, shares, raws, strict=True):
             key = (report.job_id, report.rank)
-            if key in changing:
+            if key in changed:
                 items.setdefault(key, []).append((gpus, raw, report.step is not None))
-                changing[key] = (report, NOTHING)  # the last report of the key
-        for key, (last, _) in changing.items():
-            changing[key] = (last, NOTHING if last.final else _footprint_after(ranks.get(key), items[key]))
+                changed[key] = report
+        changing = {
+            key: (report, NOTHING if report.final else _footprint_after(ranks.get(key), items[key]))
+            for key, report in changed.items()
+        }
         keep = {(r.job_id, r.rank) for r in reports}
         for attempt in range(3):
             # A final report adds nothing: its rank goes once the report is applied.
@@ -313,11 +316,12 @@ class JobRegistry:
         return state.footprint if state is not None and state.footprint is not None else NOTHING
 
     def _evict(self, now: float, ranks: int, series: int, keep: Iterable[tuple[str, int]]) -> bool:
-        """Evicts ranks that may be evicted (the longest evictable first) until `ranks` ranks and
-        `series` series are free, never one of `keep`. Returns whether it evicted any."""
+        """Evicts ranks that may be evicted (the longest evictable first) to free `ranks` ranks and
+        `series` series, never one of `keep`; evicts none when those would not be enough, so that a
+        refused report changes nothing. Returns whether it evicted any."""
         heap, at = self._evictable, self._evictable_at
         kept: list[tuple[float, tuple[str, int]]] = []
-        evicted = 0
+        chosen: list[tuple[float, tuple[str, int]]] = []
         keep = set(keep)
         while (ranks > 0 or series > 0) and heap and heap[0][0] <= now:
             due, key = heapq.heappop(heap)
@@ -332,8 +336,17 @@ class JobRegistry:
                 at[key] = actual
                 heapq.heappush(heap, (actual, key))
                 continue
+            chosen.append((due, key))
+            ranks -= 1
+            series -= state.footprint.series if state.footprint is not None else 0  # its job's: a bonus
+        if ranks > 0 or series > 0:
+            kept += chosen
+            chosen = []
+        for entry in kept:
+            heapq.heappush(heap, entry)
+        for _, key in chosen:
+            state = self._ranks[key]
             silent = now - state.last_received > SILENT_INTERVALS * (state.interval or DEFAULT_INTERVAL)
-            before = self.ledger.total
             self._remove(key, "silent" if silent else "stalled")
             self._log.log(
                 ("evicted", silent),
@@ -345,12 +358,7 @@ class JobRegistry:
                 else f"no progress for {now - (state.last_progress or state.last_received):.0f} s",
                 repeat=f"ranks evicted to make room for new ones ({'silent' if silent else 'stalled'})",
             )
-            ranks -= 1
-            series -= before - self.ledger.total
-            evicted += 1
-        for entry in kept:
-            heapq.heappush(heap, entry)
-        return evicted > 0
+        return bool(chosen)
 
     @staticmethod
     def _evictable_time(state: RankState) -> float:
@@ -372,7 +380,11 @@ class JobRegistry:
         self._evictable_at.pop(key, None)
         self.removed[reason] += 1
         self.changes += 1
-        if len(self._evictable) > 2 * len(self._ranks) + 64:  # entries of ranks that went
+
+    def _compact(self) -> None:
+        """Drops the heap entries of ranks that went, once they outnumber the live ones (not while
+        _evict walks the heap)."""
+        if len(self._evictable) > 2 * len(self._ranks) + 64:
             self._evictable = [(due, k) for k, due in self._evictable_at.items()]
             heapq.heapify(self._evictable)
 
@@ -481,6 +493,7 @@ class JobRegistry:
                 oldest = s.last_received
         for key in stale:
             self._remove(key, "ttl")
+        self._compact()
         self._oldest_received = oldest
 
     def views(self) -> list[RankView]:
