@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -107,31 +109,37 @@ def wait_http(port: int, path: str = "/healthz", timeout: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def server(kind: str, gpus: int = 8, extra: Sequence[str] = ()) -> Iterator[tuple[subprocess.Popen, int]]:
-    """Starts a server in its own process: "agent" (mfu-agent run, simulated GPUs) or "bare" (the
-    parse-only FastAPI app of bench.bare_server). Both run uvicorn with the same settings."""
+def server(
+    kind: str,
+    gpus: int = 8,
+    extra: Sequence[str] = (),
+    spec: str | None = None,
+    fake_nvml: dict | None = None,
+) -> Iterator[tuple[subprocess.Popen, int]]:
+    """Starts a server in its own process: "agent" (mfu-agent run, simulated GPUs: `gpus` H100s, or the
+    --simulate `spec`), "agent-fake-nvml" (mfu-agent run --backend nvml with the tests' fake
+    libnvidia-ml, tests/fake_nvml_agent.py, serving the devices of the `fake_nvml` config) or "bare"
+    (the parse-only FastAPI app of bench.bare_server). All run uvicorn with the same settings."""
     port = free_port()
+    env = None
+    config = None
+    common = ["--listen", f"127.0.0.1:{port}", "--log-level", "warning", *extra]
     if kind == "agent":
-        cmd = [
-            sys.executable,
-            "-m",
-            "mfu_agent.cli",
-            "run",
-            "--backend",
-            "simulated",
-            "--simulate",
-            f"{gpus}xNVIDIA H100 80GB HBM3",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-            *extra,
-        ]
+        simulate = spec or f"{gpus}xNVIDIA H100 80GB HBM3"
+        cmd = [sys.executable, "-m", "mfu_agent.cli", "run", "--backend", "simulated", "--simulate", simulate]
+        cmd += common
+    elif kind == "agent-fake-nvml":
+        fd, config = tempfile.mkstemp(prefix="mfu-bench-nvml-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(fake_nvml or {"devices": [{}] * gpus}, f)
+        cmd = [sys.executable, str(ROOT / "tests" / "fake_nvml_agent.py"), config, "run", "--backend", "nvml"]
+        cmd += common
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "tests")))}
     elif kind == "bare":
         cmd = [sys.executable, "-m", "bench.bare_server", "--port", str(port), *extra]
     else:
         raise ValueError(kind)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, env=env)
     try:
         wait_http(port)
         yield proc, port
@@ -142,6 +150,8 @@ def server(kind: str, gpus: int = 8, extra: Sequence[str] = ()) -> Iterator[tupl
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+        if config is not None:
+            os.unlink(config)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -423,6 +423,7 @@ class Fleet:
         yield "mfu_agent_sample_failures_total", "counter", per_node(lambda n: (0.0, 0.0))
         yield "mfu_agent_sample_duration_seconds", "gauge", per_node(lambda n: (0.012, 0.0))
         yield "mfu_agent_last_sample_timestamp_seconds", "gauge", per_node(lambda n: (-0.4, 1.0))
+        yield "mfu_agent_nvml_up", "gauge", per_node(lambda n: (1.0, 0.0))
         yield "mfu_agent_tracked_ranks", "gauge", per_node(lambda n: (float(ranks_on[n]), 0.0))
         yield (
             "mfu_agent_reports_total",
@@ -433,6 +434,17 @@ class Fleet:
                 for outcome, rate in (("accepted", 0.2), ("invalid", 0.0))
             ),
         )
+        yield (
+            "mfu_agent_rank_evictions_total",
+            "counter",
+            (
+                (_labels(_instance(n), ("reason", reason)), 0.0, 0.0, NEVER)
+                for n in nodes
+                for reason in ("final", "silent", "stalled", "ttl")
+            ),
+        )
+        yield "mfu_agent_series_budget", "gauge", per_node(lambda n: (100_000.0, 0.0))
+        yield "mfu_agent_series_estimate", "gauge", per_node(lambda n: (600.0 + 20.0 * ranks_on[n], 0.0))
         error = (("call", "nvmlDeviceGetPowerUsage"), ("error", "not_supported"))
         yield (
             "mfu_agent_nvml_errors_total",
@@ -485,6 +497,14 @@ class Fleet:
             ),
         )
         yield "mfu_gpu_up", "gauge", per_gpu(lambda g: 1.0 if g.up else 0.0, self.gpus)
+        # no GPU of the fleet is in MIG mode: the A100s and H100s say 0, the others have no MIG
+        yield (
+            "mfu_gpu_mig_mode",
+            "gauge",
+            per_gpu(lambda g: 0.0 if g.up and ("A100" in g.model or "H100" in g.model) else None, self.gpus),
+        )
+        # a GPU down was last read an hour ago
+        yield "mfu_gpu_reading_age_seconds", "gauge", per_gpu(lambda g: 0.4 if g.up else 3600.0, self.gpus)
 
         def gpu_mfu(g: Gpu) -> float | None:
             """Every rank's and dtype's part on the GPU; absent when no rank on it has an MFU."""

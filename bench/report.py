@@ -214,6 +214,9 @@ def tables(r: dict) -> str:
             if "median" in st:
                 calls = f"{st['nvml_calls_per_tick']:.0f}" if "nvml_calls_per_tick" in st else "-"
                 out.append(f"| {name} | {_ms(st['median'])} | {_ms(st['p99'])} | {calls} |")
+    if "mig" in r:
+        out.append("")
+        out.append(mig_tables(r["mig"]))
     if "budget" in r:
         out.append("")
         out.append(budget_tables(r["budget"]))
@@ -221,6 +224,79 @@ def tables(r: dict) -> str:
         out.append("")
         out.append(rules_tables(r["rules"]))
     return "\n".join(out) + "\n"
+
+
+def mig_tables(x: dict) -> str:
+    """The MIG section: 8 GPUs x 7 MIG devices against 8 whole GPUs (bench/mig.py)."""
+    out: list[str] = []
+    out.append("| sampler tick | whole GPUs median (p99) ms | MIG median (p99) ms | devices | MIG / whole "
+               "| per device | NVML calls per tick |")  # fmt: skip
+    out.append("|---|---|---|---|---|---|---|")
+    for name, row in x["sampler"].items():
+        if "ratio_median" not in row:
+            continue
+        w, m, d = row["whole"], row["mig"], row["devices"]
+        calls = row.get("nvml_calls_per_tick")
+        shown = f"{calls['whole']:.0f} / {calls['mig']:.0f}" if calls else "-"
+        out.append(
+            f"| {name} | {_ms(w['median'])} ({_ms(w['p99'])}) | {_ms(m['median'])} ({_ms(m['p99'])}) | "
+            f"{d['whole']} / {d['mig']} | {row['ratio_median']:.2f} | {row['ratio_per_device']:.2f} | "
+            f"{shown} |"
+        )
+    nvml = x["sampler"].get("nvml_fake", {})
+    if "outside_fake" in nvml:
+        o = nvml["outside_fake"]
+        w, m, d = o["whole"], o["mig"], o["devices"]
+        out.append(
+            f"| nvml_fake without the fake's own time | {_ms(w['median'])} ({_ms(w['p99'])}) | "
+            f"{_ms(m['median'])} ({_ms(m['p99'])}) | {d['whole']} / {d['mig']} | {o['ratio_median']:.2f} | "
+            f"{o['ratio_per_device']:.2f} | - |"
+        )
+    if "nvml_calls_per_tick_by_symbol" in nvml:
+        by = nvml["nvml_calls_per_tick_by_symbol"]
+        out.append("")
+        out.append("| NVML symbol | calls per tick, whole GPUs | calls per tick, MIG |")
+        out.append("|---|---|---|")
+        for name in sorted(set(by["whole"]) | set(by["mig"]), key=lambda n: -by["mig"].get(n, 0)):
+            out.append(f"| `{name}` | {by['whole'].get(name, 0):g} | {by['mig'].get(name, 0):g} |")
+    out.append("")
+    out.append("| ranks | series (whole GPUs) | text /metrics | text baseline | ratio | OpenMetrics /metrics "
+               "| OpenMetrics baseline | ratio | per series vs whole GPUs (text) |")  # fmt: skip
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    for row in x["scrape"]:
+        ns = row["ns"]
+
+        def cell(name: str, ns=ns) -> str:
+            return f"{_ms(ns[name]['median'])} ({_ms(ns[name]['p99'])})"
+
+        out.append(
+            f"| {row['ranks']} | {row['series']:,} ({row['whole_series']:,}) | {cell('agent_text')} | "
+            f"{cell('baseline_text')} | {row['ratio_text']:.2f} | {cell('agent_openmetrics')} | "
+            f"{cell('baseline_openmetrics')} | {row['ratio_openmetrics']:.2f} | "
+            f"{row['per_series_vs_whole_text']:.2f} |"
+        )
+    s = x["standing"]
+    out.append("")
+    out.append(
+        f"Standing ({s['seconds']:.0f} s after {s['warmup_seconds']:.0f} s warm-up, all processes side by "
+        f"side, {s['ranks']} ranks each posting every 1 s, a scrape every {s['scrape_every_seconds']:.0f} s):"
+    )
+    out.append("")
+    out.append("| process | CPU % of a core (thirds) | RSS max MiB | scrape ms (median) | scrape KiB |")
+    out.append("|---|---|---|---|---|")
+    for name in s["processes"]:
+        p = s[name]
+        thirds = ", ".join(f"{p['thirds'][k]['cpu_percent']:.2f}" for k in ("first", "middle", "last"))
+        scrapes = sorted(p["scrape_seconds"])
+        scrape = f"{scrapes[len(scrapes) // 2] * 1000:.1f}" if scrapes else "-"
+        out.append(
+            f"| {name} | {p['cpu_percent']:.2f} ({thirds}) | {p['rss_max_bytes'] / 2**20:.1f} | {scrape} | "
+            f"{p['scrape_bytes'] / 1024:.0f} |"
+        )
+    ratios = [f"{k}: x{v:.2f}" for k, v in s.items() if k.endswith("_cpu_ratio")]
+    out.append("")
+    out.append(f"CPU, MIG over whole GPUs: {', '.join(ratios)}. Posts delivered: {s['posts']}.")
+    return "\n".join(out)
 
 
 def budget_tables(b: dict) -> str:

@@ -1,9 +1,10 @@
 """mfu-agent performance benchmarks, each against a baseline measured in the same run.
 
-    .venv/bin/python -m bench.run                  # full run, about 13 minutes on 2 cores
-    .venv/bin/python -m bench.run --quick          # about 3 minutes, for a smoke check
+    .venv/bin/python -m bench.run                  # full run, about 18 minutes on 2 cores
+    .venv/bin/python -m bench.run --quick          # about 4 minutes, for a smoke check
     .venv/bin/python -m bench.run --json out.json  # raw numbers as JSON too
     .venv/bin/python -m bench.run --only scrape client --standing-seconds 300
+    .venv/bin/python -m bench.run --only mig       # 8 GPUs x 7 MIG devices against 8 whole GPUs
     .venv/bin/python -m bench.rules_scale [--quick]  # the rules section alone (with more options)
 
 Results and how to read them: docs/performance.md. Nothing here is a test: timings are reported,
@@ -25,10 +26,10 @@ if __package__ in (None, ""):  # `python bench/run.py` as well as `python -m ben
 
 import signal  # noqa: E402
 
-from bench import budget, client, ingest, rules_scale, sampler, scrape, standing  # noqa: E402
+from bench import budget, client, ingest, mig, rules_scale, sampler, scrape, standing  # noqa: E402
 from bench.common import machine  # noqa: E402
 
-SECTIONS = ("scrape", "ingest", "client", "standing", "million", "sampler", "budget", "rules")
+SECTIONS = ("scrape", "ingest", "client", "standing", "million", "sampler", "mig", "budget", "rules")
 
 
 def log(message: str) -> None:
@@ -111,6 +112,9 @@ def targets(results: dict) -> list[dict]:
         left = m["after_all_expired_blocks"]
         add("live memory blocks once every rank expired", left,
             f"< 5% of the peak {m['peak_blocks']:,}", left < 0.05 * m["peak_blocks"], "")  # fmt: skip
+    if "mig" in results:
+        for name, value, goal, ok, unit in mig.targets(results["mig"]):
+            add(name, value, goal, ok, unit)
     if "budget" in results:
         render, memory = results["budget"]["render"], results["budget"]["memory"]
         where = f"at the series budget ({render['series']:,} series)"
@@ -130,14 +134,15 @@ def targets(results: dict) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorter runs (about 3 minutes in all)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (about 4 minutes in all)")
     parser.add_argument("--json", metavar="PATH", help="write every raw number to PATH as JSON")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument(
         "--standing-seconds",
         type=float,
         default=None,
-        help="length of the standing-cost run (default 180; 30 with --quick; the issue's 5 minutes is 300)",
+        help="length of each standing-cost run, whole GPUs and MIG (default 180; 30 with --quick; "
+        "the issue's 5 minutes is 300)",
     )
     parser.add_argument(
         "--million",
@@ -175,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             results["million"] = standing.run_million(million, log)
         elif section == "sampler":
             results["sampler"] = sampler.run(args.quick, log)
+        elif section == "mig":
+            results["mig"] = mig.run(args.quick, standing_seconds, log)
         elif section == "budget":
             results["budget"] = budget.run(args.quick, log)
         elif section == "rules":

@@ -34,7 +34,8 @@ def _scrape(port: int) -> tuple[int, float]:
     return len(body), time.perf_counter() - started
 
 
-def _reporters(port: int, job: str) -> list[Reporter]:
+def _reporters(port: int, job: str, gpus: list[int | str] | None = None) -> list[Reporter]:
+    """RANKS reporters, rank r on GPU r, or on gpus[r] (a MIG device's UUID, say)."""
     return [
         Reporter(
             job_id=job,
@@ -44,7 +45,7 @@ def _reporters(port: int, job: str) -> list[Reporter]:
             rank=r,
             local_rank=r,
             world_size=RANKS,
-            gpus=[r],
+            gpus=[r if gpus is None else gpus[r]],
             interval=1.0,
         )
         for r in range(RANKS)
@@ -68,49 +69,70 @@ def _thirds(samples: list[tuple[float, float, int]]) -> dict:
 
 def run_process(seconds: float, log) -> dict:
     with server("agent", gpus=8) as (agent, agent_port), server("bare") as (bare, bare_port):
-        reporters = _reporters(agent_port, "standing") + _reporters(bare_port, "standing")
-        stop = threading.Event()
+        out = measure({"agent": (agent.pid, agent_port, None), "bare": (bare.pid, bare_port, None)}, seconds)
+    out["gpus"] = 8
+    out["cpu_ratio"] = (
+        out["agent"]["cpu_percent"] / out["bare"]["cpu_percent"] if out["bare"]["cpu_percent"] else None
+    )
+    out["cpu_difference_percent"] = out["agent"]["cpu_percent"] - out["bare"]["cpu_percent"]
+    out["rss_ratio"] = out["agent"]["rss_max_bytes"] / out["bare"]["rss_max_bytes"]
+    a, b = out["agent"], out["bare"]
+    mib = 2**20
+    first, last = a["thirds"]["first"]["rss_mean_bytes"] / mib, a["thirds"]["last"]["rss_mean_bytes"] / mib
+    log(
+        f"  {seconds:.0f} s: agent {a['cpu_percent']:.2f}% of a core, RSS {a['rss_max_bytes'] / mib:.1f} MiB "
+        f"(first third {first:.1f}, last {last:.1f}); "
+        f"bare {b['cpu_percent']:.2f}%, {b['rss_max_bytes'] / mib:.1f} MiB; posts {out['posts']}"
+    )
+    return out
 
-        def train() -> None:  # every rank steps 10 times a second
-            while not stop.wait(0.1):
-                for reporter in reporters:
-                    reporter.step()
 
-        stepper = threading.Thread(target=train, daemon=True)
-        stepper.start()
-        procs = {"agent": (agent.pid, agent_port), "bare": (bare.pid, bare_port)}
-        samples: dict[str, list[tuple[float, float, int]]] = {name: [] for name in procs}
-        scrapes: dict[str, list[float]] = {name: [] for name in procs}
-        scrape_bytes: dict[str, int] = {}
-        started = time.monotonic()
-        next_scrape = started + WARMUP / 2
-        try:
-            time.sleep(WARMUP)
-            end = time.monotonic() + seconds
-            while True:
-                now = time.monotonic()
-                for name, (pid, _) in procs.items():
-                    samples[name].append((now, cpu_seconds(pid), rss_bytes(pid)))
-                if now >= end:
-                    break
-                if now >= next_scrape:
-                    for name, (_, port) in procs.items():
-                        size, took = _scrape(port)
-                        scrapes[name].append(took)
-                        scrape_bytes[name] = size
-                    next_scrape += SCRAPE_EVERY
-                time.sleep(min(1.0, max(0.0, end - time.monotonic())))
-        finally:
-            stop.set()
-            stepper.join(5)
-            delivered = {
-                "agent": sum(r.stats["posts_ok"] for r in reporters[:RANKS]),
-                "bare": sum(r.stats["posts_ok"] for r in reporters[RANKS:]),
-                "failed": sum(r.stats["posts_failed"] for r in reporters),
-            }
-            for reporter in reporters:
-                reporter.close(timeout=0.5)
-    out: dict = {"seconds": seconds, "warmup_seconds": WARMUP, "ranks": RANKS, "gpus": 8,
+def measure(
+    procs: dict[str, tuple[int, int, list[int | str] | None]], seconds: float, warmup: float = WARMUP
+) -> dict:
+    """Runs RANKS reporters against each server {name: (pid, port, GPUs the ranks name or None)} and a
+    scrape of each every SCRAPE_EVERY seconds, all at once, so that they share the machine's noise;
+    reads each process's CPU time and RSS every second after `warmup` for `seconds`."""
+    reporters = {name: _reporters(port, "standing", gpus) for name, (_, port, gpus) in procs.items()}
+    everyone = [r for group in reporters.values() for r in group]
+    stop = threading.Event()
+
+    def train() -> None:  # every rank steps 10 times a second
+        while not stop.wait(0.1):
+            for reporter in everyone:
+                reporter.step()
+
+    stepper = threading.Thread(target=train, daemon=True)
+    stepper.start()
+    samples: dict[str, list[tuple[float, float, int]]] = {name: [] for name in procs}
+    scrapes: dict[str, list[float]] = {name: [] for name in procs}
+    scrape_bytes: dict[str, int] = {}
+    started = time.monotonic()
+    next_scrape = started + warmup / 2
+    try:
+        time.sleep(warmup)
+        end = time.monotonic() + seconds
+        while True:
+            now = time.monotonic()
+            for name, (pid, _, _) in procs.items():
+                samples[name].append((now, cpu_seconds(pid), rss_bytes(pid)))
+            if now >= end:
+                break
+            if now >= next_scrape:
+                for name, (_, port, _) in procs.items():
+                    size, took = _scrape(port)
+                    scrapes[name].append(took)
+                    scrape_bytes[name] = size
+                next_scrape += SCRAPE_EVERY
+            time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+    finally:
+        stop.set()
+        stepper.join(5)
+        delivered = {name: sum(r.stats["posts_ok"] for r in group) for name, group in reporters.items()}
+        delivered["failed"] = sum(r.stats["posts_failed"] for r in everyone)
+        for reporter in everyone:
+            reporter.close(timeout=0.5)
+    out: dict = {"seconds": seconds, "warmup_seconds": warmup, "ranks": RANKS,
                  "scrape_every_seconds": SCRAPE_EVERY, "posts": delivered}  # fmt: skip
     for name, rows in samples.items():
         (t0, c0, _), (t1, c1, _) = rows[0], rows[-1]
@@ -126,19 +148,6 @@ def run_process(seconds: float, log) -> dict:
             "scrape_seconds": scrapes[name],
             "scrape_bytes": scrape_bytes.get(name, 0),
         }
-    out["cpu_ratio"] = (
-        out["agent"]["cpu_percent"] / out["bare"]["cpu_percent"] if out["bare"]["cpu_percent"] else None
-    )
-    out["cpu_difference_percent"] = out["agent"]["cpu_percent"] - out["bare"]["cpu_percent"]
-    out["rss_ratio"] = out["agent"]["rss_max_bytes"] / out["bare"]["rss_max_bytes"]
-    a, b = out["agent"], out["bare"]
-    mib = 2**20
-    first, last = a["thirds"]["first"]["rss_mean_bytes"] / mib, a["thirds"]["last"]["rss_mean_bytes"] / mib
-    log(
-        f"  {seconds:.0f} s: agent {a['cpu_percent']:.2f}% of a core, RSS {a['rss_max_bytes'] / mib:.1f} MiB "
-        f"(first third {first:.1f}, last {last:.1f}); "
-        f"bare {b['cpu_percent']:.2f}%, {b['rss_max_bytes'] / mib:.1f} MiB; posts {delivered}"
-    )
     return out
 
 

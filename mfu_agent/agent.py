@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -13,7 +15,7 @@ from prometheus_client.core import Metric
 from . import __version__
 from .attribution import attribute_pid
 from .events import EventCounter, EventWatcher
-from .gpu.model import GpuBackend
+from .gpu.model import GpuBackend, GpuReading, Snapshot
 from .jobs.registry import DEFAULT_MAX_SERIES, JobRegistry, pid_alive
 from .jobs.state import StateStore
 from .metrics import MetricSource, make_registry
@@ -27,6 +29,12 @@ from .sampler import Sampler
 from .specs import PeakTable
 
 log = logging.getLogger(__name__)
+
+# A device's readings are exported while its last good reading is at most this old: the larger of
+# STALE_INTERVALS sampling intervals and STALE_MIN_SECONDS. Older, it is exported as down (info, up 0
+# and the reading's age only), also while the sampler is stuck in an NVML call that does not return.
+STALE_INTERVALS = 3
+STALE_MIN_SECONDS = 10.0
 
 
 @dataclass
@@ -71,10 +79,12 @@ class Agent:
         backend: GpuBackend,
         options: AgentOptions | None = None,
         extra_sources: list[MetricSource] | None = None,
+        clock=time.time,
     ) -> None:
         self.options = options or AgentOptions()
         self.backend = backend
-        self.sampler = Sampler(backend, self.options.interval)
+        self._clock = clock  # Unix time: of the snapshots, and of their age when exported
+        self.sampler = Sampler(backend, self.options.interval, clock)
         self.events = EventCounter()
         self.watcher = EventWatcher(backend, self.events)
         self.pods = PodLookup(self.options.proc_root)
@@ -103,6 +113,7 @@ class Agent:
             *(extra_sources or []),
         ]
         self.registry = make_registry(self.sources)
+        self.stale_after = max(STALE_INTERVALS * self.options.interval, STALE_MIN_SECONDS)
         self._running = False
 
     def start(self) -> None:
@@ -120,21 +131,54 @@ class Agent:
         self._running = False
         if self.state is not None:
             self.state.stop()
-        self.sampler.stop()
-        if self.watcher.stop():
+        # Bounded waits only: a driver call that never returns keeps its (daemon) thread, and the NVML
+        # buffers are left to process exit rather than freed under it.
+        sampler_stopped = self.sampler.stop()
+        events_stopped = self.watcher.stop()
+        if sampler_stopped and events_stopped:
             self.backend.close()
-        else:  # a driver call that never returns: leave the buffers to process exit rather than race it
-            log.warning("GPU event thread did not stop in time; skipping NVML clean-up")
+        else:
+            stuck = "the sampler" if not sampler_stopped else "the GPU event thread"
+            log.warning("%s is stuck in an NVML call; skipping NVML clean-up", stuck)
+
+    def snapshot(self, now: float | None = None) -> Snapshot | None:
+        """The latest snapshot as it may be exported at Unix time `now`: once it is older than
+        `stale_after`, every device in it is down (readings withheld) and NVML counts as unavailable."""
+        snapshot = self.sampler.latest
+        if snapshot is None:
+            return None
+        age = (self._clock() if now is None else now) - snapshot.taken_at
+        if age <= self.stale_after:
+            return snapshot
+        return dataclasses.replace(
+            snapshot,
+            gpus=tuple(_down(g) for g in snapshot.gpus),
+            nvml_up=False,
+            unavailable_reason=f"no GPU sample completed for {age:.0f} s (stale after "
+            f"{self.stale_after:g} s): the sampler is stuck, probably in an NVML call that does not return",
+        )
+
+    def readiness(self) -> str:
+        """Why the agent is not ready, in one line; "" when it is (NVML answers and the snapshot is fresh)."""
+        snapshot = self.snapshot()
+        if snapshot is None:
+            return "waiting for the first GPU sample"
+        if not snapshot.nvml_up:
+            if self.sampler.latest is not None and not self.sampler.latest.nvml_up:
+                return f"NVML is unavailable: {snapshot.unavailable_reason}"
+            return snapshot.unavailable_reason
+        return ""
 
     @property
     def ready(self) -> bool:
-        return self.sampler.latest is not None
+        return not self.readiness()
 
     def _gpu_metrics(self) -> Iterable[Metric]:
-        snapshot = self.sampler.latest
+        now = self._clock()
+        snapshot = self.snapshot(now)
         if snapshot is not None:
             self.pods.keep_only(p.pid for g in snapshot.gpus for p in (g.processes or ()))
-        return gpu_families(snapshot, self.events.snapshot(), self.pods)
+        return gpu_families(snapshot, self.events.snapshot(), self.pods, now=now)
 
     def count_reports(self, outcome: str, count: int) -> None:
         with self._outcomes_lock:
@@ -156,8 +200,9 @@ class Agent:
         yield from job_families(views, self.pods)
         yield from rank_rollup_families(views)
         yield from job_node_families(views)
-        yield from gpu_rollup_families(views, self.sampler.latest)
-        yield from gpu_peak_families(self.sampler.latest, self.peaks)
+        snapshot = self.snapshot()
+        yield from gpu_rollup_families(views, snapshot)
+        yield from gpu_peak_families(snapshot, self.peaks)
         with self._outcomes_lock:
             outcomes = dict(self._report_outcomes)
         yield from report_families(
@@ -170,12 +215,21 @@ class Agent:
 
     def _agent_metrics(self) -> Iterable[Metric]:
         gateway = getattr(self.backend, "gateway", None)
+        current = self.snapshot()
         return agent_families(
             version=__version__,
             backend=self.backend.name,
             node=self.options.node_name,
             snapshot=self.sampler.latest,
+            nvml_up=current.nvml_up if current is not None else None,
             ticks=self.sampler.ticks_total,
             failures=self.sampler.failures_total,
             nvml_errors=gateway.errors_snapshot() if gateway else {},
         )
+
+
+def _down(gpu: GpuReading) -> GpuReading:
+    """The device as exported when its reading is too old: identity and up=False, nothing else."""
+    return GpuReading(
+        identity=gpu.identity, up=False, mig_mode=gpu.mig_mode, sm_activity_source=gpu.sm_activity_source
+    )

@@ -29,13 +29,17 @@ class AgentProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[str] | None = None
+        self.output: str | None = None  # everything it printed, once stopped
+        self.control_path: Path | None = None  # the fake NVML's control file (tests/fake_nvml_agent.py)
+        self._seq = 0
 
     def start(self) -> AgentProcess:
         common = ["--listen", f"127.0.0.1:{self.port}", "--log-level", "info", *self.args]
         if self.fake_nvml is not None:
             assert self.tmp is not None
             config = self.tmp / f"fake-nvml-{self.port}.json"
-            config.write_text(json.dumps(self.fake_nvml))
+            self.control_path = self.tmp / f"fake-nvml-{self.port}.control"
+            config.write_text(json.dumps({**self.fake_nvml, "control": str(self.control_path)}))
             cmd = [sys.executable, str(TESTS / "fake_nvml_agent.py"), str(config), "run", "--backend", "nvml"]
         else:
             cmd = [sys.executable, "-m", "mfu_agent.cli", "run", "--backend", "simulated"]
@@ -62,21 +66,53 @@ class AgentProcess:
         return out
 
     def stop(self) -> str:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.stdout.read() if self.proc and self.proc.stdout else ""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = self.proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        return out
+        """SIGTERM (unless it exited), then the process's whole output; again on later calls."""
+        if self.proc is None:
+            return ""
+        if self.output is None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                out, _ = self.proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                out, _ = self.proc.communicate()
+            self.output = out
+        return self.output
 
     def __enter__(self) -> AgentProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def nvml(self, action: str, timeout: float = 15, **args: Any) -> dict[str, Any]:
+        """Drives the agent's fake NVML (unload, reload, hang, release, add_device, remove_device; see
+        tests/fake_nvml_agent.py) and waits until the command is applied; returns the fake's status."""
+        assert self.control_path is not None, "only for an agent started with fake_nvml"
+        self._seq += 1
+        with self.control_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"seq": self._seq, "action": action, **args}) + "\n")
+        seq = self._seq
+        status = self.nvml_status(lambda s: s["applied"] >= seq, timeout)
+        assert not status["errors"], status["errors"]
+        return status
+
+    def nvml_status(self, until: Any = None, timeout: float = 15) -> dict[str, Any]:
+        """The fake NVML's status file, once `until(status)` holds (waiting at most `timeout` s)."""
+        assert self.control_path is not None, "only for an agent started with fake_nvml"
+        path = self.control_path.with_name(self.control_path.name + ".status")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status = json.loads(path.read_text(encoding="utf-8"))
+            except (FileNotFoundError, json.JSONDecodeError):
+                status = None
+            if status is not None and (until is None or until(status)):
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fake NVML status not reached within {timeout} s: {status}")
+            time.sleep(0.02)
 
     def metrics(self) -> str:
         return httpx.get(self.url + "/metrics", timeout=10).text

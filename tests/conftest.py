@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -16,6 +17,14 @@ from fakenvml import fake_nvml  # noqa: F401  (the NVML fixture, re-exported for
 from mfu_agent.agent import Agent, AgentOptions
 from mfu_agent.app import create_app
 from mfu_agent.gpu.simulated import SimulatedBackend
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The client names its device from CUDA_VISIBLE_DEVICES / NVIDIA_VISIBLE_DEVICES; on a GPU runner or
+    in a GPU pod these hold the host's UUIDs, which the tests' simulated and fake GPUs do not have. Tests
+    (and every process they start, module fixtures included) see none unless they set them."""
+    for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"):
+        os.environ.pop(name, None)
 
 
 def free_port() -> int:

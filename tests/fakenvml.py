@@ -21,6 +21,14 @@ arrays, opaque POINTER handles), writes its results into them as the driver woul
   per-device symbol; it is valid while its FakeMigDevice object is in the parent's ``mig_devices``
   and the parent is in MIG mode, NVML_ERROR_INVALID_ARGUMENT after. The parent in MIG mode has no
   utilization rates or process utilization; its memory and processes aggregate its MIG devices'.
+* Driver faults, for a test to drive while the code under test runs: ``unload()`` (the kernel driver
+  goes away: every call answers NVML_ERROR_DRIVER_NOT_LOADED, or the error given, and nvmlInit
+  answers DRIVER_NOT_LOADED) and ``reload()`` (nvmlInit works again; the library is uninitialised
+  and every handle handed out before is invalid); ``hang(symbol, seconds=None)`` (calls of that C
+  symbol block, outside the fake's lock, until ``release()`` or for ``seconds``);
+  ``remove_device(index)`` (the GPU falls off: nvmlDeviceGetCount shrinks, the GPUs after it move
+  down one index keeping their handles, its own handles answer INVALID_ARGUMENT) and
+  ``add_device()`` (a GPU appears at the next index).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import copy
 import ctypes
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -269,6 +278,12 @@ class _GpmSample:
     present: frozenset[int] = frozenset()  # metrics configured when this sample was taken
 
 
+@dataclass
+class _Hang:
+    until: float | None  # time.monotonic() when calls stop blocking; None: until released
+    released: threading.Event = field(default_factory=threading.Event)
+
+
 _CArgType = type(ctypes.byref(ctypes.c_int()))
 
 
@@ -381,7 +396,13 @@ class FakeNvml:
         self._symbols: dict[str, _Symbol] = {}
         self._lib = _FakeLib(self)
         self._saved: tuple[Any, int] | None = None
-        self._generation = 0  # bumped by uninstall(), so blocked waits return instead of hanging
+        self._generation = 0  # bumped by uninstall() and unload(), so blocked waits return instead of hanging
+        self._unloaded: int | None = None  # while the driver is unloaded: what every call answers
+        self._serial = len(self.devices)  # numbers the default UUIDs of devices added later
+        self._retired: list[Any] = []  # MIG devices of retired handles, kept alive so ids are not reused
+        self._hang_cond = threading.Condition(threading.Lock())  # never the global lock: see hang()
+        self._hangs: dict[str, _Hang] = {}
+        self._blocked = 0  # calls blocked in a hang now
 
     # ----------------------------------------------------------------- construction helpers
 
@@ -430,6 +451,7 @@ class FakeNvml:
             pynvml.nvmlLib, pynvml._nvmlLib_refcount = self._saved
             pynvml._nvmlGetFunctionPointer_cache.clear()
             self._saved = None
+        self.release()
         with self._cond:
             self._generation += 1
             self._cond.notify_all()
@@ -474,6 +496,135 @@ class FakeNvml:
         with self._lock:
             return sum(len(s.queue) for s in self._event_sets.values())
 
+    # ----------------------------------------------------------------- test-side controls: faults
+
+    def unload(self, error: int = pynvml.NVML_ERROR_DRIVER_NOT_LOADED) -> None:
+        """The kernel driver goes away under the running process: from now on every call answers
+        ``error`` (nvmlInit: NVML_ERROR_DRIVER_NOT_LOADED) until ``reload()``. The library's state goes
+        with it: it is no longer initialised, event sets and GPM samples are gone (blocked event waits
+        return), and the handles handed out so far stay invalid after the reload."""
+        with self._cond:
+            self._unloaded = error
+            self.init_count = 0
+            for es in self._event_sets.values():
+                es.freed = True
+            self._event_sets.clear()
+            self._gpm_samples.clear()
+            self.live_gpm_samples.clear()
+            self._retire_handles()
+            self._generation += 1
+            self._cond.notify_all()
+
+    def reload(self) -> None:
+        """The driver is back: nvmlInit works again; until it is called, calls answer UNINITIALIZED."""
+        with self._cond:
+            self._unloaded = None
+            self._retire_handles()
+
+    @property
+    def unloaded(self) -> bool:
+        return self._unloaded is not None
+
+    def hang(self, symbol: str, seconds: float | None = None) -> None:
+        """Calls of the C symbol ``symbol`` (pynvml's name for it, e.g. ``nvmlDeviceGetPowerUsage``,
+        ``nvmlDeviceGetCount_v2``) block until ``release()``, or, with ``seconds``, until that many
+        seconds from now, after which the symbol answers normally again. A blocked call holds none of
+        the fake's locks: other threads' calls, and the test, carry on."""
+        deadline = time.monotonic() + seconds if seconds is not None else None
+        with self._hang_cond:
+            old = self._hangs.pop(symbol, None)
+            if old is not None:
+                old.released.set()
+            self._hangs[symbol] = _Hang(deadline)
+
+    def release(self, symbol: str | None = None) -> None:
+        """Unblocks the calls hanging in ``symbol`` (every symbol when None); it answers normally again."""
+        with self._hang_cond:
+            for name in [symbol] if symbol is not None else list(self._hangs):
+                hang = self._hangs.pop(name, None)
+                if hang is not None:
+                    hang.released.set()
+
+    @property
+    def blocked_calls(self) -> int:
+        """How many calls are blocked in a hang right now."""
+        with self._hang_cond:
+            return self._blocked
+
+    def wait_until_blocked(self, count: int = 1, timeout: float = 30.0) -> bool:
+        """True once at least ``count`` calls are blocked in a hang; False if not within ``timeout``."""
+        with self._hang_cond:
+            return self._hang_cond.wait_for(lambda: self._blocked >= count, timeout)
+
+    def add_device(self, device: FakeDevice | None = None) -> int:
+        """A GPU appears at the next index (nvmlDeviceGetCount grows); returns its index. Its UUID and
+        bus id default to ones no device of this fake had."""
+        dev = device if device is not None else FakeDevice()
+        with self._cond:
+            serial = self._serial
+            self._serial += 1
+            dev.uuid = dev.uuid or default_uuid(serial)
+            dev.pci_bus_id = dev.pci_bus_id or default_pci_bus_id(serial)
+            for mig in dev.mig_devices:
+                mig.uuid = self._mig_uuid(serial, mig)
+            self.devices.append(dev)
+            return len(self.devices) - 1
+
+    def remove_device(self, index: int) -> FakeDevice:
+        """The GPU at ``index`` falls off the bus: nvmlDeviceGetCount shrinks, its handles (and its MIG
+        devices' handles) answer NVML_ERROR_INVALID_ARGUMENT, and the GPUs after it move down one index,
+        their handles staying valid. Returns the device removed."""
+        with self._cond:
+            if not 0 <= index < len(self.devices):
+                raise ValueError(f"no fake device {index}")
+            dev = self.devices.pop(index)
+
+            def moved(i: int) -> int:
+                return i - 1 if i > index else i
+
+            gone = self._device_addr.pop(index, None)
+            self._device_addr = {moved(i): addr for i, addr in self._device_addr.items()}
+            self._addr_device = {addr: i for i, addr in self._device_addr.items()}
+            if gone is not None:
+                self._retired.append(gone)
+            self._retired.extend(m for i, m in self._addr_mig.values() if i == index)
+            self._addr_mig = {a: (moved(i), m) for a, (i, m) in self._addr_mig.items() if i != index}
+            self._mig_addr = {(i, id(m)): a for a, (i, m) in self._addr_mig.items()}
+            for es in self._event_sets.values():
+                es.registrations = {moved(i): t for i, t in es.registrations.items() if i != index}
+                es.queue = collections.deque((moved(i), t, d) for i, t, d in es.queue if i != index)
+            self._gpm_seq = {(moved(i), gi): v for (i, gi), v in self._gpm_seq.items() if i != index}
+            self._gpm_cum = {(moved(i), gi): v for (i, gi), v in self._gpm_cum.items() if i != index}
+            for record in self._gpm_samples.values():
+                if record.device_index is not None:
+                    record.device_index = None if record.device_index == index else moved(record.device_index)
+            return dev
+
+    def _retire_handles(self) -> None:
+        """Every handle handed out so far becomes invalid (INVALID_ARGUMENT); new ones get new addresses."""
+        self._retired.extend(m for _, m in self._addr_mig.values())
+        self._device_addr.clear()
+        self._addr_device.clear()
+        self._mig_addr.clear()
+        self._addr_mig.clear()
+
+    def _wait_if_hung(self, name: str) -> None:
+        with self._hang_cond:
+            hang = self._hangs.get(name)
+            if hang is None:
+                return
+            self._blocked += 1
+            self._hang_cond.notify_all()
+        try:
+            hang.released.wait(None if hang.until is None else max(0.0, hang.until - time.monotonic()))
+        finally:
+            with self._hang_cond:
+                self._blocked -= 1
+                over = hang.until is not None and time.monotonic() >= hang.until
+                if over and self._hangs.get(name) is hang:
+                    del self._hangs[name]  # the hang is over: the symbol answers again
+                self._hang_cond.notify_all()
+
     def _queue_event(self, device_index: int, event_type: int, event_data: int) -> None:
         if not 0 <= device_index < len(self.devices):
             raise ValueError(f"no fake device {device_index}")
@@ -496,8 +647,11 @@ class FakeNvml:
         return sym
 
     def _dispatch(self, name: str, impl: Callable[..., int], args: tuple[Any, ...]) -> int:
+        self._wait_if_hung(name)
         with self._lock:
             self.calls[name] += 1
+            if self._unloaded is not None and name != "nvmlErrorString":
+                return pynvml.NVML_ERROR_DRIVER_NOT_LOADED if name.startswith("nvmlInit") else self._unloaded
             try:
                 return impl(*args)
             except _Ret as ret:
@@ -1017,6 +1171,8 @@ class FakeNvml:
             lambda: bool(es.queue) or es.freed or self.init_count <= 0 or self._generation != generation,
             timeout=timeout,
         )
+        if self._unloaded is not None:
+            return self._unloaded
         if es.freed:
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
         if self.init_count <= 0 or self._generation != generation:

@@ -378,7 +378,8 @@ def test_metrics_are_streamed_family_by_family_and_are_the_librarys_bytes():
 
     from mfu_agent.metrics.exposition import CHUNK_BYTES, stream
 
-    agent = Agent(SimulatedBackend("4xNVIDIA H100 80GB HBM3"), AgentOptions())  # no threads: a still page
+    # No threads, and a clock that stands still (readings' ages are computed at scrape time): a still page.
+    agent = Agent(SimulatedBackend("4xNVIDIA H100 80GB HBM3"), AgentOptions(), clock=lambda: 90_000.0)
     snapshot = agent.sampler.sample_once()
     for t in (100.0, 110.0):
         reports = [full_report(r, t, (r % 4, (r + 1) % 4), job_id=f"j{r // 8}") for r in range(256)]

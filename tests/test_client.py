@@ -51,6 +51,9 @@ ENV_VARS = (
     "POD_NAME",
     "POD_NAMESPACE",
     "KUBERNETES_SERVICE_HOST",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER",
 )
 
 
@@ -884,3 +887,168 @@ def test_a_refused_rank_is_logged_once_and_retried_at_the_normal_pace(
     fake.respond_with(202)
     assert fake.wait_for(lambda f: f.posts[-1].status == 202, timeout=WAIT)
     assert fake.latest()["model_flops_total"] == F  # nothing was lost while refused
+
+
+# --------------------------------------------------------------------------------------------------
+# the rank's device from CUDA_VISIBLE_DEVICES / NVIDIA_VISIBLE_DEVICES
+# --------------------------------------------------------------------------------------------------
+
+CVD, NVD, ORDER = "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"
+PCI = {ORDER: "PCI_BUS_ID"}
+NO_LIST = ("all", "none", "void", "", "ALL")
+
+
+@pytest.mark.parametrize(
+    ("env", "local_rank", "gpus", "source"),
+    [
+        # CUDA_VISIBLE_DEVICES alone: integers are NVML indices only in PCI bus order
+        ({CVD: "0,1,2,3", **PCI}, 2, [2], CVD),
+        ({CVD: "3,1", **PCI}, 1, [1], CVD),
+        ({CVD: "3,1"}, 1, None, None),  # CUDA's default FASTEST_FIRST order may differ from NVML's
+        ({CVD: "3,1", ORDER: "FASTEST_FIRST"}, 0, None, None),
+        ({CVD: "GPU-aaaa-1,GPU-bbbb-2", **PCI}, 1, ["GPU-bbbb-2"], CVD),
+        ({CVD: "GPU-aaaa-1,GPU-bbbb-2"}, 0, ["GPU-aaaa-1"], CVD),  # UUIDs need no order
+        ({CVD: "MIG-1111,MIG-2222"}, 1, ["MIG-2222"], CVD),
+        ({CVD: " GPU-0b42 , 1"}, 0, ["GPU-0b42"], CVD),  # a UUID prefix is sent as written
+        ({CVD: "GPU-a,MIG-GPU-b/1/0"}, 1, None, None),  # old MIG spelling: visible, not nameable
+        # CUDA stops at the first invalid entry: what follows it is not visible
+        ({CVD: "GPU-a,GPU-b,bogus,GPU-d"}, 1, ["GPU-b"], CVD),
+        ({CVD: "GPU-a,GPU-b,-1,GPU-d"}, 1, ["GPU-b"], CVD),
+        ({CVD: "0,1,bogus,3", **PCI}, 0, [0], CVD),
+        # NVIDIA_VISIBLE_DEVICES alone (container runtime, Kubernetes device plugin)
+        ({NVD: "GPU-aaaa,GPU-bbbb,GPU-cccc"}, 2, ["GPU-cccc"], NVD),
+        ({NVD: "MIG-aaaa,MIG-bbbb"}, 0, ["MIG-aaaa"], NVD),
+        ({NVD: "4,6"}, 1, [6], NVD),  # the runtime's integers are host NVML indices
+        ({NVD: "0:1,0:2"}, 1, None, None),  # a MIG device by index: cannot be named to the agent
+        # both: CUDA_VISIBLE_DEVICES integers index NVIDIA_VISIBLE_DEVICES, UUIDs stand for themselves
+        ({NVD: "GPU-a,GPU-b,GPU-c", CVD: "2,0"}, 0, ["GPU-c"], f"{CVD}, {NVD}"),
+        ({NVD: "GPU-a,GPU-b,GPU-c", CVD: "2,0"}, 1, ["GPU-a"], f"{CVD}, {NVD}"),
+        ({NVD: "GPU-a,GPU-b", CVD: "MIG-x,1"}, 0, ["MIG-x"], f"{CVD}, {NVD}"),
+        ({NVD: "GPU-a,GPU-b", CVD: "MIG-x,1"}, 1, ["GPU-b"], f"{CVD}, {NVD}"),
+        ({NVD: "5,7", CVD: "1,0"}, 0, [7], f"{CVD}, {NVD}"),
+        ({NVD: "GPU-a,GPU-b,GPU-c", CVD: "2,1,7,0"}, 1, ["GPU-b"], f"{CVD}, {NVD}"),  # 7: invalid
+        # one visible device is the process's device whatever local_rank says (srun --gpus-per-task)
+        ({CVD: "MIG-only"}, 3, ["MIG-only"], CVD),
+        ({CVD: "MIG-only"}, None, ["MIG-only"], CVD),
+        ({NVD: "GPU-only"}, None, ["GPU-only"], NVD),
+        ({CVD: "GPU-a,GPU-b"}, None, None, None),  # several devices and no local_rank: unknown
+        ({CVD: "5"}, 0, None, None),  # one device, but which GPU "5" is depends on CUDA's order
+        ({CVD: "5", **PCI}, 2, [5], CVD),
+        # nothing set: the agent finds the GPU by pid, then local_rank, as before
+        ({}, 1, None, None),
+        ({ORDER: "PCI_BUS_ID"}, 1, None, None),
+    ],
+)
+def test_the_rank_device_is_resolved_from_the_visible_devices(
+    fake: FakeAgent,
+    make_reporter: Callable[..., Reporter],
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    local_rank: int | None,
+    gpus: list[int | str] | None,
+    source: str | None,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    r = make_reporter(url=fake.url, flops_per_step=F, interval=60, local_rank=local_rank)
+    assert (r.gpus, r.gpus_source) == (gpus, source)
+    r.step()
+    assert r.flush()
+    report = fake.posts[-1].reports[0]  # the JSON body the agent received
+    assert report.get("gpus") == gpus
+    if local_rank is not None:
+        assert report["local_rank"] == local_rank
+
+
+@pytest.mark.parametrize("no_list", NO_LIST)
+def test_nvidia_visible_devices_without_a_list(
+    fake: FakeAgent, make_reporter: Callable[..., Reporter], monkeypatch: pytest.MonkeyPatch, no_list: str
+) -> None:
+    monkeypatch.setenv(NVD, no_list)
+    r = make_reporter(url=fake.url, flops_per_step=F, interval=60, local_rank=1)
+    assert r.gpus is None  # NVIDIA_VISIBLE_DEVICES alone names no device
+    monkeypatch.setenv(CVD, "GPU-a,GPU-b")
+    r = make_reporter(url=fake.url, flops_per_step=F, interval=60, local_rank=1)
+    assert r.gpus == ["GPU-b"] and r.gpus_source == CVD
+    monkeypatch.setenv(CVD, "0,1")  # integers count all the node's devices, as without the variable
+    assert make_reporter(url=fake.url, flops_per_step=F, interval=60, local_rank=1).gpus is None
+    monkeypatch.setenv(ORDER, "PCI_BUS_ID")
+    r = make_reporter(url=fake.url, flops_per_step=F, interval=60, local_rank=1)
+    r.step()
+    assert r.flush()
+    assert fake.posts[-1].reports[0]["gpus"] == [1]
+
+
+def test_local_rank_from_the_environment_picks_the_device(
+    fake: FakeAgent, make_reporter: Callable[..., Reporter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv(NVD, "MIG-aaaa,MIG-bbbb")
+    r = make_reporter(url=fake.url, flops_per_step=F, interval=60)
+    r.step()
+    assert r.flush()
+    report = fake.posts[-1].reports[0]
+    assert (report["local_rank"], report["gpus"]) == (1, ["MIG-bbbb"])
+    assert r.snapshot()["gpus"] == ["MIG-bbbb"]
+
+
+@pytest.mark.parametrize(
+    ("env", "local_rank", "named"),
+    [
+        ({CVD: "GPU-a,GPU-b"}, 2, [f"{CVD}='GPU-a,GPU-b'"]),
+        ({CVD: "GPU-a,GPU-b,bogus,GPU-d"}, 3, [CVD]),  # past the entries CUDA accepts
+        ({CVD: ""}, 0, [f"{CVD}=''"]),  # set but empty: no device at all
+        ({NVD: "GPU-a,GPU-b,GPU-c"}, 3, [f"{NVD}='GPU-a,GPU-b,GPU-c'"]),
+        ({NVD: "GPU-a,GPU-b,GPU-c", CVD: "0,2"}, 2, [CVD, NVD]),
+    ],
+)
+def test_local_rank_past_the_visible_devices_is_warned_about_once(
+    fake: FakeAgent,
+    make_reporter: Callable[..., Reporter],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    env: dict[str, str],
+    local_rank: int,
+    named: list[str],
+) -> None:
+    import mfu_agent.client._reporter as reporter_module
+
+    monkeypatch.setattr(reporter_module, "_visible_warning_logged", False)
+    caplog.set_level(logging.WARNING, logger="mfu_agent.client")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for _ in range(3):
+        r = make_reporter(url=fake.url, flops_per_step=F, interval=60, local_rank=local_rank)
+        assert r.gpus is None and r.gpus_source is None
+    r.step()
+    assert r.flush()
+    assert "gpus" not in fake.posts[-1].reports[0]  # nothing named: the agent uses pid / local_rank
+    (warning,) = warnings_matching(caplog, f"local_rank {local_rank} is past")
+    for text in named:
+        assert text in warning
+    assert "gpus=" in warning
+
+
+def test_explicit_gpus_always_win_over_the_visible_devices(
+    fake: FakeAgent,
+    make_reporter: Callable[..., Reporter],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import mfu_agent.client._reporter as reporter_module
+
+    monkeypatch.setattr(reporter_module, "_visible_warning_logged", False)
+    caplog.set_level(logging.WARNING, logger="mfu_agent.client")
+    monkeypatch.setenv(NVD, "GPU-a,GPU-b")
+    monkeypatch.setenv(CVD, "MIG-x,1")
+    monkeypatch.setenv(ORDER, "PCI_BUS_ID")
+    r = make_reporter(url=fake.url, flops_per_step=F, interval=60, local_rank=1, gpus=[3, "GPU-own"])
+    assert (r.gpus, r.gpus_source) == ([3, "GPU-own"], "gpus")
+    r.step()
+    assert r.flush()
+    assert fake.posts[-1].reports[0]["gpus"] == [3, "GPU-own"]
+    # gpus=[] names nothing and turns the resolution off
+    assert make_reporter(url=fake.url, flops_per_step=F, interval=60, local_rank=1, gpus=[]).gpus is None
+    # and a local_rank past the list is no concern when the device is named
+    make_reporter(url=fake.url, flops_per_step=F, interval=60, local_rank=5, gpus=["MIG-y"])
+    assert warnings_matching(caplog, "is past") == []

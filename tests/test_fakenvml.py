@@ -1130,3 +1130,154 @@ def test_gpm_mig_sample_errors(mig: FakeNvml) -> None:
     pynvml.nvmlGpmSampleFree(s)
     with pytest.raises(pynvml.NVMLError_InvalidArgument):
         pynvml.nvmlGpmMigSampleGet(h1, 7, s)  # freed sample
+
+
+# ---------------------------------------------------------------- driver faults
+
+
+def test_unload_fails_every_call_and_init_until_reload(fake: FakeNvml) -> None:
+    h = pynvml.nvmlDeviceGetHandleByIndex(1)
+    fake.unload()
+    for call in (
+        pynvml.nvmlDeviceGetCount,
+        lambda: pynvml.nvmlDeviceGetPowerUsage(h),
+        lambda: pynvml.nvmlDeviceGetHandleByIndex(0),
+        pynvml.nvmlSystemGetDriverVersion,
+        pynvml.nvmlShutdown,
+        pynvml.nvmlInit,
+    ):
+        with pytest.raises(pynvml.NVMLError_DriverNotLoaded):
+            call()
+    fake.reload()
+    with pytest.raises(pynvml.NVMLError_Uninitialized):
+        pynvml.nvmlDeviceGetCount()
+    pynvml.nvmlInit()
+    assert pynvml.nvmlDeviceGetCount() == 4
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlDeviceGetPowerUsage(h)  # a handle from before the unload
+    fresh = pynvml.nvmlDeviceGetHandleByIndex(1)
+    assert pynvml.nvmlDeviceGetPowerUsage(fresh) == 612_000
+    assert handle_address(fresh) != handle_address(h)
+
+
+def test_unload_can_answer_another_error_and_wakes_a_waiter(fake: FakeNvml) -> None:
+    es = pynvml.nvmlEventSetCreate()
+    result: list[object] = []
+
+    def waiter() -> None:
+        try:
+            pynvml.nvmlEventSetWait_v2(es, 5_000)
+        except pynvml.NVMLError as exc:
+            result.append(type(exc))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    wait_until_waiting(fake)
+    fake.unload(pynvml.NVML_ERROR_UNINITIALIZED)
+    t.join(10)
+    assert result == [pynvml.NVMLError_Uninitialized]
+    with pytest.raises(pynvml.NVMLError_Uninitialized):
+        pynvml.nvmlDeviceGetCount()
+    with pytest.raises(pynvml.NVMLError_DriverNotLoaded):
+        pynvml.nvmlInit()
+
+
+def test_a_hung_symbol_blocks_without_holding_the_fake(fake: FakeNvml) -> None:
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    fake.hang("nvmlDeviceGetPowerUsage")
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(pynvml.nvmlDeviceGetPowerUsage(h)), daemon=True)
+    t.start()
+    assert fake.wait_until_blocked(1, timeout=10)
+    # Other calls, from this thread, go on while the other one hangs.
+    assert pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU) == 64
+    assert fake.blocked_calls == 1 and result == []
+    fake.release()
+    t.join(10)
+    assert result == [612_000] and fake.blocked_calls == 0
+    assert pynvml.nvmlDeviceGetPowerUsage(h) == 612_000, "released: the symbol answers again"
+
+
+def test_a_hang_for_seconds_ends_by_itself(fake: FakeNvml) -> None:
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    fake.hang("nvmlDeviceGetPowerUsage", seconds=0.2)
+    assert pynvml.nvmlDeviceGetPowerUsage(h) == 612_000  # blocks for at most 0.2 s, then answers
+    assert fake.blocked_calls == 0
+    assert "nvmlDeviceGetPowerUsage" not in fake._hangs, "the hang is over"
+
+
+def test_uninstall_releases_hung_calls() -> None:
+    nvml = FakeNvml.h100s(1)
+    nvml.install()
+    pynvml.nvmlInit()
+    fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetCount_v2")
+    nvml.hang("nvmlDeviceGetCount_v2")
+    count = ctypes.c_uint()
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(fn(ctypes.byref(count))), daemon=True)
+    t.start()
+    assert nvml.wait_until_blocked(1, timeout=10)
+    nvml.uninstall()
+    t.join(10)
+    assert not t.is_alive() and result == [pynvml.NVML_SUCCESS]
+
+
+def test_removing_a_device_invalidates_its_handles_and_moves_the_others_down(fake: FakeNvml) -> None:
+    handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(4)]
+    uuids = [d.uuid for d in fake.devices]
+    removed = fake.remove_device(1)
+    assert removed.uuid == uuids[1]
+    assert pynvml.nvmlDeviceGetCount() == 3
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlDeviceGetUUID(handles[1])
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlDeviceGetHandleByIndex(3)
+    # GPU 2 is now GPU 1, and its old handle still reaches it.
+    assert pynvml.nvmlDeviceGetUUID(handles[2]) == uuids[2]
+    assert pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(1)) == uuids[2]
+    assert handle_address(pynvml.nvmlDeviceGetHandleByIndex(1)) == handle_address(handles[2])
+    assert pynvml.nvmlDeviceGetIndex(handles[3]) == 2
+
+
+def test_events_follow_a_device_moved_down_by_a_removal(fake: FakeNvml) -> None:
+    es = pynvml.nvmlEventSetCreate()
+    for i in (1, 3):
+        h = pynvml.nvmlDeviceGetHandleByIndex(i)
+        pynvml.nvmlDeviceRegisterEvents(h, pynvml.nvmlEventTypeXidCriticalError, es)
+    fake.queue_xid(1, 79)
+    fake.remove_device(1)
+    assert fake.pending_events() == 0, "the removed GPU's pending events go with it"
+    fake.queue_xid(2, 48)  # was GPU 3
+    data = pynvml.nvmlEventSetWait_v2(es, 1_000)
+    assert data.eventData == 48 and fake.index_of(data.device) == 2
+    pynvml.nvmlEventSetFree(es)
+
+
+def test_adding_a_device_grows_the_count_with_a_new_identity(fake: FakeNvml) -> None:
+    uuids = {d.uuid for d in fake.devices}
+    fake.remove_device(3)
+    index = fake.add_device()
+    assert index == 3 and pynvml.nvmlDeviceGetCount() == 4
+    added = pynvml.nvmlDeviceGetHandleByIndex(3)
+    uuid = pynvml.nvmlDeviceGetUUID(added)
+    assert uuid == fake.devices[3].uuid and uuid not in uuids
+    assert pynvml.nvmlDeviceGetPciInfo_v3(added).busId not in {d.pci_bus_id for d in fake.devices[:3]}
+    index = fake.add_device(FakeDevice(name="NVIDIA A100-SXM4-80GB", uuid="GPU-added"))
+    assert pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index)) == "NVIDIA A100-SXM4-80GB"
+    assert pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(index)) == "GPU-added"
+
+
+def test_removing_a_gpu_in_mig_mode_invalidates_its_mig_handles() -> None:
+    nvml = FakeNvml.h100_mig(2, profiles=("3g.40gb", "3g.40gb"))
+    with nvml.installed():
+        pynvml.nvmlInit()
+        parent = pynvml.nvmlDeviceGetHandleByIndex(1)
+        mig0 = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(pynvml.nvmlDeviceGetHandleByIndex(0), 0)
+        mig1 = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 0)
+        first = pynvml.nvmlDeviceGetUUID(mig1)
+        nvml.remove_device(0)
+        with pytest.raises(pynvml.NVMLError_InvalidArgument):
+            pynvml.nvmlDeviceGetUUID(mig0)
+        assert pynvml.nvmlDeviceGetUUID(mig1) == first, "the other GPU's MIG devices follow it"
+        assert nvml.mig_of(mig1)[0] == 0
+        pynvml.nvmlShutdown()

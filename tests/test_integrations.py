@@ -37,7 +37,8 @@ RANK_ENV = (
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in RANK_ENV + ("MFU_AGENT_URL", "MFU_JOB_ID", "MFU_AGENT_TOKEN_FILE"):
+    visible = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
+    for name in RANK_ENV + visible + ("MFU_AGENT_URL", "MFU_JOB_ID", "MFU_AGENT_TOKEN_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
@@ -590,23 +591,136 @@ def test_integrations_package_imports_no_framework() -> None:
     assert out.stdout.strip() == ""
 
 
+H100 = "NVIDIA H100 80GB HBM3"
+A100_MIG = "NVIDIA A100-SXM4-40GB MIG 1g.5gb"
+UUID = "0b42632a-bc5c-f731-724b-6936a19c4b24"
+
+
+def _stub_cuda(monkeypatch: pytest.MonkeyPatch, names: dict[int, str], current: int = 0) -> list[int]:
+    """torch.cuda as cuda_gpu_uuids reads it, for devices ``names`` (index -> device name): device i
+    has UUID ``<i>`` + UUID[1:] (torch's spelling, no prefix). Returns the indices asked about."""
+    asked: list[int] = []
+
+    def name(index: int) -> str:
+        asked.append(index)
+        return names[index]
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", name)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda index: SimpleNamespace(uuid=f"{index}{UUID[1:]}")
+    )
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    return asked
+
+
 def test_cuda_gpu_uuids_names_the_gpu_as_nvml_does(monkeypatch: pytest.MonkeyPatch) -> None:
     from mfu_agent.integrations import cuda_gpu_uuids
 
-    props = SimpleNamespace(uuid="0b42632a-bc5c-f731-724b-6936a19c4b24")
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "NVIDIA H100 80GB HBM3")
-    assert cuda_gpu_uuids(torch.device("cuda", 1)) == ["GPU-0b42632a-bc5c-f731-724b-6936a19c4b24"]
+    asked = _stub_cuda(monkeypatch, {0: A100_MIG, 1: H100}, current=0)
+    assert cuda_gpu_uuids(torch.device("cuda", 1)) == [f"GPU-1{UUID[1:]}"]  # a whole GPU
+    assert cuda_gpu_uuids(torch.device("cuda", 0)) == [f"MIG-0{UUID[1:]}"]  # a MIG instance's own UUID
+    assert cuda_gpu_uuids(torch.device("cuda")) == [f"MIG-0{UUID[1:]}"]  # the current device
+    assert asked == [1, 0, 0]
     assert cuda_gpu_uuids(torch.device("cpu")) is None
     assert cuda_gpu_uuids(None) is None
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "NVIDIA A100-SXM4-40GB MIG 1g.5gb")
-    assert cuda_gpu_uuids(torch.device("cuda", 0)) is None  # MIG: leave it to the agent
+
+
+@pytest.mark.parametrize(
+    ("name", "uuid", "expected"),
+    [
+        (H100, f"GPU-{UUID}", f"GPU-{UUID}"),  # already spelt as NVML does
+        (A100_MIG, f"MIG-{UUID}", f"MIG-{UUID}"),
+        (A100_MIG, UUID, f"MIG-{UUID}"),
+        (H100, "", None),
+        (H100, "not a uuid!", None),  # the Reporter would refuse it: nothing rather than a crash
+        (H100, b"\x0b\x42", None),  # old torch: bytes
+    ],
+)
+def test_cuda_gpu_uuids_spelling(
+    monkeypatch: pytest.MonkeyPatch, name: str, uuid: Any, expected: str | None
+) -> None:
+    from mfu_agent.integrations import cuda_gpu_uuids
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: name)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: SimpleNamespace(uuid=uuid))
+    assert cuda_gpu_uuids(torch.device("cuda", 0)) == (None if expected is None else [expected])
+
+
+def test_cuda_gpu_uuids_is_best_effort(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mfu_agent.integrations import cuda_gpu_uuids
 
     def broken(index: int) -> Any:
         raise RuntimeError("no driver")
 
     monkeypatch.setattr(torch.cuda, "get_device_name", broken)
-    assert cuda_gpu_uuids(torch.device("cuda", 0)) is None  # best effort, never raises
+    assert cuda_gpu_uuids(torch.device("cuda", 0)) is None  # never raises
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: H100)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: SimpleNamespace())  # no uuid
+    assert cuda_gpu_uuids(torch.device("cuda", 0)) is None
+
+
+@pytest.mark.parametrize(("names", "index", "gpus"), [({2: H100}, 2, "GPU-"), ({2: A100_MIG}, 2, "MIG-")])
+def test_lightning_sends_the_uuid_of_its_device(
+    fake: FakeAgent, monkeypatch: pytest.MonkeyPatch, names: dict[int, str], index: int, gpus: str
+) -> None:
+    _lightning()
+    from mfu_agent.integrations.lightning import MfuCallback
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-other,GPU-other2,GPU-other3,GPU-other4")  # loses
+    _stub_cuda(monkeypatch, names)
+    trainer = _fake_trainer("bf16-mixed")
+    trainer.strategy = SimpleNamespace(root_device=torch.device("cuda", index))
+    callback = MfuCallback(flops_per_step=F, job_id="lit-uuid", url=fake.url, interval=60)
+    _run_fake_fit(callback, trainer, optimizer_steps=2)
+    report = fake.latest(job_id="lit-uuid")
+    assert report is not None and report["step"] == 2
+    assert report["gpus"] == [f"{gpus}{index}{UUID[1:]}"]
+    assert report["local_rank"] == 3
+
+
+@pytest.mark.parametrize(("names", "gpus"), [({1: H100}, "GPU-"), ({1: A100_MIG}, "MIG-")])
+def test_huggingface_sends_the_uuid_of_its_device(
+    fake: FakeAgent, monkeypatch: pytest.MonkeyPatch, names: dict[int, str], gpus: str
+) -> None:
+    from transformers.trainer_callback import TrainerControl, TrainerState
+
+    from mfu_agent.integrations.huggingface import MfuTrainerCallback
+
+    _stub_cuda(monkeypatch, names)
+    callback = MfuTrainerCallback(flops_per_step=F, job_id="hf-uuid", url=fake.url, interval=60)
+    args = SimpleNamespace(
+        process_index=1,
+        local_process_index=1,
+        world_size=2,
+        bf16=True,
+        fp16=False,
+        device=torch.device("cuda", 1),
+    )
+    state, control = TrainerState(), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    callback.on_step_end(args, state, control)
+    callback.on_train_end(args, state, control)
+    report = fake.latest(job_id="hf-uuid")
+    assert report is not None and report["step"] == 1
+    assert report["gpus"] == [f"{gpus}1{UUID[1:]}"]
+
+
+def test_callbacks_on_the_cpu_leave_the_device_to_the_environment(
+    fake: FakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers.trainer_callback import TrainerControl, TrainerState
+
+    from mfu_agent.integrations.huggingface import MfuTrainerCallback
+
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "MIG-aaaa,MIG-bbbb")
+    callback = MfuTrainerCallback(flops_per_step=F, job_id="hf-env", url=fake.url, interval=60)
+    args = SimpleNamespace(process_index=1, local_process_index=1, world_size=2, bf16=True, fp16=False)
+    args.device = torch.device("cpu")
+    state, control = TrainerState(), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    callback.on_train_end(args, state, control)
+    report = fake.latest(job_id="hf-env")
+    assert report is not None and report["gpus"] == ["MIG-bbbb"]  # no CUDA device: the environment's
 
 
 def test_lightning_end_to_end_with_the_real_agent(served: Any) -> None:

@@ -12,7 +12,7 @@ from metrics_text import one, values
 from prometheus_client import generate_latest
 
 from mfu_agent.agent import Agent, AgentOptions
-from mfu_agent.gpu.nvml_backend import NvmlBackend
+from mfu_agent.gpu.nvml_backend import MIG_RESCAN_TICKS, NvmlBackend
 from mfu_agent.jobs.errors import ReportRejected
 from mfu_agent.jobs.rank import ReportData
 
@@ -145,12 +145,20 @@ def test_mig_mode_and_mig_devices_are_followed_while_the_agent_runs():
         assert one(text, "mfu_gpu_peak_flops", mig_profile="3g.40gb", dtype="bf16") == pytest.approx(
             H100_SXM_BF16 * big.sm_count / 132
         )
-        # the 1g.10gb instance is destroyed, a 2g.20gb created
+        # the 1g.10gb instance is destroyed: gone at the next tick, since its handle stops answering
+        fake.devices[0].mig_devices = [big]
+        text = tick(agent, clock)
+        assert {dict(k).get("mig_profile") for k in _info_labels(text)} == {None, "3g.40gb"}
+        # a 2g.20gb is created: seen within MIG_RESCAN_TICKS ticks (the slots are not read every tick)
         fake.devices[0].mig_devices = [big, *mig_devices(["2g.20gb"])]
         fake.devices[0].mig_devices[1].gpu_instance_id = 5
-        text = tick(agent, clock)
-        profiles = {dict(k).get("mig_profile") for k in _info_labels(text)}
-        assert profiles == {None, "3g.40gb", "2g.20gb"}
+        seen_after = None
+        for ticks in range(1, MIG_RESCAN_TICKS + 1):
+            text = tick(agent, clock)
+            if {dict(k).get("mig_profile") for k in _info_labels(text)} == {None, "3g.40gb", "2g.20gb"}:
+                seen_after = ticks
+                break
+        assert seen_after is not None
         # MIG mode off: the devices go, the GPU's own utilisation comes back
         fake.devices[0].mig_mode = 0
         fake.devices[0].mig_devices = []
@@ -190,12 +198,13 @@ def test_a_process_on_a_slice_is_attributed_to_the_slice_by_pid(tmp_path):
         rep = Reporter(job_id="mig-pid", rank=0, world_size=1, flops_per_step=0.25 * {SLICE_1G_BF16!r},
                        url=AGENT, interval=0.1, max_backoff=0.2)
         start = time.time()
-        while time.time() - start < 5:
+        while time.time() - start < 60 and rep.stats["posts_ok"] < 30:  # the agent may start slowly
             time.sleep(0.02)
             while rep.steps < (time.time() - start):
                 rep.step()
         rep.flush()
         emit(stats=rep.stats)
+        os._exit(0)  # no final report at exit: the test reads the rank after this process ends
         """,
         agent,
         env={"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": ""},

@@ -562,8 +562,10 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "peak-flops.md"
 
 
 def _doc_rows() -> dict[str, list[str]]:
+    """The rows of the "## Table" section (other sections' tables, such as MIG SM counts, are not it)."""
     rows: dict[str, list[str]] = {}
-    for line in DOC.read_text(encoding="utf-8").splitlines():
+    section = DOC.read_text(encoding="utf-8").split("\n## Table", 1)[1].split("\n## ", 1)[0]
+    for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("|") and cells[0] in BUILTIN_PEAKS:
             rows[cells[0]] = cells

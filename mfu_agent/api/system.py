@@ -25,16 +25,21 @@ def healthz() -> str:
     return "ok\n"
 
 
-@router.get("/readyz", summary="Readiness: the first GPU snapshot exists", response_class=PlainTextResponse)
+@router.get(
+    "/readyz",
+    summary="Readiness: a fresh GPU snapshot exists and NVML answers",
+    response_class=PlainTextResponse,
+)
 def readyz(request: Request) -> Response:
-    if request.app.state.agent.ready:
+    reason = request.app.state.agent.readiness()
+    if not reason:
         return PlainTextResponse("ready\n")
-    return PlainTextResponse("waiting for the first GPU sample\n", status_code=503)
+    return PlainTextResponse(reason + "\n", status_code=503)
 
 
 @router.get("/v1/gpus", summary="The latest GPU snapshot as JSON")
 def gpus(request: Request) -> Any:
-    snapshot = request.app.state.agent.sampler.latest
+    snapshot = request.app.state.agent.snapshot()  # as exported: GPUs down once it is stale
     if snapshot is None:
         return JSONResponse({"detail": "no GPU sample yet"}, status_code=503)
     return {
@@ -42,6 +47,8 @@ def gpus(request: Request) -> Any:
         "driver_version": snapshot.driver_version,
         "backend": snapshot.backend,
         "sample_duration_seconds": snapshot.sample_duration_seconds,
+        "nvml_up": snapshot.nvml_up,
+        "unavailable_reason": snapshot.unavailable_reason,
         "gpus": [_gpu_json(g) for g in snapshot.gpus],
     }
 

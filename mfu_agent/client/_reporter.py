@@ -279,6 +279,100 @@ def _check_gpus(gpus: Iterable[int | str] | None) -> list[int | str] | None:
     return checked or None
 
 
+# NVIDIA_VISIBLE_DEVICES values that name no list of devices (NVIDIA container runtime).
+_NO_DEVICE_LIST = frozenset({"", "all", "none", "void"})
+_visible_warning_logged = False
+
+
+def _nvidia_visible_devices(value: str | None) -> list[int | str | None] | None:
+    """NVIDIA_VISIBLE_DEVICES as the container's devices, in order: a host NVML index, a GPU-/MIG-
+    UUID, or None for an entry the agent could not be told (``0:1``, a MIG device by index).
+    None when the variable names no list."""
+    if value is None or value.strip().lower() in _NO_DEVICE_LIST:
+        return None
+    devices: list[int | str | None] = []
+    for entry in value.split(","):
+        entry = entry.strip()
+        if entry.isdecimal() and entry.isascii():
+            index = int(entry)
+            devices.append(index if index <= MAX_GPU_INDEX else None)
+        else:
+            devices.append(entry if GPU_UUID_RE.fullmatch(entry) else None)
+    return devices
+
+
+def _cuda_visible_devices(
+    value: str, nvidia: list[int | str | None] | None, pci_order: bool
+) -> list[int | str | None]:
+    """CUDA_VISIBLE_DEVICES as the process's devices, in CUDA's order, up to the first entry CUDA
+    would refuse (it ignores that one and the rest). None for a device that cannot be named."""
+    devices: list[int | str | None] = []
+    if value.strip() == "":
+        return devices  # set but empty: no device is visible
+    for entry in value.split(","):
+        entry = entry.strip()
+        if entry.isdecimal() and entry.isascii():
+            index = int(entry)
+            if nvidia is not None:  # an index into the container's devices
+                if index >= len(nvidia):
+                    break
+                devices.append(nvidia[index])
+            elif index > MAX_GPU_INDEX:
+                break
+            else:  # an NVML index only when CUDA numbers devices in PCI bus order, as NVML does
+                devices.append(index if pci_order else None)
+        elif entry.startswith(("GPU-", "MIG-")):  # a UUID (or a prefix of one) stands for itself
+            devices.append(entry if GPU_UUID_RE.fullmatch(entry) else None)
+        else:
+            break
+    return devices
+
+
+def _env_gpus(local_rank: int | None) -> tuple[list[int | str] | None, str | None, str | None]:
+    """The device this process's ``local_rank`` runs on, from CUDA_VISIBLE_DEVICES /
+    NVIDIA_VISIBLE_DEVICES: ``(gpus, source, warning)``. ``gpus`` is None when the environment does
+    not name it (then the agent finds the GPU by pid or local_rank, as before); ``source`` names the
+    variables it came from; ``warning`` says why local_rank could not be resolved."""
+    cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+    nvidia_value = os.environ.get("NVIDIA_VISIBLE_DEVICES")
+    nvidia = _nvidia_visible_devices(nvidia_value)
+    if cuda is not None:
+        pci_order = (os.environ.get("CUDA_DEVICE_ORDER") or "").strip().upper() == "PCI_BUS_ID"
+        devices = _cuda_visible_devices(cuda, nvidia, pci_order)
+        source = "CUDA_VISIBLE_DEVICES" if nvidia is None else "CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES"
+    elif nvidia is not None:
+        devices, source = nvidia, "NVIDIA_VISIBLE_DEVICES"
+    else:
+        return None, None, None
+    if len(devices) == 1:  # the only device the process can use, whatever local_rank says
+        device = devices[0]
+    elif local_rank is None:
+        return None, None, None
+    elif local_rank < len(devices):
+        device = devices[local_rank]
+    else:
+        shown = f"CUDA_VISIBLE_DEVICES={cuda!r}" if cuda is not None else ""
+        if nvidia is not None:
+            shown += (", " if shown else "") + f"NVIDIA_VISIBLE_DEVICES={nvidia_value!r}"
+        return (
+            None,
+            None,
+            f"mfu_agent.client: local_rank {local_rank} is past the {len(devices)} device(s) that "
+            f"{shown} make(s) visible to this process, so the report does not name its GPU (the agent "
+            "falls back to the process id, then local_rank). Pass gpus=[...] to name it.",
+        )
+    if device is None:
+        return None, None, None
+    return [device], source, None
+
+
+def _warn_visible_once(message: str) -> None:
+    global _visible_warning_logged
+    if not _visible_warning_logged:
+        _visible_warning_logged = True
+        logger.warning("%s (logged once)", message)
+
+
 def _count(value: float) -> int | float:
     """Counts (tokens, samples) go out as integers when they are whole numbers."""
     return int(value) if value.is_integer() else value
@@ -410,6 +504,13 @@ class Reporter:
         self.world_size: int | None = world_size_value
         self.pid: int = os.getpid()
         self.gpus: list[int | str] | None = _check_gpus(gpus)
+        #: Where ``gpus`` came from: "gpus" (the argument), the environment variable(s) the device of
+        #: local_rank was resolved from, or None (not named: the agent uses pid, then local_rank).
+        self.gpus_source: str | None = "gpus" if self.gpus is not None else None
+        if gpus is None:  # ``gpus=[]`` names nothing and asks for no resolution either
+            self.gpus, self.gpus_source, visible_warning = _env_gpus(local_rank_value)
+            if visible_warning is not None:
+                _warn_visible_once(visible_warning)
         self.labels: dict[str, str] = checked_labels
         self.interval: float = float(interval)
         self.timeout: float = float(timeout)

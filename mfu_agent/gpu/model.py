@@ -71,6 +71,9 @@ class GpuReading:
 
     identity: GpuIdentity
     up: bool = True
+    # True for a GPU gone from NVML's device list, held (down) for a while so that its up series reads 0
+    # before it disappears; the sampler keeps such GPUs apart (Snapshot.vanished).
+    gone: bool = False
     # For a whole GPU: True while it is in MIG mode (its work runs on its MIG devices, which follow it
     # in Snapshot.gpus), False when not, None when NVML cannot say (no MIG on this GPU).
     mig_mode: bool | None = None
@@ -124,6 +127,13 @@ class Snapshot:
     gpus: tuple[GpuReading, ...]
     sample_duration_seconds: float
     backend: str = "nvml"
+    # Whether the backend could use NVML at this tick; when not, every GPU is down and the reason says why.
+    nvml_up: bool = True
+    unavailable_reason: str = ""
+    # GPUs gone from NVML's device list, down, exported (info and up) for a while; not placed on.
+    vanished: tuple[GpuReading, ...] = ()
+    # UUID -> Unix time of the device's last good reading (up), for the reading age and staleness.
+    read_at: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
     # Lookups for report attribution, built once per tick (the first GPU wins where two share a key).
     # by_index holds whole GPUs only: a MIG device carries its parent's index.
     by_index: dict[int, GpuReading] = field(init=False, compare=False, repr=False)
@@ -147,6 +157,8 @@ class GpuBackend(Protocol):
     """What the sampler and the event thread need from a source of GPU readings."""
 
     name: str
+    # Why the backend cannot read GPUs now ("" while it can): every GPU is read as down meanwhile.
+    unavailable_reason: str
 
     def driver_version(self) -> str: ...
 

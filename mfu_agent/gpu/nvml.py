@@ -5,8 +5,11 @@ Every NVML call goes through `NvmlGateway.call`, which sorts failures into four 
 - absent:   NotSupported / NoPermission (remembered per GPU and call, never retried) and
             FunctionNotFound / NVMLLibraryMismatchError (remembered per call): the reading is absent;
 - gpu down: GpuIsLost / Unknown: `GpuDown` is raised so the caller marks that GPU down, others carry on;
-- agent:    Uninitialized / DriverNotLoaded / LibraryNotFound: `NvmlUnavailable`, fatal only at start-up;
+- agent:    Uninitialized / DriverNotLoaded / LibraryNotFound / LibRmVersionMismatch: `NvmlUnavailable`,
+            fatal at start-up; at run time the backend marks every GPU down and re-initialises NVML;
 - other:    anything else (Timeout, InsufficientPower, ...): absent this tick, retried next tick.
+            InvalidArgument and NotFound from a per-device call are also noted (`take_handle_errors`):
+            a handle that stopped answering may belong to a GPU that left the device list.
 
 Every failure is counted in `errors` by (call, error) for `mfu_agent_nvml_errors_total`.
 
@@ -65,6 +68,7 @@ class GpuDown(RuntimeError):
     def __init__(self, gpu: GpuKey | None, call: str, error: str) -> None:
         super().__init__(f"GPU {gpu} is down: {call} failed with {error}")
         self.gpu = gpu
+        self.error = error  # error_name() of the failure: "gpu_is_lost" or "unknown"
 
 
 _ABSENT_ERRORS = (pynvml.NVMLError_NotSupported, pynvml.NVMLError_NoPermission)
@@ -74,7 +78,10 @@ _AGENT_ERRORS = (
     pynvml.NVMLError_Uninitialized,
     pynvml.NVMLError_DriverNotLoaded,
     pynvml.NVMLError_LibraryNotFound,
+    pynvml.NVMLError_LibRmVersionMismatch,
 )
+# From a per-device call: the handle may be stale (its GPU left the device list).
+_HANDLE_ERRORS = (pynvml.NVMLError_InvalidArgument, pynvml.NVMLError_NotFound)
 
 ARCHITECTURES = {
     getattr(pynvml, name): name.removeprefix("NVML_DEVICE_ARCH_").lower()
@@ -171,6 +178,7 @@ class NvmlGateway:
         self._lock = threading.Lock()
         self._initialised = False
         self._utilization_seen: dict[GpuKey, int] = {}  # GPU -> newest process sample timestamp (µs)
+        self._handle_errors = 0  # InvalidArgument / NotFound from per-device calls since the last take
 
     # -- the one place NVML is called -------------------------------------------------------
     def call(self, gpu: GpuKey | None, name: str, fn: Callable[..., T], *args: Any) -> T:
@@ -196,7 +204,17 @@ class NvmlGateway:
             raise NvmlUnavailable(f"NVML {name} failed: {exc}") from exc
         except pynvml.NVMLError as exc:
             self._count(name, exc)
+            if gpu is not None and isinstance(exc, _HANDLE_ERRORS):
+                with self._lock:
+                    self._handle_errors += 1
             return ABSENT
+
+    def take_handle_errors(self) -> int:
+        """InvalidArgument / NotFound answers of per-device calls since the last take: a reason to check
+        whether the device list changed."""
+        with self._lock:
+            count, self._handle_errors = self._handle_errors, 0
+            return count
 
     def _count(self, name: str, exc: BaseException) -> None:
         with self._lock:
@@ -211,6 +229,23 @@ class NvmlGateway:
         with self._lock:
             self._absent = {entry for entry in self._absent if entry[0] != gpu}
             self._utilization_seen.pop(gpu, None)
+
+    def forget_device(self, index: int) -> None:
+        """Forget GPU `index` and its MIG devices: another GPU now answers at that index."""
+
+        def of_it(key: GpuKey | None) -> bool:
+            return key == index or (isinstance(key, str) and key.split(".", 1)[0] == str(index))
+
+        with self._lock:
+            self._absent = {entry for entry in self._absent if not of_it(entry[0])}
+            self._utilization_seen = {k: v for k, v in self._utilization_seen.items() if not of_it(k)}
+
+    def reset(self) -> None:
+        """Forget everything learnt per device: NVML is initialised afresh and the GPUs may differ."""
+        with self._lock:
+            self._absent.clear()
+            self._utilization_seen.clear()
+            self._handle_errors = 0
 
     # -- library ------------------------------------------------------------------------------
     def init(self) -> None:
@@ -235,9 +270,10 @@ class NvmlGateway:
         version = self.call(None, "nvmlSystemGetDriverVersion", pynvml.nvmlSystemGetDriverVersion)
         return str(version) if version is not ABSENT else ""
 
-    def device_count(self) -> int:
+    def device_count(self) -> int | None:
+        """The number of GPUs NVML sees; None when it could not say this time."""
         count = self.call(None, "nvmlDeviceGetCount", pynvml.nvmlDeviceGetCount)
-        return int(count) if count is not ABSENT else 0
+        return int(count) if count is not ABSENT else None
 
     def handle(self, index: int) -> Any:
         return self.call(index, "nvmlDeviceGetHandleByIndex", pynvml.nvmlDeviceGetHandleByIndex, index)
@@ -479,6 +515,9 @@ class NvmlGateway:
             data = pynvml.nvmlEventSetWait_v2(event_set, timeout_ms)
         except pynvml.NVMLError_Timeout:
             return None
+        except _AGENT_ERRORS as exc:
+            self._count("nvmlEventSetWait", exc)
+            raise NvmlUnavailable(f"NVML nvmlEventSetWait failed: {exc}") from exc
         except pynvml.NVMLError as exc:
             # The caller backs off: a lost GPU in the set can make every wait fail at once.
             self._count("nvmlEventSetWait", exc)

@@ -268,6 +268,7 @@ SHARED_PIDS = (4_190_001, 4_190_002)  # the two processes of a `shared:GPU` faul
 
 class SimulatedBackend:
     name = "simulated"
+    unavailable_reason = ""  # simulated NVML never goes away
 
     def __init__(self, spec: str = DEFAULT_SPEC, seed: int = 0, clock=time.time) -> None:
         self._clock = clock

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mfu_agent.client import Reporter, normalize_dtype
+from mfu_agent.client._reporter import GPU_UUID_RE
 
 __all__ = ["MfuCallback", "MfuTrainerCallback", "cuda_gpu_uuids"]
 
@@ -36,11 +37,13 @@ def __getattr__(name: str) -> Any:
 
 
 def cuda_gpu_uuids(device: Any) -> list[str] | None:
-    """``["GPU-<uuid>"]`` for a CUDA ``torch.device`` (as NVML spells it), else None.
+    """``["GPU-<uuid>"]`` (a whole GPU) or ``["MIG-<uuid>"]`` (a MIG instance) for a CUDA
+    ``torch.device``, spelt as NVML spells it; else None.
 
-    The UUID names the GPU unambiguously for the agent whatever CUDA_VISIBLE_DEVICES or the
-    container's PID namespace do to indices and pids. Best effort: None when unknown (CPU, MIG
-    instance, old torch); the agent then falls back to pid / local_rank.
+    The UUID names the device unambiguously for the agent whatever CUDA_VISIBLE_DEVICES or the
+    container's PID namespace do to indices and pids. On a MIG instance torch reports the
+    instance's own UUID; the device name (``"... MIG 1g.10gb"``) tells the two apart. Best effort:
+    None when unknown (CPU, old torch, any failure); the agent then falls back to pid / local_rank.
     """
     try:
         if device is None or getattr(device, "type", None) != "cuda":
@@ -48,12 +51,13 @@ def cuda_gpu_uuids(device: Any) -> list[str] | None:
         import torch
 
         index = device.index if device.index is not None else torch.cuda.current_device()
-        if "MIG" in torch.cuda.get_device_name(index):
-            return None
+        prefix = "MIG-" if "MIG" in str(torch.cuda.get_device_name(index)) else "GPU-"
         uuid = str(torch.cuda.get_device_properties(index).uuid).strip()
-        if not uuid:
-            return None
-        return [uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"]
+        if uuid.startswith(("GPU-", "MIG-")):
+            uuid = uuid[4:]
+        uuid = prefix + uuid
+        # What the Reporter accepts: anything else would make it refuse to start.
+        return [uuid] if GPU_UUID_RE.fullmatch(uuid) else None
     except Exception:
         return None
 

@@ -15,6 +15,7 @@ def agent_families(
     backend: str,
     node: str,
     snapshot: Snapshot | None,
+    nvml_up: bool | None,
     ticks: int,
     failures: int,
     nvml_errors: dict[tuple[str, str], int],
@@ -28,6 +29,13 @@ def agent_families(
     yield CounterMetricFamily(
         "mfu_agent_sample_failures", "Sampling ticks that failed as a whole.", value=failures
     )
+    if nvml_up is not None:
+        yield GaugeMetricFamily(
+            "mfu_agent_nvml_up",
+            "1 while NVML answers; 0 while it cannot be used (driver unloaded, version mismatch, every GPU "
+            "lost) or no sample completed recently (a hung NVML call): then every GPU is exported down.",
+            value=1 if nvml_up else 0,
+        )
     if snapshot is not None:
         yield GaugeMetricFamily(
             "mfu_agent_sample_duration_seconds",

@@ -95,8 +95,11 @@ def gpu_families(
     snapshot: Snapshot | None,
     events: dict[EventKey, int],
     pod_of: Callable[[int], tuple[str, str, str]] | None = None,
+    now: float | None = None,
 ) -> Iterator[Metric]:
+    """`now` (Unix time) gives the reading ages; without it they are left out."""
     gpus = snapshot.gpus if snapshot else ()
+    listed = (*gpus, *snapshot.vanished) if snapshot else ()  # with the GPUs gone, exported down
     info = GaugeMetricFamily(
         "mfu_gpu_info",
         "GPU identity (MIG devices: also parent_uuid and the MIG labels); the value is always 1.",
@@ -110,8 +113,14 @@ def gpu_families(
         "1 while the GPU is in MIG mode (its work is on its MIG devices), 0 when not; absent without MIG.",
         labels=GPU_LABELS,
     )
-    labels_of = {g.uuid: device_labels(g.identity) for g in gpus}
-    for g in gpus:
+    age = GaugeMetricFamily(
+        "mfu_gpu_reading_age_seconds",
+        "Seconds since the device was last read well, at scrape time; its readings are withheld (up 0) "
+        "once this passes the staleness limit.",
+        labels=GPU_LABELS,
+    )
+    labels_of = {g.uuid: device_labels(g.identity) for g in listed}
+    for g in listed:
         ident = g.identity
         labels = labels_of[g.uuid]
         extra = {"parent_uuid": ident.mig.parent_uuid} if ident.mig else {}
@@ -128,9 +137,13 @@ def gpu_families(
         add_sample(up, labels, 1 if g.up else 0)
         if g.mig_mode is not None and g.up:
             add_sample(mig_mode, labels, 1 if g.mig_mode else 0)
+        read_at = snapshot.read_at.get(g.uuid)
+        if now is not None and read_at is not None:
+            add_sample(age, labels, max(0.0, now - read_at))
     yield info
     yield up
     yield mig_mode
+    yield age
 
     live = [g for g in gpus if g.up]
     for name, help_text, value_of in _GAUGES:

@@ -54,6 +54,8 @@ def gpu_peak_families(snapshot: Snapshot | None, peaks: PeakTable) -> Iterator[M
         labels=["gpu", "uuid", "model"],
     )
     for gpu in snapshot.gpus if snapshot else ():
+        if not gpu.up:
+            continue  # a GPU down exports its identity and up only
         name = gpu.identity.name
         labels = device_labels(gpu.identity)
         by_dtype = device_peaks(gpu.identity, peaks)
