@@ -7,9 +7,12 @@
 # monitoring agent needs (no compute, no graphics).
 #
 #   docker build -t mfu-agent .
-#   docker run -d --gpus all --pid host -p 8469:8469 mfu-agent
+#   docker run -d --gpus all --pid host -p 8469:8469 \
+#       -v /etc/mfu-agent/report-token:/run/secrets/report-token:ro \
+#       -e MFU_AGENT_REPORT_TOKEN_FILE=/run/secrets/report-token mfu-agent
 #
 # --pid host lets the agent map the host pids NVML reports to pods / Slurm jobs (see docs/deploy.md).
+# The image listens on 0.0.0.0, where the agent refuses to start without a report token.
 
 ARG PYTHON_IMAGE=python:3.12-slim
 

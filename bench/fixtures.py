@@ -99,8 +99,13 @@ def make_agent(
             backend.set_processes(gpu, pids, gpu_instance_id=instance)
         else:
             backend.set_processes(gpu, pids)
+    # The agent's clock stands still at the one snapshot's time: every render exports the same page (the
+    # GPUs' reading age is computed at scrape time), which the benches compare byte for byte.
+    frozen = time.time()
     agent = Agent(
-        backend, AgentOptions(node_name="bench-node", proc_root=_PROC_ROOT, max_ranks=max(4096, n_ranks))
+        backend,
+        AgentOptions(node_name="bench-node", proc_root=_PROC_ROOT, max_ranks=max(4096, n_ranks)),
+        clock=lambda: frozen,
     )
     snapshot = agent.sampler.sample_once()
     now = time.time()

@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI
 from . import __version__
 from .agent import Agent
 from .api import reports, system
+from .api.drain import DrainRequestBody
 
 
 def create_app(
@@ -18,7 +19,11 @@ def create_app(
     manage_agent: bool = True,
     on_started: Callable[[], None] | None = None,
     on_stopping: Callable[[], None] | None = None,
+    docs: bool = False,
 ) -> FastAPI:
+    """`docs` turns on /docs and /redoc, whose JavaScript and CSS come from a CDN (blank on an offline
+    node); /openapi.json is always served."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manage_agent:
@@ -38,7 +43,10 @@ def create_app(
         version=__version__,
         lifespan=lifespan,
         description="GPU telemetry and live model FLOPs utilisation, as Prometheus metrics.",
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
+    app.add_middleware(DrainRequestBody)
     app.state.agent = agent
     app.include_router(system.router)
     app.include_router(reports.router)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import re
@@ -60,6 +61,26 @@ def _env(flag: str, default: str | None = None) -> str | None:
     return os.environ.get("MFU_AGENT_" + flag.upper().replace("-", "_"), default)
 
 
+def _env_switch(flag: str) -> bool:
+    """A switch's MFU_AGENT_<FLAG>: 1/true/yes/on or 0/false/no/off (or unset)."""
+    value = (_env(flag) or "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    name = "MFU_AGENT_" + flag.upper().replace("-", "_")
+    raise BackendError(f"{name}={_env(flag)!r}: expected 1, true, yes, on, 0, false, no or off")
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _env_list(flag: str, default: list[str]) -> list[str]:
     value = _env(flag)
     return [item for item in value.split(",") if item.strip()] if value else default
@@ -93,7 +114,22 @@ def _add_common(parser: argparse.ArgumentParser, listen_default: str) -> None:
     parser.add_argument(
         "--report-token-file",
         default=_env("report-token-file"),
-        help="file holding a bearer token that reports must carry (env MFU_AGENT_REPORT_TOKEN_FILE)",
+        help="file holding a bearer token that reports must carry (env MFU_AGENT_REPORT_TOKEN_FILE); "
+        "required when --listen is not a loopback address",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated-reports",
+        action="store_true",
+        default=None,
+        help="accept reports without a token on a non-loopback --listen address: anyone who can reach "
+        "the port can write reports (env MFU_AGENT_ALLOW_UNAUTHENTICATED_REPORTS=1)",
+    )
+    parser.add_argument(
+        "--docs",
+        action="store_true",
+        default=None,
+        help="serve the interactive API pages /docs and /redoc; they load their JavaScript from a CDN "
+        "(/openapi.json is always served; env MFU_AGENT_DOCS=1)",
     )
     parser.add_argument(
         "--peak-flops-file",
@@ -183,7 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         args.backend, args.simulate, args.fault = "simulated", DEMO_SPEC, list(DEMO_FAULTS)
     try:
+        for switch in ("allow_unauthenticated_reports", "docs"):
+            if getattr(args, switch) is None:
+                setattr(args, switch, _env_switch(switch))
         token, overrides = read_config_files(args)
+        check_report_access(args, token)
         args.node_name = args.node_name or socket.gethostname()
         backend = make_backend(
             args.backend, args.simulate, args.fault, seed=zlib.crc32(args.node_name.encode())
@@ -213,6 +253,26 @@ def read_config_files(args: argparse.Namespace) -> tuple[str | None, dict[str, d
         except (OSError, ValueError) as exc:
             raise BackendError(f"bad --peak-flops-file: {exc}") from None
     return token, overrides
+
+
+def check_report_access(args: argparse.Namespace, token: str | None) -> None:
+    """Refuses a non-loopback --listen without a report token, unless explicitly allowed."""
+    host, port = args.listen
+    if token is not None or is_loopback(host):
+        return
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if args.allow_unauthenticated_reports:
+        log.warning(
+            "reports are accepted without a token from anyone who can reach %s "
+            "(--allow-unauthenticated-reports)",
+            address,
+        )
+        return
+    raise BackendError(
+        f"--listen {address} is reachable from other machines and no --report-token-file is set, so "
+        "anyone could post reports: set --report-token-file (see docs/deploy.md), listen on 127.0.0.1, "
+        "or pass --allow-unauthenticated-reports"
+    )
 
 
 class BackendError(Exception):
@@ -249,10 +309,9 @@ def make_backend(kind: str, simulate: str, faults: list[str], seed: int = 0):
 def serve(
     args: argparse.Namespace, backend, token: str | None, overrides: dict[str, dict[str, float]]
 ) -> int:
-    import uvicorn
-
     from .agent import Agent, AgentOptions
     from .app import create_app
+    from .server import limits_for, make_server, raise_open_file_limit
 
     options = AgentOptions(
         interval=args.interval,
@@ -277,10 +336,16 @@ def serve(
         job = SyntheticJob(url, backend.devices(), DEMO_RANKS, {5})
         if token:
             os.environ.setdefault("MFU_AGENT_TOKEN", token)
-    app = create_app(agent, on_started=job.start if job else None, on_stopping=job.stop if job else None)
+    app = create_app(
+        agent,
+        on_started=job.start if job else None,
+        on_stopping=job.stop if job else None,
+        docs=args.docs,
+    )
+    limits = limits_for(raise_open_file_limit())
+    log.debug("at most %d connections", limits.max_connections)
     log.info("mfu-agent %s serving on http://%s:%d (backend %s)", __version__, host, port, backend.name)
-    config = uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=False)
-    server = uvicorn.Server(config)
+    server = make_server(app, host, port, args.log_level, limits)
     server.run()
     return 0 if server.started else 1
 

@@ -22,10 +22,18 @@ ROOT = TESTS.parent
 
 
 class AgentProcess:
-    def __init__(self, *args: str, fake_nvml: dict[str, Any] | None = None, tmp: Path | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        fake_nvml: dict[str, Any] | None = None,
+        tmp: Path | None = None,
+        nofile: tuple[int, int] | None = None,
+    ) -> None:
+        """`nofile`: the (soft, hard) RLIMIT_NOFILE the agent starts with."""
         self.args = list(args)
         self.fake_nvml = fake_nvml
         self.tmp = tmp
+        self.nofile = nofile
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[str] | None = None
@@ -44,8 +52,21 @@ class AgentProcess:
         else:
             cmd = [sys.executable, "-m", "mfu_agent.cli", "run", "--backend", "simulated"]
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}"}
+        nofile = self.nofile
+
+        def limit_open_files() -> None:
+            if nofile is not None:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         self.proc = subprocess.Popen(
-            [*cmd, *common], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            [*cmd, *common],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            preexec_fn=limit_open_files if nofile is not None else None,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -84,7 +105,7 @@ class AgentProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.output = self.stop()  # everything the agent wrote
 
     def nvml(self, action: str, timeout: float = 15, **args: Any) -> dict[str, Any]:
         """Drives the agent's fake NVML (unload, reload, hang, release, add_device, remove_device; see

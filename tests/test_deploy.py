@@ -299,6 +299,23 @@ def test_compose_agent_service(compose: dict[str, Any]) -> None:
     assert any(p.endswith(f":{PORT}") for p in published), published
     assert agent["environment"]["MFU_AGENT_STATE_DIR"] == "/var/lib/mfu-agent"
     assert "agent-state:/var/lib/mfu-agent" in agent["volumes"]
+    assert all(str(p).startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
+
+
+def test_compose_agent_requires_a_report_token_from_a_secret(compose: dict[str, Any]) -> None:
+    agent = compose["services"]["mfu-agent"]
+    path = agent["environment"].get("MFU_AGENT_REPORT_TOKEN_FILE")
+    listen = agent["command"][agent["command"].index("--listen") + 1]
+    _assert_reports_need_a_token("compose's mfu-agent", listen, path, json.dumps(agent))
+    assert path is not None and path.startswith("/run/secrets/")
+    name = path.removeprefix("/run/secrets/")
+    assert name in agent.get("secrets", []), f"the service does not mount secret {name}"
+    source = compose["secrets"][name]["file"]
+    assert source.startswith("./")
+    gitignore = (REPO / ".gitignore").read_text().splitlines()
+    relative = (COMPOSE_DIR / source).resolve().relative_to(REPO).as_posix()
+    assert f"/{relative}" in gitignore, "a token must never be committed"
+    assert f"openssl rand -hex 32 > {relative}" in (COMPOSE_DIR / "compose.yaml").read_text()
 
 
 def test_compose_mounts_exist(compose: dict[str, Any]) -> None:
@@ -434,7 +451,44 @@ def test_systemd_unit_runs_agent_as_dedicated_user() -> None:
     assert service["Restart"] in ("on-failure", "always")
     assert unit["Install"]["WantedBy"] == "multi-user.target"
     assert service["StateDirectory"] == "mfu-agent"
-    assert service["Environment"] == "MFU_AGENT_STATE_DIR=%S/mfu-agent"
+    assert _unit_environment(SYSTEMD_DIR / "mfu-agent.service")["MFU_AGENT_STATE_DIR"] == "%S/mfu-agent"
+
+
+def _unit_environment(path: Path) -> dict[str, str]:
+    """Every Environment= assignment of the unit (configparser keeps only the last line)."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("Environment="):
+            for item in shlex.split(line.removeprefix("Environment=")):
+                key, _, value = item.partition("=")
+                values[key] = value
+    return values
+
+
+def test_systemd_unit_requires_a_report_token_as_a_credential() -> None:
+    unit = SYSTEMD_DIR / "mfu-agent.service"
+    environment = _unit_environment(unit)
+    settings = _env_file(SYSTEMD_DIR / "mfu-agent.env")
+    path = environment.get("MFU_AGENT_REPORT_TOKEN_FILE")
+    _assert_reports_need_a_token(
+        "the systemd unit", settings["MFU_AGENT_LISTEN"], path, json.dumps([environment, settings])
+    )
+    assert "MFU_AGENT_REPORT_TOKEN_FILE" not in settings, "the env file must not override the credential"
+    assert path is not None and path.startswith("%d/"), "from the unit's credentials directory"
+    credentials = dict(
+        line.removeprefix("LoadCredential=").split(":", 1)
+        for line in unit.read_text().splitlines()
+        if line.startswith("LoadCredential=")
+    )
+    source = credentials.get(path.removeprefix("%d/"))
+    assert source and source.startswith("/etc/"), f"no LoadCredential= for {path}"
+
+
+def test_systemd_unit_raises_the_open_file_limit() -> None:
+    from mfu_agent.server import ACCEPT_HEADROOM, FD_RESERVE, MAX_CONNECTIONS
+
+    service = _unit(SYSTEMD_DIR / "mfu-agent.service")["Service"]
+    assert int(service["LimitNOFILE"]) >= MAX_CONNECTIONS + ACCEPT_HEADROOM + FD_RESERVE
 
 
 def test_systemd_unit_is_hardened_without_breaking_nvml() -> None:
@@ -534,7 +588,7 @@ def test_systemd_analyze_security_exposure(verifiable_unit: Path) -> None:
 # Kubernetes
 
 
-def _kustomize(directory: Path) -> list[dict[str, Any]]:
+def _kustomize_run(directory: Path) -> subprocess.CompletedProcess[str]:
     venv_kubectl = Path(sys.executable).parent / "kubectl"
     if venv_kubectl.is_file():
         cmd = [str(venv_kubectl), "kustomize", str(directory)]
@@ -544,14 +598,34 @@ def _kustomize(directory: Path) -> list[dict[str, Any]]:
         cmd = [shutil.which("kubectl") or "kubectl", "kustomize", str(directory)]
     else:
         _missing("kubectl or kustomize")
-    result = _run(cmd)
+    return _run(cmd)
+
+
+def _kustomize(directory: Path) -> list[dict[str, Any]]:
+    result = _kustomize_run(directory)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+TOKEN_FILE = "report-token"  # next to kustomization.yaml, created by the operator, never committed
+
+
+def _copy_base(destination: Path, token: str | None) -> Path:
+    """deploy/kubernetes as an operator has it: with the report token they created, or without."""
+    shutil.copytree(K8S_DIR, destination, ignore=shutil.ignore_patterns(TOKEN_FILE))
+    if token is not None:
+        (destination / TOKEN_FILE).write_text(token + "\n")
+    return destination
+
+
 @pytest.fixture(scope="module")
-def rendered() -> list[dict[str, Any]]:
-    return _kustomize(K8S_DIR)
+def k8s_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _copy_base(tmp_path_factory.mktemp("k8s") / "kubernetes", "0123456789abcdef" * 4)
+
+
+@pytest.fixture(scope="module")
+def rendered(k8s_base: Path) -> list[dict[str, Any]]:
+    return _kustomize(k8s_base)
 
 
 def _by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -721,6 +795,76 @@ def test_kubernetes_daemonset(rendered: list[dict[str, Any]]) -> None:
     assert str(pod["securityContext"]["runAsUser"]) in " ".join(init["command"])
 
 
+def _secret_file(pod: dict[str, Any], container: dict[str, Any], path: str) -> tuple[str, str]:
+    """(Secret name, key) of the file `path` in `container`, which must come from a Secret volume."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        directory = mount["mountPath"].rstrip("/") + "/"
+        if path.startswith(directory):
+            secret = volumes[mount["name"]].get("secret")
+            assert secret, f"{path} is on volume {mount['name']}, which is not a Secret"
+            name = path[len(directory) :]
+            keys = {i["path"]: i["key"] for i in secret.get("items", [])} or {name: name}
+            assert name in keys, f"{path}: the Secret volume has no such file"
+            return secret["secretName"], keys[name]
+    raise AssertionError(f"{path} is on no volume of container {container['name']}")
+
+
+def _assert_reports_need_a_token(where: str, listen: str, token_file: str | None, settings: str) -> None:
+    """A deploy form on an address other machines reach must set a report token, not opt out."""
+    from mfu_agent.cli import is_loopback, parse_listen
+
+    assert "ALLOW_UNAUTHENTICATED" not in settings.upper().replace("-", "_"), f"{where} opts out of the token"
+    if not is_loopback(parse_listen(listen)[0]):
+        assert token_file, f"{where} listens on {listen} without a report token"
+
+
+def test_kubernetes_agent_requires_a_report_token_from_the_bases_secret(
+    rendered: list[dict[str, Any]],
+) -> None:
+    pod = _one(rendered, "DaemonSet")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = _env(container)
+    path = env.get("MFU_AGENT_REPORT_TOKEN_FILE")
+    _assert_reports_need_a_token("the DaemonSet", env["MFU_AGENT_LISTEN"], path, json.dumps(container))
+    assert path is not None
+    secret_name, key = _secret_file(pod, container, path)
+    (secret,) = [s for s in _by_kind(rendered, "Secret") if s["metadata"]["name"] == secret_name]
+    assert secret["metadata"]["name"] == "mfu-agent-report-token", "the name training namespaces copy"
+    assert key in secret.get("data", {}), f"Secret {secret_name} has no key {key}"
+    # readable by the agent's group only
+    (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == secret_name]
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+def test_kubernetes_base_does_not_build_without_a_report_token(tmp_path: Path) -> None:
+    base = _copy_base(tmp_path / "kubernetes", token=None)
+    result = _kustomize_run(base)
+    assert result.returncode != 0, "the base built without a report token"
+    assert TOKEN_FILE in result.stderr
+    gitignore = (REPO / ".gitignore").read_text().splitlines()
+    assert f"/deploy/kubernetes/{TOKEN_FILE}" in gitignore, "a token must never be committed"
+
+
+def test_kubernetes_training_job_example_reports_with_the_token(rendered: list[dict[str, Any]]) -> None:
+    job = _load_yaml(K8S_DIR / "examples" / "training-job.yaml")
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate.validate(job, kubernetes_validate.latest_version(), strict=True)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = _env(container)
+    agent_pod = _one(rendered, "DaemonSet")["spec"]["template"]["spec"]
+    (agent,) = agent_pod["containers"]
+    agent_secret = _secret_file(agent_pod, agent, _env(agent)["MFU_AGENT_REPORT_TOKEN_FILE"])
+    # what the client reads (mfu_agent/client): the same Secret, by the same name and key
+    assert "MFU_AGENT_TOKEN_FILE" in (REPO / "mfu_agent" / "client" / "_reporter.py").read_text()
+    assert _secret_file(pod, container, env["MFU_AGENT_TOKEN_FILE"]) == agent_secret
+    service = _one(rendered, "Service")
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    assert env["MFU_AGENT_URL"] == f"http://{name}.{namespace}.svc:{PORT}"
+
+
 def test_kubernetes_service_and_monitor_line_up(rendered: list[dict[str, Any]]) -> None:
     ds = _one(rendered, "DaemonSet")
     pod_labels = ds["spec"]["template"]["metadata"]["labels"]
@@ -755,11 +899,13 @@ def test_kubernetes_dashboards_configmaps(rendered: list[dict[str, Any]]) -> Non
         json.loads(next(iter(c["data"].values())))
 
 
-def test_kubernetes_runtimeclass_component(rendered: list[dict[str, Any]], tmp_path: Path) -> None:
+def test_kubernetes_runtimeclass_component(
+    rendered: list[dict[str, Any]], k8s_base: Path, tmp_path: Path
+) -> None:
     overlay = tmp_path / "overlay"
     overlay.mkdir()
-    base = os.path.relpath(K8S_DIR, overlay)
-    component = os.path.relpath(K8S_DIR / "components" / "runtimeclass-nvidia", overlay)
+    base = os.path.relpath(k8s_base, overlay)
+    component = os.path.relpath(k8s_base / "components" / "runtimeclass-nvidia", overlay)
     (overlay / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
         f"resources:\n  - {base}\ncomponents:\n  - {component}\n"
@@ -822,9 +968,15 @@ def test_deploy_doc_covers_every_form_and_names_real_files() -> None:
         "/opt/mfu-agent",
         "systemctl enable",
         "curl",
+        "openssl rand -hex 32",
+        "MFU_AGENT_TOKEN_FILE",
+        "LoadCredential",
+        "--allow-unauthenticated-reports",
     ):
         assert needle in doc, f"docs/deploy.md does not mention {needle}"
     paths = set(re.findall(r"(?<![\w/.-])((?:deploy|scripts|dashboards|docs)/[\w.*/-]*[\w*])", doc))
     assert paths
-    for path in sorted(paths):
+    # files the operator creates (report tokens), which .gitignore keeps out of the repository
+    created = {line.lstrip("/") for line in (REPO / ".gitignore").read_text().splitlines()}
+    for path in sorted(paths - created):
         assert list(REPO.glob(path)) or (REPO / path).exists(), f"docs/deploy.md names a missing path: {path}"

@@ -20,6 +20,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from starlette.requests import ClientDisconnect
 
 from ..jobs.registry import RankView, ReportData, ReportRejected
 from ..jobs.rollup import peak_weighted, per_gpu
@@ -28,6 +29,8 @@ from ..specs import DTYPES
 MAX_BODY_BYTES = 1024 * 1024
 MAX_BATCH = 1000
 MAX_GPUS = 16  # per report: no process drives more; each GPU adds series (docs/metrics.md#cardinality)
+# Report bodies read at once (each buffers up to MAX_BODY_BYTES); more get 429 with Retry-After.
+MAX_REPORTS_IN_FLIGHT = 32
 JOB_ID_PATTERN = r"^[A-Za-z0-9._:/-]{1,128}$"
 LABEL_KEYS = ("pod", "namespace", "slurm_job_id", "hostname")
 MAX_LABEL_CHARACTERS = 512  # all label values of a report together (Kubernetes names: 253 + 63 + ...)
@@ -206,13 +209,31 @@ async def post_reports(request: Request) -> JSONResponse:
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
         return _error(413, "too_large", agent, f"body over {MAX_BODY_BYTES} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            return _error(413, "too_large", agent, f"body over {MAX_BODY_BYTES} bytes")
+    state = request.app.state
+    in_flight = getattr(state, "reports_in_flight", 0)
+    if in_flight >= MAX_REPORTS_IN_FLIGHT:
+        return _error(
+            429,
+            "over_capacity",
+            agent,
+            f"{in_flight} reports are being received already; retry in a second",
+            headers={"Retry-After": "1"},
+        )
+    state.reports_in_flight = in_flight + 1
+    try:
+        body = await _read_body(request)
+    except ClientDisconnect:  # gone (or cut off by the server's request deadline): nobody to answer
+        return JSONResponse({"error": "the client went away before sending the whole body"}, 400)
+    finally:
+        state.reports_in_flight -= 1
+    if body is None:
+        return _error(413, "too_large", agent, f"body over {MAX_BODY_BYTES} bytes")
     try:
         payload = json.loads(body)
+    except RecursionError:
+        return _error(
+            400, "invalid", agent, "body is nested too deeply: a report nests JSON arrays and objects 3 deep"
+        )
     except (ValueError, UnicodeDecodeError) as exc:
         return _error(400, "invalid", agent, f"body is not valid JSON: {exc}")
     batch = isinstance(payload, list)
@@ -249,6 +270,16 @@ async def post_reports(request: Request) -> JSONResponse:
         return _error(exc.status, outcome, agent, exc.message, exc.field)
     agent.count_reports("accepted", accepted)
     return JSONResponse({"accepted": accepted}, status_code=202)
+
+
+async def _read_body(request: Request) -> bytearray | None:
+    """The body, or None once it passes MAX_BODY_BYTES (the rest is left to api/drain.py)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return None
+    return body
 
 
 @router.get("/v1/jobs", summary="Active jobs: ranks, GPUs, MFU, HFU, tokens/s, last report age")
