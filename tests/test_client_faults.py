@@ -1,0 +1,475 @@
+"""The client against a network that misbehaves, and an unusable agent URL.
+
+No timing assertions except where a bound on time IS the behaviour under test (close(timeout)
+against a peer that would hold it for 30-60 s); those bounds are generous multiples and say why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mfu_agent.client import Reporter
+from mfu_agent.client.testing import FakeAgent
+
+ROOT = Path(__file__).resolve().parent.parent
+F = 1.5e12
+WAIT = 15.0  # bounded waits: generous deadlines, no timing assertions
+HANG = 30.0  # how long the fake DNS lookup / the silent peers hang: far past any timeout used here
+
+ENV_VARS = (
+    "MFU_AGENT_URL",
+    "MFU_JOB_ID",
+    "TORCHELASTIC_RUN_ID",
+    "SLURM_JOB_ID",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "SLURM_NTASKS",
+    "MFU_AGENT_TOKEN",
+    "MFU_AGENT_TOKEN_FILE",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER",
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAgent]:
+    with FakeAgent() as fake:
+        yield fake
+
+
+@pytest.fixture
+def make_reporter() -> Iterator[Callable[..., Reporter]]:
+    created: list[Reporter] = []
+
+    def make(**kwargs: Any) -> Reporter:
+        kwargs.setdefault("job_id", "job-f")
+        kwargs.setdefault("rank", 0)
+        kwargs.setdefault("interval", 60)
+        reporter = Reporter(**kwargs)
+        created.append(reporter)
+        return reporter
+
+    yield make
+    for reporter in created:
+        reporter.close(timeout=0.5)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def client_logs(caplog: pytest.LogCaptureFixture, text: str, level: int) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "mfu_agent.client" and r.levelno == level and text in r.getMessage()
+    ]
+
+
+def run_client(script: str, env: dict[str, str] | None = None, timeout: float = 25.0) -> dict[str, Any]:
+    """Runs ``script`` in a fresh interpreter with the real client; it prints one JSON line last.
+
+    ``timeout`` stays under HANG: a client that waited for the hanging lookup would be killed here
+    and the test would fail with TimeoutExpired."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["stderr"] = out.stderr
+    return result
+
+
+# A resolver that hangs: socket.getaddrinfo patched in the child, for one name only.
+HANGING_DNS = f"""
+import json, socket, threading, time
+_real_getaddrinfo = socket.getaddrinfo
+lookups = []
+def _getaddrinfo(host, *args, **kwargs):
+    if host == "agent.hang.test":
+        lookups.append(host)
+        time.sleep({HANG})
+    return _real_getaddrinfo(host, *args, **kwargs)
+socket.getaddrinfo = _getaddrinfo
+from mfu_agent.client import Reporter
+"""
+
+
+# --------------------------------------------------------------------------------------------------
+# DNS: bounded by the timeout, counted as kind "dns"
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_hanging_dns_lookup_cannot_hold_close() -> None:
+    # The lookup hangs 30 s; close(timeout=1) must return after about 1 s. The elapsed-time bound
+    # (< 5 s) IS the behaviour under test and cannot be flaky: a client that waited for the lookup
+    # would take >= 30 s (and be killed by run_client's 25 s limit); 5 s leaves 4 s of slack.
+    result = run_client(
+        HANGING_DNS
+        + """
+r = Reporter(job_id="dns", rank=0, url="http://agent.hang.test:8469", interval=60, flops_per_step=1.0)
+r.step()
+started = time.monotonic()
+r.close(timeout=1)
+elapsed = time.monotonic() - started
+print(json.dumps({"elapsed": elapsed, "stats": r.stats, "thread_alive": r._thread.is_alive(),
+                  "lookups": len(lookups)}))
+"""
+    )
+    stats = result["stats"]
+    assert result["elapsed"] < 5.0
+    assert stats["last_failure"] == "dns" and stats["failures_by_kind"] == {"dns": 1}
+    assert stats["posts_failed"] == 1 and stats["posts_ok"] == 0
+    assert "DNS lookup of 'agent.hang.test'" in stats["last_error"]
+    assert result["thread_alive"] is False
+    assert result["lookups"] == 1
+    assert result["stderr"].count("cannot resolve the agent's host name") == 1
+
+
+def test_background_posts_share_one_hanging_lookup_and_close_still_returns() -> None:
+    # Posts every 50 ms, each with a 0.3 s timeout, while the one lookup hangs: every post fails as
+    # "dns" without starting another lookup, the failure is logged once, and close(timeout=1)
+    # returns (the bound is the behaviour, as above: 5 s against a 30 s hang).
+    result = run_client(
+        HANGING_DNS
+        + """
+r = Reporter(job_id="dns", rank=0, url="http://agent.hang.test:8469", interval=0.05, timeout=0.3,
+             max_backoff=0.1, flops_per_step=1.0)
+deadline = time.monotonic() + 15
+while r.stats["posts_failed"] < 3 and time.monotonic() < deadline:
+    r.step()
+    time.sleep(0.01)
+started = time.monotonic()
+r.close(timeout=1)
+elapsed = time.monotonic() - started
+print(json.dumps({"elapsed": elapsed, "stats": r.stats, "lookups": len(lookups)}))
+"""
+    )
+    stats = result["stats"]
+    assert stats["posts_failed"] >= 3
+    assert stats["failures_by_kind"] == {"dns": stats["posts_failed"]}
+    assert result["lookups"] == 1  # one lookup in flight at a time, however many posts wait for it
+    assert result["elapsed"] < 5.0
+    assert result["stderr"].count("cannot resolve the agent's host name") == 1
+
+
+@pytest.fixture
+def counted_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """socket.getaddrinfo with two fake names: agent.test (127.0.0.1) and missing.test (NXDOMAIN)."""
+    real = socket.getaddrinfo
+    seen: dict[str, Any] = {"agent.test": 0, "missing.test": 0}
+
+    def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "agent.test":
+            seen["agent.test"] += 1
+            return real("127.0.0.1", *args, **kwargs)
+        if host == "missing.test":
+            seen["missing.test"] += 1
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return seen
+
+
+def test_a_resolved_address_is_cached_and_looked_up_again_after_a_failure(
+    counted_dns: dict[str, Any], make_reporter: Callable[..., Reporter]
+) -> None:
+    with FakeAgent() as agent:
+        r = make_reporter(url=f"http://agent.test:{agent.port}", flops_per_step=F)
+        r.step()
+        assert r.flush() and r.flush() and r.flush()
+        assert counted_dns["agent.test"] == 1  # cached
+        assert agent.posts[-1].headers["host"] == f"agent.test:{agent.port}"  # the name, not the IP
+    # The agent is gone: the connection fails, so the cached address is forgotten...
+    assert r.flush() is False
+    assert r.stats["last_failure"] == "connection"
+    # ...and the next post looks the name up again.
+    assert r.flush() is False
+    assert counted_dns["agent.test"] == 2
+
+
+def test_an_unknown_host_name_is_a_dns_failure(
+    counted_dns: dict[str, Any], make_reporter: Callable[..., Reporter], caplog: pytest.LogCaptureFixture
+) -> None:
+    r = make_reporter(url="http://missing.test:8469", flops_per_step=F)
+    assert r.flush() is False
+    assert r.flush() is False
+    stats = r.stats
+    assert stats["last_failure"] == "dns" and stats["failures_by_kind"] == {"dns": 2}
+    assert "cannot resolve 'missing.test'" in stats["last_error"]
+    assert counted_dns["missing.test"] == 2  # a failed lookup is not cached
+    assert len(client_logs(caplog, "cannot resolve the agent's host name", logging.WARNING)) == 1
+
+
+def test_ip_literals_are_never_looked_up(
+    fake: FakeAgent, make_reporter: Callable[..., Reporter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[Any] = []
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: calls.append(a) or real(*a, **k))
+    r = make_reporter(url=fake.url, flops_per_step=F)
+    r.step()
+    assert r.flush()
+    assert calls == []
+    assert fake.posts[-1].headers["host"] == f"127.0.0.1:{fake.port}"
+
+
+def test_localhost_is_resolved_and_sent_as_the_host(make_reporter: Callable[..., Reporter]) -> None:
+    with FakeAgent() as agent:  # listens on 127.0.0.1, which localhost resolves to (maybe after ::1)
+        r = make_reporter(url=f"http://localhost:{agent.port}", flops_per_step=F)
+        r.step()
+        assert r.flush(), r.stats
+        post = agent.posts[-1]
+        assert post.path == "/v1/reports"
+        assert post.headers["host"] == f"localhost:{agent.port}"
+        assert post.reports[0]["step"] == 1
+
+
+class _V6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_an_ipv6_literal_url_reaches_the_agent(make_reporter: Callable[..., Reporter]) -> None:
+    received: list[tuple[str, str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers["Host"], json.loads(body)))
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = _V6Server(("::1", 0), Handler)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        r = make_reporter(url=f"http://[::1]:{port}/prefix/v1/reports", flops_per_step=F)
+        r.step()
+        assert r.flush(), r.stats
+        r.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [(path, host) for path, host, _ in received] == [("/prefix/v1/reports", f"[::1]:{port}")] * 2
+
+
+# --------------------------------------------------------------------------------------------------
+# peers that hang: close(timeout) still returns
+# --------------------------------------------------------------------------------------------------
+
+
+class _SilentPeer:
+    """Accepts connections and never answers, or (``drip``) answers one byte every 0.1 s for HANG s."""
+
+    def __init__(self, drip: bool = False) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.drip = drip
+        self.connections: list[socket.socket] = []
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+            if self.drip:
+                threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        try:
+            conn.sendall(b"HTTP/1.1 202 Accepted\r\nX-Slow: ")
+            end = time.monotonic() + HANG
+            while not self.stopped.wait(0.1) and time.monotonic() < end:
+                conn.sendall(b"x")  # one byte at a time, never the end of the headers
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+        for conn in self.connections:
+            conn.close()
+
+
+def _close_in_thread(r: Reporter, timeout: float) -> threading.Thread:
+    thread = threading.Thread(target=r.close, kwargs={"timeout": timeout}, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("drip", [False, True], ids=["silent", "drip-feeding"])
+def test_close_returns_whatever_the_peer_does(drip: bool, make_reporter: Callable[..., Reporter]) -> None:
+    # A peer that never answers, or answers one byte every 0.1 s for 30 s (a per-read socket
+    # timeout would never fire). close(timeout=1) must come back: the 10 s join is a
+    # generous bound against a 30 s hang, and the outcome is asserted, not the time.
+    peer = _SilentPeer(drip=drip)
+    try:
+        r = make_reporter(url=peer.url, flops_per_step=F, timeout=30)
+        r.step()
+        closer = _close_in_thread(r, timeout=1)
+        closer.join(10)
+        assert not closer.is_alive()
+        assert r.stats["last_failure"] == "timeout"
+        assert r.stats["posts_failed"] == 1
+        assert wait_until(lambda: not r._thread.is_alive())
+    finally:
+        peer.close()
+
+
+def test_close_during_a_hanging_background_post_returns_without_the_final_totals(
+    make_reporter: Callable[..., Reporter], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The sender thread is stuck in a post with a 30 s timeout: close(timeout=1) cannot send the final
+    # totals, says so once, and returns (10 s join against a 30 s hang; the outcome is asserted).
+    peer = _SilentPeer()
+    try:
+        r = make_reporter(url=peer.url, flops_per_step=F, timeout=30, interval=0.05)
+        r.step()
+        assert wait_until(lambda: len(peer.connections) >= 1)  # the background post is in flight
+        closer = _close_in_thread(r, timeout=1)
+        closer.join(10)
+        assert not closer.is_alive()
+        assert len(client_logs(caplog, "the final totals were not sent", logging.WARNING)) == 1
+    finally:
+        peer.close()  # the stuck post fails now and the sender thread ends
+    assert wait_until(lambda: not r._thread.is_alive())
+
+
+# --------------------------------------------------------------------------------------------------
+# unusable agent URLs: url= raises, MFU_AGENT_URL logs one error and disables reporting
+# --------------------------------------------------------------------------------------------------
+
+BAD_URLS = [
+    ("http://[::1", "is not a usable URL"),
+    ("127.0.0.1:8469", "has no scheme: it must start with http:// or https:// (did you mean 'http://127.0"),
+    ("localhost:8469", "has no scheme"),
+    ("ftp://agent.example:8469", "scheme 'ftp' is not supported"),
+    ("http://", "has no host"),
+    ("http://:8469", "has no host"),
+    ("http://127.0.0.1:70000", "Port out of range"),
+    ("http://127.0.0.1:0", "port 0 is not in 1..65535"),
+    ("http://127.0.0.1:port", "is not a usable URL"),
+    ("http://user:secret@127.0.0.1:8469", "carries credentials"),
+    ("http://127.0.0.1:8469/?x=1", "must not have a query"),
+    ("http://agent host:8469", "is not a host name or an IP address"),
+]
+
+
+@pytest.mark.parametrize(("url", "message"), BAD_URLS, ids=[u for u, _ in BAD_URLS])
+def test_an_unusable_url_argument_raises(url: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        Reporter(job_id="j", url=url)
+    assert message in str(info.value)
+    assert str(info.value).startswith("mfu_agent.client: url ")
+
+
+@pytest.mark.parametrize(("url", "message"), BAD_URLS, ids=[u for u, _ in BAD_URLS])
+def test_an_unusable_environment_url_disables_reporting_with_one_error(
+    url: str, message: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MFU_AGENT_URL", url)
+    r = Reporter(job_id="j", rank=0, flops_per_step=F)  # never raises over the environment's URL
+    try:
+        errors = client_logs(caplog, "MFU_AGENT_URL", logging.ERROR)
+        assert len(errors) == 1
+        assert message in errors[0] and "Reporting is off" in errors[0]
+        assert message in r.stats["disabled"]
+        r.step()  # the training loop is unaffected
+        assert r.steps == 1
+        assert r.flush() is False
+        assert not r._thread.is_alive()  # nothing runs, nothing is sent
+    finally:
+        r.close()
+    assert r.stats["posts_failed"] == 0 and r.stats["posts_ok"] == 0
+    assert len(client_logs(caplog, "MFU_AGENT_URL", logging.ERROR)) == 1  # once, at start only
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8469",
+        "http://localhost:8469/",
+        "https://agent.example",
+        "http://[::1]:8469/v1/reports",
+    ],
+)
+def test_usable_urls_are_accepted(url: str, make_reporter: Callable[..., Reporter]) -> None:
+    r = make_reporter(url=url)
+    assert r.stats["disabled"] is None
+    assert r.endpoint.endswith("/v1/reports") and not r.endpoint.endswith("/v1/reports/v1/reports")
+    r.close(timeout=0)  # nothing listens there: no final report
+
+
+def test_a_usable_environment_url_is_used(fake: FakeAgent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MFU_AGENT_URL", fake.url + "/")
+    r = Reporter(job_id="j", rank=0, flops_per_step=F, interval=60)
+    r.step()
+    assert r.flush()
+    r.close()
+    assert r.stats["disabled"] is None and r.stats["posts_ok"] == 2
