@@ -1,4 +1,4 @@
-"""The client against a network that misbehaves, and an unusable agent URL.
+"""The client against a network that misbehaves, an unusable agent URL, and the final report.
 
 No timing assertions except where a bound on time IS the behaviour under test (close(timeout)
 against a peer that would hold it for 30-60 s); those bounds are generous multiples and say why.
@@ -159,6 +159,7 @@ print(json.dumps({"elapsed": elapsed, "stats": r.stats, "thread_alive": r._threa
     )
     stats = result["stats"]
     assert result["elapsed"] < 5.0
+    assert stats["final_report"] == "failed"  # the final report was tried once and failed on DNS
     assert stats["last_failure"] == "dns" and stats["failures_by_kind"] == {"dns": 1}
     assert stats["posts_failed"] == 1 and stats["posts_ok"] == 0
     assert "DNS lookup of 'agent.hang.test'" in stats["last_error"]
@@ -191,6 +192,7 @@ print(json.dumps({"elapsed": elapsed, "stats": r.stats, "lookups": len(lookups)}
     assert stats["failures_by_kind"] == {"dns": stats["posts_failed"]}
     assert result["lookups"] == 1  # one lookup in flight at a time, however many posts wait for it
     assert result["elapsed"] < 5.0
+    assert stats["final_report"] in ("failed", "skipped")  # tried once (or no time left): never retried
     assert result["stderr"].count("cannot resolve the agent's host name") == 1
 
 
@@ -310,6 +312,7 @@ def test_an_ipv6_literal_url_reaches_the_agent(make_reporter: Callable[..., Repo
         server.shutdown()
         server.server_close()
     assert [(path, host) for path, host, _ in received] == [("/prefix/v1/reports", f"[::1]:{port}")] * 2
+    assert received[-1][2][0]["final"] is True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,6 +378,7 @@ def test_close_returns_whatever_the_peer_does(drip: bool, make_reporter: Callabl
         closer = _close_in_thread(r, timeout=1)
         closer.join(10)
         assert not closer.is_alive()
+        assert r.stats["final_report"] == "failed"
         assert r.stats["last_failure"] == "timeout"
         assert r.stats["posts_failed"] == 1
         assert wait_until(lambda: not r._thread.is_alive())
@@ -382,11 +386,11 @@ def test_close_returns_whatever_the_peer_does(drip: bool, make_reporter: Callabl
         peer.close()
 
 
-def test_close_during_a_hanging_background_post_returns_without_the_final_totals(
+def test_close_during_a_hanging_background_post_returns_without_a_final_report(
     make_reporter: Callable[..., Reporter], caplog: pytest.LogCaptureFixture
 ) -> None:
     # The sender thread is stuck in a post with a 30 s timeout: close(timeout=1) cannot send the final
-    # totals, says so once, and returns (10 s join against a 30 s hang; the outcome is asserted).
+    # report, says so once, and returns (10 s join against a 30 s hang; the outcome is asserted).
     peer = _SilentPeer()
     try:
         r = make_reporter(url=peer.url, flops_per_step=F, timeout=30, interval=0.05)
@@ -395,7 +399,8 @@ def test_close_during_a_hanging_background_post_returns_without_the_final_totals
         closer = _close_in_thread(r, timeout=1)
         closer.join(10)
         assert not closer.is_alive()
-        assert len(client_logs(caplog, "the final totals were not sent", logging.WARNING)) == 1
+        assert r.stats["final_report"] == "skipped"
+        assert len(client_logs(caplog, "no final report", logging.WARNING)) == 1
     finally:
         peer.close()  # the stuck post fails now and the sender thread ends
     assert wait_until(lambda: not r._thread.is_alive())
@@ -446,6 +451,7 @@ def test_an_unusable_environment_url_disables_reporting_with_one_error(
         assert not r._thread.is_alive()  # nothing runs, nothing is sent
     finally:
         r.close()
+    assert r.stats["final_report"] == "skipped"
     assert r.stats["posts_failed"] == 0 and r.stats["posts_ok"] == 0
     assert len(client_logs(caplog, "MFU_AGENT_URL", logging.ERROR)) == 1  # once, at start only
 
@@ -472,4 +478,166 @@ def test_a_usable_environment_url_is_used(fake: FakeAgent, monkeypatch: pytest.M
     r.step()
     assert r.flush()
     r.close()
-    assert r.stats["disabled"] is None and r.stats["posts_ok"] == 2
+    assert r.stats["disabled"] is None and r.stats["final_report"] == "delivered"
+
+
+# --------------------------------------------------------------------------------------------------
+# the final report
+# --------------------------------------------------------------------------------------------------
+
+
+def _finals(agent: FakeAgent) -> list[dict[str, Any]]:
+    return [report for post in agent.posts for report in post.reports if report.get("final") is True]
+
+
+def test_close_sends_the_final_totals_once_marked_final(fake: FakeAgent) -> None:
+    r = Reporter(job_id="fin", rank=0, url=fake.url, flops_per_step=F, tokens_per_step=8, interval=0.05)
+    r.step()
+    assert fake.wait_for(lambda f: len(f.posts) >= 2, timeout=WAIT)  # periodic reports first
+    r.step()
+    r.step()
+    r.close()
+    r.close()  # idempotent: no second final report
+    reports = [report for post in fake.posts for report in post.reports]
+    assert [report.get("final") for report in reports].count(True) == 1
+    assert all("final" not in report for report in reports[:-1])  # only the last one, and only once
+    final = reports[-1]
+    assert final["final"] is True
+    assert final["step"] == 3 and final["model_flops_total"] == pytest.approx(3 * F)
+    assert final["tokens_total"] == 24
+    assert r.stats["final_report"] == "delivered"
+    assert not r._thread.is_alive()
+
+
+def test_a_reporter_that_never_stepped_still_says_final(fake: FakeAgent) -> None:
+    r = Reporter(job_id="idle", rank=0, url=fake.url, flops_per_step=F, interval=60)
+    r.close()
+    (final,) = _finals(fake)
+    assert final["step"] == 0 and final["model_flops_total"] == 0
+    assert len(fake.posts) == 1
+
+
+def test_the_with_statement_sends_the_final_report(fake: FakeAgent) -> None:
+    with Reporter(job_id="ctx", rank=0, url=fake.url, flops_per_step=F, interval=60) as r:
+        r.step()
+    (final,) = _finals(fake)
+    assert final["step"] == 1
+
+
+def test_flush_never_says_final(fake: FakeAgent, make_reporter: Callable[..., Reporter]) -> None:
+    r = make_reporter(url=fake.url, flops_per_step=F)
+    r.step()
+    assert r.flush() and r.flush()
+    assert _finals(fake) == []
+    assert r.snapshot().get("final") is None
+
+
+def test_the_exit_hook_sends_the_final_report(fake: FakeAgent) -> None:
+    result = run_client(
+        f"""
+import json
+from mfu_agent.client import Reporter
+r = Reporter(job_id="atexit", rank=0, url={fake.url!r}, flops_per_step=2.0, interval=60)
+for _ in range(4):
+    r.step()
+print(json.dumps({{}}))  # exits without close(): the atexit hook closes the reporter
+"""
+    )
+    assert result["stderr"] == ""
+    (final,) = _finals(fake)
+    assert final["job_id"] == "atexit" and final["step"] == 4 and final["model_flops_total"] == 8.0
+    assert len(fake.posts) == 1
+
+
+def test_a_failed_final_report_is_not_retried(fake: FakeAgent, caplog: pytest.LogCaptureFixture) -> None:
+    fake.respond_with(503)
+    r = Reporter(job_id="fail", rank=0, url=fake.url, flops_per_step=F, interval=60)
+    r.step()
+    r.close(timeout=2)
+    assert r.stats["final_report"] == "failed"
+    assert r.stats["last_failure"] == "server_error" and r.stats["posts_failed"] == 1
+    assert not r._thread.is_alive()  # nothing left that could send again
+    assert len(fake.posts) == 1 and fake.posts[0].reports[0]["final"] is True
+
+
+def test_close_with_no_time_sends_no_final_report(fake: FakeAgent) -> None:
+    r = Reporter(job_id="zero", rank=0, url=fake.url, flops_per_step=F, interval=60)
+    r.step()
+    r.close(timeout=0)
+    assert r.stats["final_report"] == "skipped"
+    assert fake.posts == []
+
+
+class _OldAgent:
+    """Answers like an agent from before the "final" field: 422 for a report that carries it."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                report = json.loads(self.rfile.read(int(self.headers["Content-Length"])))[0]
+                received.append(report)
+                if "final" in report:
+                    status = 422
+                    body = {
+                        "error": "reports[0].final: Extra inputs are not permitted",
+                        "field": "reports[0].final",
+                    }
+                else:
+                    status, body = 202, {"accepted": 1}
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_agent_that_does_not_know_final_still_gets_the_final_totals(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="mfu_agent.client")
+    old = _OldAgent()
+    try:
+        r = Reporter(job_id="old", rank=0, url=old.url, flops_per_step=F, interval=60)
+        r.step()
+        r.step()
+        r.close(timeout=2)
+    finally:
+        old.close()
+    assert [report.get("final") for report in old.received] == [True, None]
+    assert old.received[-1]["step"] == 2
+    assert r.stats["final_report"] == "delivered"
+    assert r.stats["posts_failed"] == 0 and r.stats["reports_dropped"] == 0
+    assert client_logs(caplog, "rejected", logging.WARNING) == []
+    assert len(client_logs(caplog, "does not know the report field 'final'", logging.INFO)) == 1
+
+
+def test_the_real_agent_takes_the_final_report(served: Any) -> None:
+    _agent, client = served
+    r = Reporter(
+        job_id="final-e2e", rank=0, url=str(client.base_url), flops_per_step=F, gpus=[0], interval=60
+    )
+    r.step()
+    assert r.flush() is True, r.stats
+    r.step()
+    r.close(timeout=5)
+    # Whichever agent version this is (one that drops the rank on "final", or one that refuses the
+    # field and gets the totals without it), the final totals are delivered and nothing failed.
+    assert r.stats["final_report"] == "delivered", r.stats
+    assert r.stats["posts_failed"] == 0

@@ -703,7 +703,7 @@ class Reporter:
 
     Call :meth:`step` once per optimizer step; a daemon thread posts the latest cumulative
     counters every ``interval`` seconds. Call :meth:`close` (or use ``with Reporter(...)``) at
-    the end of training to deliver the final totals.
+    the end of training to deliver the final totals as the final report.
 
     Only construction can raise (``ValueError`` for bad configuration, an unusable ``url=``
     included). An unusable ``MFU_AGENT_URL`` does not raise: it is logged once as an error and the
@@ -895,6 +895,7 @@ class Reporter:
         self._last_error: str | None = None
         self._last_status: int | None = None
         self._disabled = disabled
+        self._final_report: str | None = None
 
         self._closed = False
         self._close_lock = threading.Lock()
@@ -1059,6 +1060,7 @@ class Reporter:
         ``last_status`` (HTTP status of the last answer), ``last_error`` and ``last_failure`` (the
         kind of the last failed post: "dns", "connection", "timeout", "server_error", ...; both None
         after a success); ``failures_by_kind`` (failed posts per kind, since start);
+        ``final_report`` (None until :meth:`close`, then "delivered", "failed" or "skipped");
         ``disabled`` (None, or why this reporter sends nothing: an unusable MFU_AGENT_URL).
         """
         # Read without the send lock (a post may be in flight); each value is read atomically.
@@ -1068,6 +1070,7 @@ class Reporter:
         stats["last_error"] = self._last_error
         stats["last_failure"] = self._last_failure
         stats["failures_by_kind"] = dict(self._failure_kinds)
+        stats["final_report"] = self._final_report
         stats["disabled"] = self._disabled
         return stats
 
@@ -1096,11 +1099,13 @@ class Reporter:
             return False
 
     def close(self, timeout: float | None = None) -> None:
-        """Deliver the final totals and stop the sender thread. Idempotent.
+        """Deliver the final totals as the final report (``"final": true``) and stop the sender
+        thread. Idempotent.
 
         Returns within ``timeout`` seconds (default: the HTTP timeout, at most 2 s) whatever the
         network does: waiting for a post in flight, the DNS lookup, connecting and the answer all
-        share that one deadline. The final totals are posted once, never retried.
+        share that one deadline. The final report is tried once: if it fails (or there is no time
+        left for it) nothing more is sent; ``stats["final_report"]`` says what happened.
         """
         try:
             with self._close_lock:
@@ -1118,22 +1123,26 @@ class Reporter:
             self._log_arg_once("close", f"mfu_agent.client: close() failed: {exc!r}")
 
     def _send_final(self, deadline: float) -> None:
-        """The final totals, by ``deadline``."""
+        """One final report, by ``deadline``. Sent even when no step was counted: the agent can then
+        drop a rank that only registered."""
         if self._disabled is not None:
+            self._final_report = "skipped"
             return
         remaining = deadline - time.monotonic()
         if remaining <= 0:  # close(timeout=0): asked not to wait
+            self._final_report = "skipped"
             return
         if not self._send_lock.acquire(timeout=remaining):
+            self._final_report = "skipped"
             logger.warning(
-                "mfu_agent.client: the final totals were not sent (job %s rank %d): a report was still "
-                "in flight when close()'s timeout ran out",
+                "mfu_agent.client: no final report (job %s rank %d): a report was still in flight when "
+                "close()'s timeout ran out; the agent drops the rank once it stays silent",
                 self.job_id,
                 self.rank,
             )
             return
         try:
-            self._post_locked(deadline)
+            self._final_report = "delivered" if self._post_locked(deadline, final=True) else "failed"
         finally:
             self._send_lock.release()
 
@@ -1164,17 +1173,20 @@ class Reporter:
     def _send_scheduled(self) -> None:
         try:
             with self._send_lock:
-                if not self._stop.is_set():  # close() sends the final totals instead
+                if not self._stop.is_set():  # close() sends the final report instead
                     self._post_locked(time.monotonic() + self.timeout)
         except Exception as exc:  # pragma: no cover - the sender thread must never die
             self._log_arg_once("sender", f"mfu_agent.client: sender error: {exc!r}")
 
-    def _post_locked(self, deadline: float) -> bool:
+    def _post_locked(self, deadline: float, final: bool = False) -> bool:
         """One POST of the latest state, every step of it over by ``deadline`` (time.monotonic()).
         Caller holds ``_send_lock``."""
         if self._target is None or self._resolver is None:
             return False
-        body = json.dumps([self.snapshot()], separators=(",", ":"), allow_nan=False).encode()
+        report = self.snapshot()
+        if final:
+            report["final"] = True
+        body = json.dumps([report], separators=(",", ":"), allow_nan=False).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "mfu-agent-client"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
@@ -1193,6 +1205,16 @@ class Reporter:
         if 200 <= status < 300:
             self._succeeded(status)
             return True
+        if final and status in (400, 422) and "final" in detail and time.monotonic() < deadline:
+            # An agent older than the "final" field refuses it: send the final totals without it.
+            if "old_agent" not in self._arg_logged:
+                self._arg_logged.add("old_agent")
+                logger.info(
+                    "mfu_agent.client: the agent at %s does not know the report field 'final'; the final "
+                    "totals are sent without it (the agent drops the rank once it stays silent)",
+                    self.endpoint,
+                )
+            return self._post_locked(deadline, final=False)
         retry_after = _parse_retry_after(retry_header)
         return self._failed(_status_kind(status), f"HTTP {status}{detail}", status, retry_after)
 
