@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -641,3 +642,57 @@ def test_the_real_agent_takes_the_final_report(served: Any) -> None:
     # field and gets the totals without it), the final totals are delivered and nothing failed.
     assert r.stats["final_report"] == "delivered", r.stats
     assert r.stats["posts_failed"] == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# the framework callbacks never raise while training starts
+# --------------------------------------------------------------------------------------------------
+
+
+def test_callbacks_refuse_a_bad_url_when_they_are_built() -> None:
+    from mfu_agent.integrations import _ReporterOwner
+
+    with pytest.raises(ValueError, match="has no scheme"):
+        _ReporterOwner("MfuCallback", F, None, None, {"url": "127.0.0.1:8469"})
+
+
+def test_a_reporter_that_cannot_start_is_logged_and_training_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from mfu_agent.integrations import _ReporterOwner
+
+    owner = _ReporterOwner("MfuTrainerCallback", F, None, None, {})  # no job id anywhere
+    assert owner.ensure({"rank": 0, "world_size": 1}) is None
+    owner.step()
+    owner.finish()
+    assert owner.ensure({"rank": 0, "world_size": 1}) is None
+    errors = client_logs(caplog, "MfuTrainerCallback: cannot report for this run", logging.ERROR)
+    assert len(errors) == 1 and "MFU_JOB_ID" in errors[0]
+
+
+def test_huggingface_on_train_begin_never_raises(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from mfu_agent.integrations.huggingface import MfuTrainerCallback
+
+    args = SimpleNamespace(process_index=0, local_process_index=0, world_size=1, bf16=True, fp16=False)
+    state, control = transformers.TrainerState(), transformers.TrainerControl()
+
+    # No job id: nothing to report under; training goes on.
+    callback = MfuTrainerCallback(flops_per_step=F)
+    callback.on_train_begin(args, state, control)
+    callback.on_step_end(args, state, control)
+    callback.on_train_end(args, state, control)
+    assert callback.reporter is None
+    assert len(client_logs(caplog, "cannot report for this run", logging.ERROR)) == 1
+
+    # An unusable MFU_AGENT_URL: the Reporter exists, reports nothing, and says why.
+    monkeypatch.setenv("MFU_AGENT_URL", "http://[::1")
+    callback = MfuTrainerCallback(flops_per_step=F, job_id="hf")
+    callback.on_train_begin(args, state, control)
+    callback.on_step_end(args, state, control)
+    callback.on_train_end(args, state, control)
+    assert callback.reporter is not None and callback.reporter.steps == 1
+    assert "MFU_AGENT_URL" in callback.reporter.stats["disabled"]
