@@ -699,9 +699,11 @@ def test_real_agent_accepts_every_field_the_client_sends(
             r.step()
         assert r.flush() is True, r.stats
         assert r.stats["last_status"] in (200, 202)
+        # Looked at before close(): its final report lets the agent drop the rank at once.
+        jobs = {j["job_id"]: j for j in client.get("/v1/jobs").json()["jobs"]}
     finally:
         r.close()
-    jobs = {j["job_id"]: j for j in client.get("/v1/jobs").json()["jobs"]}
+    assert r.stats["final_report"] == "delivered", r.stats
     ranks = {x["rank"]: x for x in jobs["e2e-job"]["ranks"]}
     assert ranks[1]["step"] == 3
     assert ranks[1]["labels"]["pod"] == "trainer-0"
