@@ -57,7 +57,8 @@ LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9._:/@+-]{1,253}")
 GPU_UUID_RE = re.compile(r"(GPU|MIG)-[A-Za-z0-9-]{1,80}")
 MAX_INDEX = 1_000_000
 MAX_GPU_INDEX = 1023
-MAX_GPUS = 64
+MAX_GPUS = 16  # the agent's bound per report (docs/api.md)
+MAX_LABEL_CHARACTERS = 512  # the agent's bound on all label values of a report together
 
 # Spellings people (and frameworks) use for the dtypes the agent knows.
 _DTYPE_ALIASES = {
@@ -258,6 +259,28 @@ def _check_labels(labels: Mapping[str, str | None]) -> dict[str, str]:
             )
         checked[key] = value
     return checked
+
+
+def _fit_labels(labels: dict[str, str], given: set[str]) -> dict[str, str]:
+    """Labels within the agent's MAX_LABEL_CHARACTERS: the caller's own must fit (ValueError); labels
+    taken from the environment are left out, hostname first, until they do (logged once)."""
+    if sum(len(labels[k]) for k in given if k in labels) > MAX_LABEL_CHARACTERS:
+        raise ValueError(
+            f"mfu_agent.client: labels may hold at most {MAX_LABEL_CHARACTERS} characters in all, "
+            f"got {sum(len(v) for v in labels.values())}"
+        )
+    fitted = dict(labels)
+    for key in ("hostname", "slurm_job_id", "namespace", "pod"):
+        if sum(map(len, fitted.values())) <= MAX_LABEL_CHARACTERS:
+            break
+        if key in fitted and key not in given:
+            logger.warning(
+                "mfu_agent.client: label %s left out: the labels would exceed the agent's %d characters",
+                key,
+                MAX_LABEL_CHARACTERS,
+            )
+            del fitted[key]
+    return fitted
 
 
 def _check_gpus(gpus: Iterable[int | str] | None) -> list[int | str] | None:
@@ -780,7 +803,7 @@ class Reporter:
         merged_labels: dict[str, str | None] = dict(_default_labels())
         if labels is not None:
             merged_labels.update(labels)
-        checked_labels = _check_labels(merged_labels)
+        checked_labels = _fit_labels(_check_labels(merged_labels), set(labels or ()))
 
         self.job_id: str = job_id
         self.dtype: str = dtype
