@@ -156,10 +156,14 @@ def test_client_reports_reach_the_agent(served):
     ) as reporter:
         for _ in range(25):
             reporter.step()
-    text = client.get("/metrics").text
+        assert reporter.flush()
+        text = client.get("/metrics").text
     assert one(text, "mfu_job_model_flops_total", job_id="via-client", rank="3", gpu="2") == 25e12
     assert one(text, "mfu_job_tokens_total", job_id="via-client") == 25 * 512
     assert one(text, "mfu_job_step", job_id="via-client") == 25
+    # Leaving the block closed the reporter: its final report made the agent drop the finished rank.
+    assert reporter.stats["final_report"] == "delivered"
+    assert values(client.get("/metrics").text, "mfu_job_info", job_id="via-client") == []
 
 
 def test_batch_is_applied_whole(served):
