@@ -434,6 +434,17 @@ class Fleet:
                 for outcome, rate in (("accepted", 0.2), ("invalid", 0.0))
             ),
         )
+        yield (
+            "mfu_agent_rank_evictions_total",
+            "counter",
+            (
+                (_labels(_instance(n), ("reason", reason)), 0.0, 0.0, NEVER)
+                for n in nodes
+                for reason in ("final", "silent", "stalled", "ttl")
+            ),
+        )
+        yield "mfu_agent_series_budget", "gauge", per_node(lambda n: (100_000.0, 0.0))
+        yield "mfu_agent_series_estimate", "gauge", per_node(lambda n: (600.0 + 20.0 * ranks_on[n], 0.0))
         error = (("call", "nvmlDeviceGetPowerUsage"), ("error", "not_supported"))
         yield (
             "mfu_agent_nvml_errors_total",

@@ -217,6 +217,9 @@ def tables(r: dict) -> str:
     if "mig" in r:
         out.append("")
         out.append(mig_tables(r["mig"]))
+    if "budget" in r:
+        out.append("")
+        out.append(budget_tables(r["budget"]))
     if "rules" in r:
         out.append("")
         out.append(rules_tables(r["rules"]))
@@ -293,6 +296,42 @@ def mig_tables(x: dict) -> str:
     ratios = [f"{k}: x{v:.2f}" for k, v in s.items() if k.endswith("_cpu_ratio")]
     out.append("")
     out.append(f"CPU, MIG over whole GPUs: {', '.join(ratios)}. Posts delivered: {s['posts']}.")
+    return "\n".join(out)
+
+
+def budget_tables(b: dict) -> str:
+    """The series-budget section (bench/budget.py) as Markdown."""
+    rd, mem = b["render"], b["memory"]
+    mib = 2**20
+    out = [
+        f"Render at the budget, in-process: {rd['ranks']} ranks, {rd['series']:,} series "
+        f"(the agent's estimate {rd['estimate']:,}), {rd['bytes'] / mib:.1f} MiB of text; median (p99) "
+        f"ms over {rd['ns']['baseline_text']['n']} interleaved renders.",
+        "",
+        "| format | /metrics | bare prometheus_client | ratio (p99 ratio) |",
+        "|---|---|---|---|",
+    ]
+    for fmt in ("text", "openmetrics"):
+        a, base = rd["ns"][f"agent_{fmt}"], rd["ns"][f"baseline_{fmt}"]
+        out.append(
+            f"| {fmt} | {_ms(a['median'])} ({_ms(a['p99'])}) | {_ms(base['median'])} ({_ms(base['p99'])}) | "
+            f"{rd[f'ratio_{fmt}']:.2f} ({rd[f'ratio_{fmt}_p99']:.2f}) |"
+        )
+    out += [
+        "",
+        f"Memory, two concurrent scrapes (Prometheus' Accept header), {mem['ranks']} ranks, "
+        f"{mem['series']:,} series; the DaemonSet's limit {mem['memory_limit_bytes'] / mib:.0f} MiB:",
+        "",
+        "| process | RSS idle MiB | RSS peak MiB (rounds) | scrape wall s (median, p99) |",
+        "|---|---|---|---|",
+    ]
+    for name, label in (("agent", "mfu-agent"), ("bare", "bare prometheus_client (its own HTTP server)")):
+        m = mem[name]
+        rounds = ", ".join(f"{p / mib:.0f}" for p in m["peak_rss_rounds"])
+        out.append(
+            f"| {label} | {m['idle_rss_bytes'] / mib:.0f} | {m['peak_rss_bytes'] / mib:.0f} ({rounds}) | "
+            f"{m['scrape_wall_s']['median']:.2f}, {m['scrape_wall_s']['p99']:.2f} |"
+        )
     return "\n".join(out)
 
 

@@ -26,10 +26,10 @@ if __package__ in (None, ""):  # `python bench/run.py` as well as `python -m ben
 
 import signal  # noqa: E402
 
-from bench import client, ingest, mig, rules_scale, sampler, scrape, standing  # noqa: E402
+from bench import budget, client, ingest, mig, rules_scale, sampler, scrape, standing  # noqa: E402
 from bench.common import machine  # noqa: E402
 
-SECTIONS = ("scrape", "ingest", "client", "standing", "million", "sampler", "mig", "rules")
+SECTIONS = ("scrape", "ingest", "client", "standing", "million", "sampler", "mig", "budget", "rules")
 
 
 def log(message: str) -> None:
@@ -115,6 +115,17 @@ def targets(results: dict) -> list[dict]:
     if "mig" in results:
         for name, value, goal, ok, unit in mig.targets(results["mig"]):
             add(name, value, goal, ok, unit)
+    if "budget" in results:
+        render, memory = results["budget"]["render"], results["budget"]["memory"]
+        where = f"at the series budget ({render['series']:,} series)"
+        for stat, suffix in (("median", ""), ("p99", "_p99")):
+            worst = max(render[f"ratio_{fmt}{suffix}"] for fmt in ("text", "openmetrics"))
+            add(f"/metrics {where} / bare prometheus_client, {stat} (worse of text, OpenMetrics)",
+                worst, "<= 1.5", worst <= 1.5, "x")  # fmt: skip
+        peak = memory["agent"]["peak_rss_bytes"] / 2**20
+        half = memory["memory_limit_bytes"] / 2 / 2**20
+        add(f"agent RSS {where}, two concurrent scrapes", peak, f"< {half:.0f} (half the DaemonSet's limit)",
+            peak < half, "MiB")  # fmt: skip
     if "rules" in results:
         for name, value, goal, ok, unit in rules_scale.targets(results["rules"]):
             add(name, value, goal, ok, unit)
@@ -171,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             results["sampler"] = sampler.run(args.quick, log)
         elif section == "mig":
             results["mig"] = mig.run(args.quick, standing_seconds, log)
+        elif section == "budget":
+            results["budget"] = budget.run(args.quick, log)
         elif section == "rules":
             results["rules"] = rules_scale.run(args.quick, log)
         durations[section] = time.monotonic() - t0

@@ -10,10 +10,8 @@ from collections.abc import Callable
 
 from prometheus_client import generate_latest
 from prometheus_client.exposition import choose_encoder as library_choose_encoder
-from starlette.requests import Request
 
-from mfu_agent.api import system
-from mfu_agent.app import create_app
+from mfu_agent.metrics.exposition import stream
 
 from .common import summary
 from .fixtures import make_agent, plain_registry, report, series_count
@@ -57,15 +55,13 @@ def _time_interleaved(
 
 
 def endpoint_render(agent, accept: str = "") -> Callable[[], bytes]:
-    """GET /metrics as the endpoint serves it (mfu_agent.api.system.metrics: content negotiation, the
-    encoder it picks, the Response), without the HTTP server around it."""
-    app = create_app(agent, manage_agent=False)
-    headers = [(b"accept", accept.encode())] if accept else []
-    scope = {"type": "http", "method": "GET", "path": "/metrics", "headers": headers, "query_string": b""}
-    scope["app"] = app
+    """GET /metrics as the endpoint serves it (mfu_agent.api.system.metrics streams the chunks of
+    mfu_agent.metrics.exposition.stream: content negotiation, the library's encoder per family), joined,
+    without the HTTP server around it."""
 
     def render() -> bytes:
-        return system.metrics(Request(scope)).body
+        chunks, _ = stream(agent.registry, accept)
+        return b"".join(chunks)
 
     return render
 

@@ -16,10 +16,11 @@ from . import __version__
 from .attribution import attribute_pid
 from .events import EventCounter, EventWatcher
 from .gpu.model import GpuBackend, GpuReading, Snapshot
-from .jobs.registry import JobRegistry, pid_alive
+from .jobs.registry import DEFAULT_MAX_SERIES, JobRegistry, pid_alive
 from .jobs.state import StateStore
 from .metrics import MetricSource, make_registry
 from .metrics.agent import agent_families
+from .metrics.cardinality import node_series
 from .metrics.gpu import gpu_families
 from .metrics.jobs import job_families, report_families
 from .metrics.peaks import gpu_peak_families
@@ -43,6 +44,7 @@ class AgentOptions:
     proc_root: str = "/proc"
     mfu_window_seconds: float = 60.0
     max_ranks: int = 4096
+    max_series: int = DEFAULT_MAX_SERIES  # every series on /metrics; a report that would pass it gets 429
     rank_ttl_seconds: float = 600.0
     report_token: str | None = None
     peak_overrides: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -93,6 +95,8 @@ class Agent:
             self.options.max_ranks,
             self.options.rank_ttl_seconds,
             pid_alive=lambda pid: pid_alive(pid, self.options.proc_root),
+            max_series=self.options.max_series,
+            other_series=self.other_series,
         )
         self.state = (
             StateStore(self.options.state_dir, self.jobs, self.options.node_name)
@@ -180,6 +184,17 @@ class Agent:
         with self._outcomes_lock:
             self._report_outcomes[outcome] += count
 
+    def other_series(self) -> int:
+        """Series on /metrics besides the ranks' (metrics/cardinality.py)."""
+        gateway = getattr(self.backend, "gateway", None)
+        labelled = (
+            len(self.events)
+            + len(self._report_outcomes)
+            + len(self.jobs.removed)
+            + (len(gateway.errors_snapshot()) if gateway else 0)
+        )
+        return node_series(self.sampler.latest, labelled)
+
     def _job_metrics(self) -> Iterable[Metric]:
         views = self.jobs.views()
         yield from job_families(views, self.pods)
@@ -190,7 +205,13 @@ class Agent:
         yield from gpu_peak_families(snapshot, self.peaks)
         with self._outcomes_lock:
             outcomes = dict(self._report_outcomes)
-        yield from report_families(outcomes, len(self.jobs))
+        yield from report_families(
+            outcomes,
+            len(self.jobs),
+            evictions=dict(self.jobs.removed),
+            series=self.jobs.series() + self.other_series(),
+            budget=self.options.max_series,
+        )
 
     def _agent_metrics(self) -> Iterable[Metric]:
         gateway = getattr(self.backend, "gateway", None)

@@ -147,7 +147,15 @@ def _add_common(parser: argparse.ArgumentParser, listen_default: str) -> None:
         "--max-ranks",
         type=positive_int,
         default=_env("max-ranks", "4096"),
-        help="most (job_id, rank) pairs tracked; more get HTTP 429 (default 4096)",
+        help="most (job_id, rank) pairs tracked; more get HTTP 429 once no rank has stopped reporting "
+        "(default 4096)",
+    )
+    parser.add_argument(
+        "--max-series",
+        type=positive_int,
+        default=_env("max-series", "100000"),
+        help="most series /metrics may carry, whatever clients send; a report that would add more gets "
+        "HTTP 429 once no rank has stopped reporting (default 100000; env MFU_AGENT_MAX_SERIES)",
     )
     parser.add_argument(
         "--state-dir",
@@ -191,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=_env_list("fault", []),
         help="simulated fault, repeatable: lost:GPU, busy-idle:GPU, throttle:GPU, ecc:GPU, "
-        "shared:GPU, xid:GPU:CODE (env MFU_AGENT_FAULT, comma-separated)",
+        "shared:GPU, xid:GPU:CODE, xid-storm:GPU (10,000 XID 79s and 10,000 distinct codes) "
+        "(env MFU_AGENT_FAULT, comma-separated)",
     )
 
     demo = commands.add_parser(
@@ -310,6 +319,7 @@ def serve(
         proc_root=args.proc_root,
         mfu_window_seconds=args.mfu_window,
         max_ranks=args.max_ranks,
+        max_series=args.max_series,
         rank_ttl_seconds=args.rank_ttl,
         report_token=token,
         peak_overrides=overrides,

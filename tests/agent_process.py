@@ -170,6 +170,16 @@ def emit(**result):
 """
 
 
+# Appended to every client script: the process ends without the exit hook, whose final report would make
+# the agent drop the rank at once (tests read a rank after its client ended; a script that wants the
+# final report calls close() itself).
+CLIENT_EPILOGUE = """
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
+"""
+
+
 def run_client(
     script: str,
     agent: AgentProcess,
@@ -196,7 +206,7 @@ def start_client(
         **(env or {}),
     }
     return subprocess.Popen(
-        [sys.executable, "-c", CLIENT_PRELUDE + textwrap.dedent(script)],
+        [sys.executable, "-c", CLIENT_PRELUDE + textwrap.dedent(script) + CLIENT_EPILOGUE],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -48,6 +48,7 @@ EXTRA = {
     "mfu_agent_build_info": NODE | {"version", "backend", "node"},
     "mfu_agent_nvml_errors_total": NODE | {"call", "error"},
     "mfu_agent_reports_total": NODE | {"outcome"},
+    "mfu_agent_rank_evictions_total": NODE | {"reason"},
     "up": NODE,
     **dict.fromkeys(
         (

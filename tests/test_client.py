@@ -638,7 +638,8 @@ def test_client_imports_only_the_standard_library() -> None:
         {"labels": {"hostname": "x" * 254}},
         {"gpus": ["not-a-uuid"]},
         {"gpus": [1024]},
-        {"gpus": list(range(65))},
+        {"gpus": list(range(17))},  # the agent's bound: 16 per report
+        {"labels": {"pod": "p" * 253, "namespace": "n" * 253, "slurm_job_id": "7" * 10}},  # > 512 in all
         {"rank": 1_000_001},
     ],
 )
@@ -655,6 +656,18 @@ def test_environment_label_values_are_sanitised_and_explicit_empty_removes(
     assert r.labels["namespace"] == "team_a"
     assert "hostname" not in r.labels
     assert r.gpus == ["GPU-0a1b-2c3d", "MIG-9f"]
+
+
+def test_environment_labels_are_left_out_to_fit_the_agents_bound(
+    make_reporter: Callable[..., Reporter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POD_NAME", "p" * 253)
+    monkeypatch.setenv("POD_NAMESPACE", "n" * 253)
+    monkeypatch.setattr("socket.gethostname", lambda: "node-17")
+    r = make_reporter(url=closed_port_url(), labels={"slurm_job_id": "424242"})  # 253 + 253 + 6 + 7 > 512
+    assert sum(map(len, r.labels.values())) <= 512
+    assert r.labels["slurm_job_id"] == "424242" and r.labels["pod"] == "p" * 253
+    assert "hostname" not in r.labels  # left out first: the pod name and namespace fill the bound
 
 
 def test_torchrun_default_run_id_is_not_a_job_id(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -699,9 +712,11 @@ def test_real_agent_accepts_every_field_the_client_sends(
             r.step()
         assert r.flush() is True, r.stats
         assert r.stats["last_status"] in (200, 202)
+        # Looked at before close(): its final report lets the agent drop the rank at once.
+        jobs = {j["job_id"]: j for j in client.get("/v1/jobs").json()["jobs"]}
     finally:
         r.close()
-    jobs = {j["job_id"]: j for j in client.get("/v1/jobs").json()["jobs"]}
+    assert r.stats["final_report"] == "delivered", r.stats
     ranks = {x["rank"]: x for x in jobs["e2e-job"]["ranks"]}
     assert ranks[1]["step"] == 3
     assert ranks[1]["labels"]["pod"] == "trainer-0"

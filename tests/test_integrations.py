@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from metrics_text import one
 
 from mfu_agent.client import Reporter
 from mfu_agent.client.testing import FakeAgent
@@ -730,9 +731,12 @@ def test_lightning_end_to_end_with_the_real_agent(served: Any) -> None:
     _agent, client = served
     callback = MfuCallback(flops_per_step=F, tokens_per_step=T, job_id="lit-e2e", url=str(client.base_url))
     _trainer(pl, callback, max_steps=6).fit(_tiny_lightning_module(pl))
-    stats = callback.reporter.stats  # type: ignore[union-attr]
+    reporter = callback.reporter
+    stats = reporter.stats  # type: ignore[union-attr]
     assert stats["posts_ok"] >= 1 and stats["last_status"] == 202, stats
-    jobs = {j["job_id"]: j for j in client.get("/v1/jobs").json()["jobs"]}
-    (rank,) = jobs["lit-e2e"]["ranks"]
-    assert rank["step"] == 6
-    assert rank["rank"] == 0 and rank["local_rank"] == 0
+    assert reporter.steps == 6  # type: ignore[union-attr]
+    # Training ended: the callback closed its reporter, whose final report (the 6 steps' totals) the
+    # agent applied and then dropped the finished rank at once.
+    assert stats["final_report"] == "delivered", stats
+    assert "lit-e2e" not in {j["job_id"] for j in client.get("/v1/jobs").json()["jobs"]}
+    assert one(client.get("/metrics").text, "mfu_agent_rank_evictions_total", reason="final") == 1

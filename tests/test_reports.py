@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 from conftest import serve
-from metrics_text import one, values
+from metrics_text import one, samples, values
 
 from mfu_agent.agent import Agent, AgentOptions
 from mfu_agent.gpu.simulated import SimulatedBackend
@@ -156,10 +156,14 @@ def test_client_reports_reach_the_agent(served):
     ) as reporter:
         for _ in range(25):
             reporter.step()
-    text = client.get("/metrics").text
+        assert reporter.flush()
+        text = client.get("/metrics").text
     assert one(text, "mfu_job_model_flops_total", job_id="via-client", rank="3", gpu="2") == 25e12
     assert one(text, "mfu_job_tokens_total", job_id="via-client") == 25 * 512
     assert one(text, "mfu_job_step", job_id="via-client") == 25
+    # Leaving the block closed the reporter: its final report made the agent drop the finished rank.
+    assert reporter.stats["final_report"] == "delivered"
+    assert values(client.get("/metrics").text, "mfu_job_info", job_id="via-client") == []
 
 
 def test_batch_is_applied_whole(served):
@@ -236,6 +240,15 @@ BAD_INPUTS = [
     ("no way to attribute", {"job_id": "j", "rank": 0, "model_flops_total": 1}, 422, "gpus"),
     ("unknown field", {**GOOD, "model_flop_total": 1}, 422, "model_flop_total"),
     ("unknown label key", {**GOOD, "labels": {"team": "a"}}, 422, "labels"),
+    ("17 GPUs", {**GOOD, "gpus": [0, 1, 2, 3] * 4 + [0]}, 422, "gpus"),
+    (
+        "label values over 512 in all",
+        {**GOOD, "labels": {"pod": "p" * 253, "hostname": "h" * 253, "namespace": "n" * 7}},
+        422,
+        "labels",
+    ),
+    ("final as a string", {**GOOD, "final": "yes"}, 422, "final"),
+    ("final as a number", {**GOOD, "final": 1}, 422, "final"),
     ("label value with spaces", {**GOOD, "labels": {"pod": "a b"}}, 422, "labels.pod"),
     ("empty batch", [], 422, "reports"),
     (
@@ -294,6 +307,23 @@ def test_capacity_refuses_new_ranks_and_keeps_existing(sim_backend):
         assert post(client, {**GOOD, "rank": 1, "model_flops_total": 2e15}).status_code == 202
         assert one(client.get("/metrics").text, "mfu_job_model_flops_total", rank="1") == 2e15
         assert one(client.get("/metrics").text, "mfu_agent_reports_total", outcome="over_capacity") == 1
+
+
+def test_final_report_drops_the_rank_at_once(served):
+    _, client = served
+    assert post(client, [{**GOOD, "rank": 0, "instance": "a"}, {**GOOD, "rank": 1}]).status_code == 202
+    assert values(client.get("/metrics").text, "mfu_job_info", job_id="good-job", rank="0")
+    response = post(client, {**GOOD, "rank": 0, "instance": "a", "model_flops_total": 3e15, "final": True})
+    assert response.status_code == 202 and response.json() == {"accepted": 1}
+    text = client.get("/metrics").text
+    assert [name for (name, labels) in samples(text) if ("rank", "0") in labels] == []
+    assert one(text, "mfu_job_model_flops_total", job_id="good-job", rank="1") == 1e15
+    assert one(text, "mfu_agent_rank_evictions_total", reason="final") == 1
+    assert one(text, "mfu_agent_tracked_ranks") == 1
+    assert [r["rank"] for r in client.get("/v1/jobs").json()["jobs"][0]["ranks"]] == [1]
+    # Another sender cannot end a rank it does not own.
+    response = post(client, {**GOOD, "rank": 1, "instance": "intruder", "final": True})
+    assert response.status_code == 409 and one(client.get("/metrics").text, "mfu_agent_tracked_ranks") == 1
 
 
 def test_jobs_endpoint(served):

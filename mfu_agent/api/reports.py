@@ -10,7 +10,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 from starlette.requests import ClientDisconnect
 
 from ..jobs.registry import RankView, ReportData, ReportRejected
@@ -19,10 +28,12 @@ from ..specs import DTYPES
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_BATCH = 1000
+MAX_GPUS = 16  # per report: no process drives more; each GPU adds series (docs/metrics.md#cardinality)
 # Report bodies read at once (each buffers up to MAX_BODY_BYTES); more get 429 with Retry-After.
 MAX_REPORTS_IN_FLIGHT = 32
 JOB_ID_PATTERN = r"^[A-Za-z0-9._:/-]{1,128}$"
 LABEL_KEYS = ("pod", "namespace", "slurm_job_id", "hostname")
+MAX_LABEL_CHARACTERS = 512  # all label values of a report together (Kubernetes names: 253 + 63 + ...)
 
 router = APIRouter()
 
@@ -68,7 +79,7 @@ class ReportIn(BaseModel):
     gpus: (
         Annotated[
             list[Annotated[int, BeforeValidator(_integer), Field(ge=0, le=1023)] | Uuid],
-            Field(min_length=1, max_length=64),
+            Field(min_length=1, max_length=MAX_GPUS),
         ]
         | None
     ) = None
@@ -94,6 +105,21 @@ class ReportIn(BaseModel):
         default=None, description="sender's Unix time (seconds) when the counters had these values"
     )
     labels: dict[Literal["pod", "namespace", "slurm_job_id", "hostname"], LabelValue] | None = None
+    final: StrictBool | None = Field(
+        default=None,
+        description="true on the sender's last report (Reporter.close()): its counters are applied, then "
+        "the rank is dropped at once",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_size(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
+        size = sum(len(value) for value in (labels or {}).values())
+        if size > MAX_LABEL_CHARACTERS:
+            raise ValueError(
+                f"the label values add up to {size} characters; at most {MAX_LABEL_CHARACTERS} in all"
+            )
+        return labels
 
     def to_data(self) -> ReportData:
         """Raises ValueError (a message naming the field) for a dtype that contradicts the FLOPs."""
@@ -128,6 +154,7 @@ class ReportIn(BaseModel):
             step=self.step,
             timestamp=self.timestamp,
             labels=tuple(sorted((self.labels or {}).items())),
+            final=bool(self.final),
         )
 
 

@@ -6,16 +6,18 @@ import dataclasses
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client.exposition import choose_encoder
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from ..metrics.exposition import stream
 
 router = APIRouter()
 
 
 @router.get("/metrics", summary="Prometheus metrics (text format, or OpenMetrics when asked for)")
 def metrics(request: Request) -> Response:
-    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(encoder(request.app.state.agent.registry), media_type=content_type)
+    # Streamed a few families at a time: a scrape never holds the whole page (metrics/exposition.py).
+    chunks, content_type = stream(request.app.state.agent.registry, request.headers.get("accept", ""))
+    return StreamingResponse(chunks, media_type=content_type)
 
 
 @router.get("/healthz", summary="Liveness: the process is up", response_class=PlainTextResponse)

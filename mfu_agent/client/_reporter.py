@@ -15,11 +15,19 @@ Design
 * Failures back off exponentially with jitter (capped), are logged once per kind of failure and
   once on recovery. 400/413/422 mean "this report is bad": logged once, dropped, not retried
   early. 401/429/5xx/connection errors are retried with backoff.
+* Every post has one deadline (``timeout`` after it starts) that bounds each of its network steps:
+  the DNS lookup (run in a daemon thread and waited for at most until the deadline, since
+  ``getaddrinfo`` takes no timeout; its answer is cached for a while), the connect, the TLS
+  handshake and every send and receive. ``close(timeout)`` therefore returns within its timeout
+  whatever the network does.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import http.client
+import ipaddress
 import json
 import logging
 import math
@@ -30,11 +38,10 @@ import secrets
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import unquote, urlsplit
 
 __all__ = ["DEFAULT_URL", "DTYPES", "LABEL_KEYS", "Reporter"]
 
@@ -50,7 +57,8 @@ LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9._:/@+-]{1,253}")
 GPU_UUID_RE = re.compile(r"(GPU|MIG)-[A-Za-z0-9-]{1,80}")
 MAX_INDEX = 1_000_000
 MAX_GPU_INDEX = 1023
-MAX_GPUS = 64
+MAX_GPUS = 16  # the agent's bound per report (docs/api.md)
+MAX_LABEL_CHARACTERS = 512  # the agent's bound on all label values of a report together
 
 # Spellings people (and frameworks) use for the dtypes the agent knows.
 _DTYPE_ALIASES = {
@@ -82,9 +90,6 @@ WORLD_SIZE_VARS = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SI
 
 _rank_warning_logged = False
 
-# urllib without proxies: the agent runs on this node, and a cluster-wide HTTP(S)_PROXY must not
-# swallow (or slow down) reports meant for 127.0.0.1 / the node IP.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 _live: weakref.WeakSet[Reporter] = weakref.WeakSet()
 _atexit_registered = False
@@ -256,6 +261,28 @@ def _check_labels(labels: Mapping[str, str | None]) -> dict[str, str]:
     return checked
 
 
+def _fit_labels(labels: dict[str, str], given: set[str]) -> dict[str, str]:
+    """Labels within the agent's MAX_LABEL_CHARACTERS: the caller's own must fit (ValueError); labels
+    taken from the environment are left out, hostname first, until they do (logged once)."""
+    if sum(len(labels[k]) for k in given if k in labels) > MAX_LABEL_CHARACTERS:
+        raise ValueError(
+            f"mfu_agent.client: labels may hold at most {MAX_LABEL_CHARACTERS} characters in all, "
+            f"got {sum(len(v) for v in labels.values())}"
+        )
+    fitted = dict(labels)
+    for key in ("hostname", "slurm_job_id", "namespace", "pod"):
+        if sum(map(len, fitted.values())) <= MAX_LABEL_CHARACTERS:
+            break
+        if key in fitted and key not in given:
+            logger.warning(
+                "mfu_agent.client: label %s left out: the labels would exceed the agent's %d characters",
+                key,
+                MAX_LABEL_CHARACTERS,
+            )
+            del fitted[key]
+    return fitted
+
+
 def _check_gpus(gpus: Iterable[int | str] | None) -> list[int | str] | None:
     if gpus is None:
         return None
@@ -373,6 +400,282 @@ def _warn_visible_once(message: str) -> None:
         logger.warning("%s (logged once)", message)
 
 
+# --------------------------------------------------------------------------------------------------
+# the agent's URL and the network: every step of a post bounded by one deadline
+# --------------------------------------------------------------------------------------------------
+_URL_EXAMPLE = "e.g. http://127.0.0.1:8469, http://localhost:8469 or http://[::1]:8469"
+_HOST_NAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+_BAD_PATH_CHAR_RE = re.compile(r"[\x00-\x20\x7f]")
+#: How long a resolved address is used before the name is looked up again (sooner after a failure).
+DNS_CACHE_SECONDS = 30.0
+
+
+class _AgentUrl(NamedTuple):
+    """An agent URL taken apart: what a post connects to, and what it says in its request line."""
+
+    base: str  # the URL as given, without a trailing "/" or "/v1/reports"
+    scheme: str  # "http" or "https"
+    host: str  # a name, or an IP literal without brackets (an IPv6 zone unquoted: fe80::1%eth0)
+    port: int
+    host_header: str  # the Host header: the host (IPv6 in brackets) and a port other than the default
+    path: str  # the request path: the URL's path + /v1/reports
+
+
+def _parse_agent_url(value: object, source: str) -> _AgentUrl:
+    """Checks an agent URL once, at start. Raises ValueError naming ``source`` and saying what is wrong."""
+    where = f"mfu_agent.client: {source}"
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a string, got {value!r}")
+    text = value.strip()
+    if "://" not in text:
+        hint = f" (did you mean 'http://{text}'?)" if text else ""
+        raise ValueError(
+            f"{where} {value!r} has no scheme: it must start with http:// or https://{hint}; {_URL_EXAMPLE}"
+        )
+    text = text.rstrip("/")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{where} {value!r} is not a usable URL ({exc}); {_URL_EXAMPLE}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(
+            f"{where} {value!r}: scheme {parts.scheme!r} is not supported, only http:// and https://; "
+            f"{_URL_EXAMPLE}"
+        )
+    if "@" in parts.netloc:
+        raise ValueError(
+            f"{where} {value!r} carries credentials; they are not supported (use MFU_AGENT_TOKEN)"
+        )
+    if not parts.hostname:
+        raise ValueError(f"{where} {value!r} has no host; {_URL_EXAMPLE}")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"{where} {value!r}: port {port} is not in 1..65535")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{where} {value!r} must not have a query (?...) or a fragment (#...)")
+    host = unquote(parts.hostname)
+    if ":" in host:  # an IPv6 literal ("[...]" in the URL); urlsplit checked it, this is belt and braces
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{where} {value!r}: {host!r} is not an IPv6 address") from None
+    elif not _HOST_NAME_RE.fullmatch(host):
+        raise ValueError(f"{where} {value!r}: {host!r} is not a host name or an IP address")
+    path = parts.path
+    if _BAD_PATH_CHAR_RE.search(path):
+        raise ValueError(f"{where} {value!r}: the path must not contain spaces or control characters")
+    if path.endswith(REPORTS_PATH):
+        path = path[: -len(REPORTS_PATH)]
+        text = text[: -len(REPORTS_PATH)]
+    default_port = 443 if scheme == "https" else 80
+    port = default_port if port is None else port
+    host_header = f"[{host}]" if ":" in host else host
+    if port != default_port:
+        host_header += f":{port}"
+    return _AgentUrl(text, scheme, host, port, host_header, path.rstrip("/") + REPORTS_PATH)
+
+
+class _DnsTimeout(Exception):
+    """The name lookup did not finish before the post's deadline (it goes on in the background)."""
+
+
+class _Lookup:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: list[tuple[Any, ...]] | None = None
+        self.error: BaseException | None = None
+
+
+class _Resolver:
+    """The agent's addresses, looked up in a daemon thread and waited for with a deadline.
+
+    ``socket.getaddrinfo`` takes no timeout (a broken resolver can hang it for tens of seconds), so
+    a post never calls it itself: it waits for a lookup thread until its own deadline. At most one
+    lookup runs at a time; a later post waits for the same one. An answer is kept for
+    DNS_CACHE_SECONDS, and forgotten when no address of it can be connected to. An IP literal is
+    never looked up.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._lock = threading.Lock()
+        self._cached: list[tuple[Any, ...]] | None = None
+        self._expires = 0.0
+        self._pending: _Lookup | None = None
+        self._fixed: list[tuple[Any, ...]] | None = None
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        if ip is not None and "%" not in host:  # zoned IPv6 literals go through getaddrinfo
+            if ip.version == 4:
+                self._fixed = [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, (host, port))]
+            else:
+                self._fixed = [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, (host, port, 0, 0))]
+
+    def addresses(self, deadline: float) -> list[tuple[Any, ...]]:
+        """(family, type, proto, sockaddr) of each address. Raises _DnsTimeout past ``deadline``,
+        or what getaddrinfo raised (socket.gaierror)."""
+        if self._fixed is not None:
+            return self._fixed
+        with self._lock:
+            if self._cached is not None and time.monotonic() < self._expires:
+                return self._cached
+            lookup = self._pending
+            if lookup is None:
+                lookup = self._pending = _Lookup()
+                threading.Thread(
+                    target=self._lookup, args=(lookup,), name="mfu-agent-reporter-dns", daemon=True
+                ).start()
+        if not lookup.done.wait(max(0.0, deadline - time.monotonic())):
+            raise _DnsTimeout(
+                f"the DNS lookup of {self.host!r} did not finish within the timeout "
+                "(it goes on in the background)"
+            )
+        if lookup.error is not None:
+            raise lookup.error
+        assert lookup.result is not None
+        return lookup.result
+
+    def _lookup(self, lookup: _Lookup) -> None:
+        try:
+            found = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)
+            lookup.result = [(family, type_, proto, sockaddr) for family, type_, proto, _, sockaddr in found]
+            if not lookup.result:
+                raise socket.gaierror(f"no address for {self.host!r}")
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting post
+            lookup.error = exc
+            lookup.result = None
+        with self._lock:
+            if lookup.result is not None:
+                self._cached, self._expires = lookup.result, time.monotonic() + DNS_CACHE_SECONDS
+            if self._pending is lookup:
+                self._pending = None
+        lookup.done.set()
+
+    def prefer(self, address: tuple[Any, ...]) -> None:
+        """Try ``address`` first next time (the one that answered)."""
+        with self._lock:
+            cached = self._cached
+            if cached is not None and cached[0] != address and address in cached:
+                self._cached = [address] + [a for a in cached if a != address]
+
+    def forget(self) -> None:
+        """No address answered: look the name up again on the next post."""
+        with self._lock:
+            self._cached = None
+
+
+class _DeadlineIO:
+    """Socket mixin: each send and receive waits at most until the post's deadline (a plain
+    socket timeout would allow that long per call, however many calls a slow peer causes)."""
+
+    _deadline = math.inf
+
+    def _arm(self) -> None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out")
+        self.settimeout(remaining)  # type: ignore[attr-defined]
+
+    def sendall(self, *args: Any) -> Any:
+        self._arm()
+        return super().sendall(*args)  # type: ignore[misc]
+
+    def send(self, *args: Any) -> Any:
+        self._arm()
+        return super().send(*args)  # type: ignore[misc]
+
+    def recv(self, *args: Any) -> Any:
+        self._arm()
+        return super().recv(*args)  # type: ignore[misc]
+
+    def recv_into(self, *args: Any) -> Any:
+        self._arm()
+        return super().recv_into(*args)  # type: ignore[misc]
+
+
+class _DeadlineSocket(_DeadlineIO, socket.socket):
+    pass
+
+
+_tls_context_cache: list[Any] = []
+
+
+def _tls_context() -> Any:
+    """The default verifying TLS context (as urllib uses), whose sockets keep the post's deadline."""
+    if not _tls_context_cache:
+        import ssl
+
+        class _DeadlineSSLSocket(_DeadlineIO, ssl.SSLSocket):
+            pass
+
+        context = ssl.create_default_context()
+        context.sslsocket_class = _DeadlineSSLSocket
+        _tls_context_cache.append(context)
+    return _tls_context_cache[0]
+
+
+def _connect(target: _AgentUrl, resolver: _Resolver, deadline: float) -> socket.socket:
+    """A connected socket (TLS for https) whose every operation ends by ``deadline``. No proxy: the
+    agent runs on this node, and a cluster-wide HTTP(S)_PROXY must not swallow its reports."""
+    error: OSError | None = None
+    for family, type_, proto, sockaddr in resolver.addresses(deadline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            error = TimeoutError("timed out")
+            break
+        sock = _DeadlineSocket(family, type_, proto)
+        try:
+            sock.settimeout(remaining)
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        resolver.prefer((family, type_, proto, sockaddr))
+        sock._deadline = deadline
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if target.scheme == "https":
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            tls = _tls_context().wrap_socket(sock, server_hostname=target.host)
+            tls._deadline = deadline
+            return tls  # type: ignore[no-any-return]
+        return sock
+    resolver.forget()
+    raise error if error is not None else OSError(f"no address to connect to for {target.host!r}")
+
+
+def _exchange(
+    target: _AgentUrl, resolver: _Resolver, body: bytes, headers: dict[str, str], deadline: float
+) -> tuple[int, str | None, str]:
+    """POST ``body`` to the agent: ``(status, Retry-After header, detail)``; detail is the start of
+    the answer's body for a status outside 2xx. Raises _DnsTimeout, socket.gaierror, OSError
+    (TimeoutError included) or http.client.HTTPException."""
+    sock = _connect(target, resolver, deadline)
+    connection = http.client.HTTPConnection(target.host, target.port)
+    connection.sock = sock  # connected already: http.client will not connect (nor resolve) itself
+    try:
+        connection.request("POST", target.path, body, {"Host": target.host_header, **headers})
+        response = connection.getresponse()
+        status = response.status
+        retry_after = response.getheader("Retry-After")
+        if 200 <= status < 300:
+            response.read(65536)
+            return status, retry_after, ""
+        try:
+            text = response.read(300).decode("utf-8", "replace").strip()
+        except (OSError, http.client.HTTPException):
+            text = ""
+        return status, retry_after, (f": {text}" if text else "")
+    finally:
+        connection.close()
+
+
 def _count(value: float) -> int | float:
     """Counts (tokens, samples) go out as integers when they are whole numbers."""
     return int(value) if value.is_integer() else value
@@ -423,10 +726,12 @@ class Reporter:
 
     Call :meth:`step` once per optimizer step; a daemon thread posts the latest cumulative
     counters every ``interval`` seconds. Call :meth:`close` (or use ``with Reporter(...)``) at
-    the end of training to deliver the final totals.
+    the end of training to deliver the final totals as the final report.
 
-    Only construction can raise (``ValueError`` for bad configuration). ``step``, ``flush`` and
-    ``close`` never raise.
+    Only construction can raise (``ValueError`` for bad configuration, an unusable ``url=``
+    included). An unusable ``MFU_AGENT_URL`` does not raise: it is logged once as an error and the
+    reporter sends nothing (``stats["disabled"]`` says why). ``step``, ``flush`` and ``close``
+    never raise.
     """
 
     def __init__(
@@ -465,14 +770,19 @@ class Reporter:
         dtype_given = dtype is not None
         dtype = normalize_dtype(dtype if dtype_given else "bf16")
 
-        base_url = url if url is not None else (_env("MFU_AGENT_URL") or DEFAULT_URL)
-        if not isinstance(base_url, str):
-            raise ValueError(f"mfu_agent.client: agent URL must be a string, got {base_url!r}")
-        base_url = base_url.strip().rstrip("/")
-        if not re.match(r"^https?://[^/\s]+", base_url):
-            raise ValueError(f"mfu_agent.client: agent URL {base_url!r} must start with http:// or https://")
-        if base_url.endswith(REPORTS_PATH):
-            base_url = base_url[: -len(REPORTS_PATH)]
+        # An unusable url= is a programming error: raise. An unusable MFU_AGENT_URL is the
+        # environment's: never kill a training run over telemetry, so log one error (below) and
+        # report nothing (``stats["disabled"]`` says why).
+        disabled: str | None = None
+        env_url = _env("MFU_AGENT_URL") if url is None else None
+        target: _AgentUrl | None
+        if env_url is None:
+            target = _parse_agent_url(DEFAULT_URL if url is None else url, "url")
+        else:
+            try:
+                target = _parse_agent_url(env_url, "MFU_AGENT_URL")
+            except ValueError as exc:
+                target, disabled = None, str(exc)
 
         rank_value = _int_arg("rank", rank, RANK_VARS, 0)
         local_rank_value = _int_arg("local_rank", local_rank, LOCAL_RANK_VARS, 0)
@@ -493,12 +803,15 @@ class Reporter:
         merged_labels: dict[str, str | None] = dict(_default_labels())
         if labels is not None:
             merged_labels.update(labels)
-        checked_labels = _check_labels(merged_labels)
+        checked_labels = _fit_labels(_check_labels(merged_labels), set(labels or ()))
 
         self.job_id: str = job_id
         self.dtype: str = dtype
-        self.url: str = base_url
-        self.endpoint: str = base_url + REPORTS_PATH
+        #: The agent's base URL (without a trailing "/" or "/v1/reports") and the reports endpoint.
+        self.url: str = target.base if target is not None else str(env_url)
+        self.endpoint: str = self.url + REPORTS_PATH
+        self._target = target
+        self._resolver = _Resolver(target.host, target.port) if target is not None else None
         self.rank: int = rank_value if rank_value is not None else 0
         self.local_rank: int | None = local_rank_value
         self.world_size: int | None = world_size_value
@@ -600,8 +913,12 @@ class Reporter:
         self._arg_logged: set[str] = set()  # bad step() arguments already logged
         self._rng = random.Random()
         self._stats = {"posts_ok": 0, "posts_failed": 0, "reports_dropped": 0}
+        self._failure_kinds: dict[str, int] = {}
+        self._last_failure: str | None = None
         self._last_error: str | None = None
         self._last_status: int | None = None
+        self._disabled = disabled
+        self._final_report: str | None = None
 
         self._closed = False
         self._close_lock = threading.Lock()
@@ -612,6 +929,15 @@ class Reporter:
             name=f"mfu-agent-reporter-{self.job_id}-{self.rank}",
             daemon=True,
         )
+        if disabled is not None:
+            logger.error(
+                "%s. Reporting is off for this process (job %s rank %d): nothing is sent to the agent; "
+                "training is not affected.",
+                disabled,
+                self.job_id,
+                self.rank,
+            )
+            return
         self._thread.start()
         _register_for_exit(self)
 
@@ -751,13 +1077,24 @@ class Reporter:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Delivery statistics: posts_ok, posts_failed, reports_dropped, consecutive_failures,
-        last_status, last_error."""
+        """Delivery statistics.
+
+        ``posts_ok``, ``posts_failed``, ``reports_dropped``; ``consecutive_failures``;
+        ``last_status`` (HTTP status of the last answer), ``last_error`` and ``last_failure`` (the
+        kind of the last failed post: "dns", "connection", "timeout", "server_error", ...; both None
+        after a success); ``failures_by_kind`` (failed posts per kind, since start);
+        ``final_report`` (None until :meth:`close`, then "delivered", "failed" or "skipped");
+        ``disabled`` (None, or why this reporter sends nothing: an unusable MFU_AGENT_URL).
+        """
         # Read without the send lock (a post may be in flight); each value is read atomically.
         stats: dict[str, Any] = dict(self._stats)
         stats["consecutive_failures"] = self._failures
         stats["last_status"] = self._last_status
         stats["last_error"] = self._last_error
+        stats["last_failure"] = self._last_failure
+        stats["failures_by_kind"] = dict(self._failure_kinds)
+        stats["final_report"] = self._final_report
+        stats["disabled"] = self._disabled
         return stats
 
     # ------------------------------------------------------------------------------------------
@@ -767,17 +1104,17 @@ class Reporter:
         """Post the current cumulative state now, in the calling thread, and wait for the answer.
 
         Returns True when the agent accepted it. Waits at most ``timeout`` seconds (default: the
-        reporter's HTTP timeout) for the HTTP exchange, plus up to as long again for a post the
-        background thread may have in flight. Never raises.
+        reporter's HTTP timeout) for the post, DNS lookup included, plus up to as long again for a
+        post the background thread may have in flight. Never raises.
         """
         try:
             limit = self.timeout if timeout is None else float(timeout)
-            if not (limit > 0):
+            if not (limit > 0) or self._disabled is not None:
                 return False
-            if not self._send_lock.acquire(timeout=limit):
+            if not self._send_lock.acquire(timeout=min(limit, threading.TIMEOUT_MAX)):
                 return False
             try:
-                return self._post_locked(limit)
+                return self._post_locked(time.monotonic() + limit)
             finally:
                 self._send_lock.release()
         except Exception as exc:  # pragma: no cover - defensive
@@ -785,7 +1122,14 @@ class Reporter:
             return False
 
     def close(self, timeout: float | None = None) -> None:
-        """Deliver the final totals (bounded wait) and stop the sender thread. Idempotent."""
+        """Deliver the final totals as the final report (``"final": true``) and stop the sender
+        thread. Idempotent.
+
+        Returns within ``timeout`` seconds (default: the HTTP timeout, at most 2 s) whatever the
+        network does: waiting for a post in flight, the DNS lookup, connecting and the answer all
+        share that one deadline. The final report is tried once: if it fails (or there is no time
+        left for it) nothing more is sent; ``stats["final_report"]`` says what happened.
+        """
         try:
             with self._close_lock:
                 if self._closed:
@@ -793,12 +1137,37 @@ class Reporter:
                 self._closed = True
             self._stop.set()
             limit = min(self.timeout, 2.0) if timeout is None else float(timeout)
-            self.flush(timeout=limit)
+            deadline = time.monotonic() + (min(limit, threading.TIMEOUT_MAX) if limit > 0 else 0.0)
+            self._send_final(deadline)
             if self._thread.is_alive() and self._thread is not threading.current_thread():
-                self._thread.join(timeout=limit)
+                self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
             _live.discard(self)
         except Exception as exc:  # pragma: no cover - defensive
             self._log_arg_once("close", f"mfu_agent.client: close() failed: {exc!r}")
+
+    def _send_final(self, deadline: float) -> None:
+        """One final report, by ``deadline``. Sent even when no step was counted: the agent can then
+        drop a rank that only registered."""
+        if self._disabled is not None:
+            self._final_report = "skipped"
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:  # close(timeout=0): asked not to wait
+            self._final_report = "skipped"
+            return
+        if not self._send_lock.acquire(timeout=remaining):
+            self._final_report = "skipped"
+            logger.warning(
+                "mfu_agent.client: no final report (job %s rank %d): a report was still in flight when "
+                "close()'s timeout ran out; the agent drops the rank once it stays silent",
+                self.job_id,
+                self.rank,
+            )
+            return
+        try:
+            self._final_report = "delivered" if self._post_locked(deadline, final=True) else "failed"
+        finally:
+            self._send_lock.release()
 
     def __enter__(self) -> Reporter:
         return self
@@ -827,39 +1196,50 @@ class Reporter:
     def _send_scheduled(self) -> None:
         try:
             with self._send_lock:
-                self._post_locked(self.timeout)
+                if not self._stop.is_set():  # close() sends the final report instead
+                    self._post_locked(time.monotonic() + self.timeout)
         except Exception as exc:  # pragma: no cover - the sender thread must never die
             self._log_arg_once("sender", f"mfu_agent.client: sender error: {exc!r}")
 
-    def _post_locked(self, timeout: float) -> bool:
-        """One POST of the latest state. Caller holds ``_send_lock``."""
-        body = json.dumps([self.snapshot()], separators=(",", ":"), allow_nan=False).encode()
+    def _post_locked(self, deadline: float, final: bool = False) -> bool:
+        """One POST of the latest state, every step of it over by ``deadline`` (time.monotonic()).
+        Caller holds ``_send_lock``."""
+        if self._target is None or self._resolver is None:
+            return False
+        report = self.snapshot()
+        if final:
+            report["final"] = True
+        body = json.dumps([report], separators=(",", ":"), allow_nan=False).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "mfu-agent-client"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        request = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
-        status: int | None = None
-        retry_after: float | None = None
         try:
-            with _OPENER.open(request, timeout=timeout) as response:
-                status = response.status
-                response.read()
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-            retry_after = _parse_retry_after(exc.headers.get("Retry-After") if exc.headers else None)
-            detail = _error_detail(exc)
-            exc.close()
-            return self._failed(_status_kind(status), f"HTTP {status}{detail}", status, retry_after)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            kind = "timeout" if isinstance(reason, (TimeoutError, socket.timeout)) else "connection"
-            return self._failed(kind, f"{type(reason).__name__}: {reason}", None, None)
-        except Exception as exc:  # pragma: no cover - anything else urllib may throw
+            status, retry_header, detail = _exchange(self._target, self._resolver, body, headers, deadline)
+        except _DnsTimeout as exc:
+            return self._failed("dns", str(exc), None, None)
+        except socket.gaierror as exc:
+            return self._failed("dns", f"cannot resolve {self._target.host!r}: {exc}", None, None)
+        except TimeoutError as exc:
+            return self._failed("timeout", f"{type(exc).__name__}: {exc}", None, None)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            return self._failed("connection", f"{type(exc).__name__}: {exc}", None, None)
+        except Exception as exc:  # pragma: no cover - anything else http.client may throw
             return self._failed("error", repr(exc), None, None)
         if 200 <= status < 300:
             self._succeeded(status)
             return True
-        return self._failed(_status_kind(status), f"HTTP {status}", status, None)
+        if final and status in (400, 422) and "final" in detail and time.monotonic() < deadline:
+            # An agent older than the "final" field refuses it: send the final totals without it.
+            if "old_agent" not in self._arg_logged:
+                self._arg_logged.add("old_agent")
+                logger.info(
+                    "mfu_agent.client: the agent at %s does not know the report field 'final'; the final "
+                    "totals are sent without it (the agent drops the rank once it stays silent)",
+                    self.endpoint,
+                )
+            return self._post_locked(deadline, final=False)
+        retry_after = _parse_retry_after(retry_header)
+        return self._failed(_status_kind(status), f"HTTP {status}{detail}", status, retry_after)
 
     def _succeeded(self, status: int) -> None:
         self._stats["posts_ok"] += 1
@@ -877,9 +1257,12 @@ class Reporter:
         self._failures = 0
         self._retry_after = None
         self._last_error = None
+        self._last_failure = None
 
     def _failed(self, kind: str, detail: str, status: int | None, retry_after: float | None) -> bool:
         self._stats["posts_failed"] += 1
+        self._failure_kinds[kind] = self._failure_kinds.get(kind, 0) + 1
+        self._last_failure = kind
         self._last_status = status
         self._last_error = detail
         if kind == "conflict":
@@ -904,6 +1287,7 @@ class Reporter:
                 "server_error": "the agent failed; retrying with backoff",
                 "timeout": "the agent did not answer in time; retrying with backoff",
                 "connection": "cannot reach the agent; retrying with backoff",
+                "dns": "cannot resolve the agent's host name in time; retrying with backoff",
             }.get(kind, "reporting failed; retrying with backoff")
         if kind not in self._logged:
             self._logged.add(kind)
@@ -941,14 +1325,6 @@ def _parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if 0 <= seconds < math.inf else None
-
-
-def _error_detail(exc: urllib.error.HTTPError) -> str:
-    try:
-        text = exc.read(300).decode("utf-8", "replace").strip()
-    except Exception:
-        return ""
-    return f": {text}" if text else ""
 
 
 def _register_for_exit(reporter: Reporter) -> None:

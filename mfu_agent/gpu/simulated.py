@@ -15,6 +15,7 @@ from .model import GpuEvent, GpuIdentity, GpuProcess, GpuReading, MigIdentity, R
 
 DEFAULT_SPEC = "8xNVIDIA H100 80GB HBM3"
 FAULT_KINDS = ("lost", "busy-idle", "throttle", "xid", "ecc")
+STORM_EVENTS = 10_000  # an `xid-storm:GPU` fault: this many XID 79s, then this many distinct codes
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,7 @@ class SimulatedBackend:
         self._clock = clock
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._events: deque[GpuEvent] = deque(maxlen=10_000)
+        self._events: deque[GpuEvent] = deque(maxlen=4 * STORM_EVENTS)  # a storm fits, undrained
         self._event_ready = threading.Condition(self._lock)
         self._closed = False
         self._gpus = [self._make_gpu(i, gpu, seed) for i, gpu in enumerate(parse_spec(spec))]
@@ -379,6 +380,15 @@ class SimulatedBackend:
                 self._events.append(GpuEvent(index, gpu.identity.uuid, "xid", xid))
             self._event_ready.notify_all()
 
+    def inject_xid_storm(self, index: int, events: int = STORM_EVENTS) -> None:
+        """An XID storm: `events` XID 79s (fallen off the bus), then `events` XIDs of distinct codes
+        1, 2, ..., `events` (most of them outside NVIDIA's catalogue)."""
+        with self._lock:
+            uuid = self._gpu(index).identity.uuid
+            self._events.extend(GpuEvent(index, uuid, "xid", 79) for _ in range(events))
+            self._events.extend(GpuEvent(index, uuid, "xid", code) for code in range(1, events + 1))
+            self._event_ready.notify_all()
+
     def inject_double_bit_ecc(self, index: int) -> None:
         with self._lock:
             gpu = self._gpu(index)
@@ -387,13 +397,15 @@ class SimulatedBackend:
             self._event_ready.notify_all()
 
     def apply_fault(self, spec: str) -> None:
-        """'lost:3', 'busy-idle:2', 'throttle:1', 'ecc:0', 'shared:6' or 'xid:4:79' (as given to --fault)."""
+        """'lost:3', 'busy-idle:2', 'throttle:1', 'ecc:0', 'shared:6', 'xid:4:79' or 'xid-storm:0'
+        (as given to --fault)."""
         actions = {
             "lost": self.set_lost,
             "busy-idle": self.set_busy_idle,
             "throttle": self.set_throttled,
             "ecc": self.inject_double_bit_ecc,
             "shared": self.set_shared,
+            "xid-storm": self.inject_xid_storm,
         }
         kind, *numbers = spec.strip().split(":")
         arity = 2 if kind == "xid" else 1
@@ -404,7 +416,7 @@ class SimulatedBackend:
         ):
             raise ValueError(
                 f"bad --fault {spec!r}: expected lost:GPU, busy-idle:GPU, throttle:GPU, ecc:GPU, "
-                "shared:GPU or xid:GPU:CODE"
+                "shared:GPU, xid:GPU:CODE or xid-storm:GPU"
             )
         index, *code = map(int, numbers)
         try:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mfu_agent.client import Reporter, normalize_dtype
-from mfu_agent.client._reporter import GPU_UUID_RE
+from mfu_agent.client._reporter import GPU_UUID_RE, _parse_agent_url
 
 __all__ = ["MfuCallback", "MfuTrainerCallback", "cuda_gpu_uuids"]
 
@@ -116,6 +116,9 @@ class _ReporterOwner:
                 raise TypeError(f"{who}: pass {name} directly, not in reporter_kwargs")
         if reporter is not None and reporter_kwargs:
             raise TypeError(f"{who}: pass either reporter=... or Reporter arguments, not both")
+        if reporter_kwargs.get("url") is not None:
+            # The Reporter is created later, inside training; a bad url= is refused here, up front.
+            _parse_agent_url(reporter_kwargs["url"], "url")
         if flops_per_step is not None and job_flops_per_step is not None:
             raise ValueError(
                 f"{who}: pass flops_per_step (this rank) or job_flops_per_step (whole job), not both"
@@ -180,7 +183,9 @@ class _ReporterOwner:
     def ensure(self, defaults: dict[str, Any]) -> Reporter | None:
         """Create the Reporter if needed (None once :meth:`refuse` was called). Explicit
         reporter_kwargs win over ``defaults`` (what the framework knows: rank, world size, dtype),
-        which win over the environment."""
+        which win over the environment. Never raises: a Reporter that cannot be created (no job id,
+        a bad RANK, an unreadable token file, ...) is logged once as an error and nothing is
+        reported; training goes on."""
         if self.refused:
             return None
         if self.reporter is not None and not (self.owned and self.reporter.closed):
@@ -188,7 +193,12 @@ class _ReporterOwner:
         kwargs = {k: v for k, v in defaults.items() if v is not None}
         kwargs.update(self.reporter_kwargs)
         kwargs.update(self.amounts)
-        self.reporter = Reporter(**kwargs)
+        try:
+            reporter = Reporter(**kwargs)
+        except Exception as exc:  # never let telemetry stop a training run that is starting
+            self.refuse(f"{self.who}: cannot report for this run: {exc}. Reporting nothing; training goes on")
+            return None
+        self.reporter = reporter
         self.owned = True
         return self.reporter
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from .budget import Footprint
+
 HISTORY_SLOTS = 128  # points kept per rank for the window; closer reports are merged into the newest
 
 FLOP_COUNTERS = ("model_flops", "hardware_flops")
@@ -41,6 +43,7 @@ class ReportData:
     step: int | None = None
     timestamp: float | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    final: bool = False  # the sender's last report: the rank is dropped once it is applied
 
     def raw_counters(self) -> dict[CounterKey, float]:
         raw: dict[CounterKey, float] = {("model_flops", d): v for d, v in self.model_flops.items()}
@@ -106,6 +109,10 @@ class RankState:
     last_progress: float = 0.0  # receive time of the last report whose sender time moved forward
     restarts: int = 0
     history: deque[Point] = field(default_factory=lambda: deque(maxlen=HISTORY_SLOTS))
+    # What the rank puts on /metrics (jobs/budget.py), and the shape it was last computed for (its GPUs,
+    # its counter keys, whether it sent a step): a report of the same shape adds no series.
+    footprint: Footprint | None = None  # None: not counted yet
+    shape: tuple[tuple[GpuShare, ...], frozenset[CounterKey], bool] | None = None
 
     @property
     def key(self) -> tuple[str, int]:

@@ -9,25 +9,35 @@ share it.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..gpu.model import GpuReading, Snapshot
 from ..gpu.peaks import device_peaks
+from ..logs import RepeatedLog
 from ..specs import PeakTable
+from .budget import NOTHING, Footprint, SeriesLedger, footprint
 from .errors import ReportRejected
-from .ownership import conflict_message, same_sender, takeover_reason
+from .ownership import DEFAULT_INTERVAL, SILENT_INTERVALS, conflict_message, same_sender, takeover_reason
 from .placement import place
 from .rank import COUNTERS, CounterKey, GpuShare, RankState, Rates, ReportData, rates_of
 
 __all__ = ["COUNTERS", "GpuShare", "JobRegistry", "RankView", "ReportData", "ReportRejected"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_SERIES = 100_000
+# A rank that still reports but whose work has not moved on for this long may be evicted to make room
+# (TrainingJobStalled fires after 5 minutes, so it has fired by then).
+STALLED_SECONDS = 600.0
+EVICTION_REASONS = ("ttl", "silent", "stalled", "final")
 
 
 def pid_alive(pid: int, proc_root: str = "/proc") -> bool:
@@ -58,6 +68,11 @@ class RankView:
     last_received: float
     last_progress: float
     restarts: int
+    # gpu_utilisation's answers: a scrape asks for each (GPU, counter) seven times (per rank and GPU,
+    # per rank, per job, per GPU), and a view never changes.
+    _figures: dict[tuple[str, str], dict[str, float] | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def has(self, counter: str) -> bool:
         return any(k[0] == counter for k in self.totals)
@@ -66,7 +81,16 @@ class RankView:
         return sorted(d for c, d in self.totals if c == counter)
 
     def gpu_utilisation(self, gpu: GpuShare, counter: str = "model_flops") -> dict[str, float] | None:
-        """{dtype: part of this rank's MFU (or HFU) on `gpu`}; None without rates or a known peak."""
+        """{dtype: part of this rank's MFU (or HFU) on `gpu`}; None without rates or a known peak.
+        The dict is shared between callers: read it, never change it."""
+        key = (gpu.uuid, counter)
+        try:
+            return self._figures[key]
+        except KeyError:
+            parts = self._figures[key] = self._gpu_utilisation(gpu, counter)
+            return parts
+
+    def _gpu_utilisation(self, gpu: GpuShare, counter: str) -> dict[str, float] | None:
         if self.rates is None or not self.has(counter) or not self.gpus:
             return None
         parts: dict[str, float] = {}
@@ -109,10 +133,16 @@ class JobRegistry:
         rank_ttl_seconds: float = 600.0,
         clock: Callable[[], float] = time.time,
         pid_alive: Callable[[int], bool] = pid_alive,
+        max_series: int = DEFAULT_MAX_SERIES,
+        other_series: Callable[[], int] = lambda: 0,
     ) -> None:
+        """`max_series` bounds every series on /metrics; `other_series` says how many of them are not
+        the ranks' (the GPUs', the events', the agent's own)."""
         self.peaks = peaks or PeakTable()
         self.window = window_seconds
         self.max_ranks = max_ranks
+        self.max_series = max_series
+        self.other_series = other_series
         self.ttl = rank_ttl_seconds
         self._clock = clock
         self._pid_alive = pid_alive
@@ -120,11 +150,23 @@ class JobRegistry:
         self._lock = threading.Lock()
         self._unknown_peaks_logged: set[tuple[str, str]] = set()
         self._shares: dict[tuple[str, str, tuple[str, ...]], GpuShare] = {}  # peaks looked up once
-        self.expired_total = 0
+        self.ledger = SeriesLedger()  # the ranks' and their jobs' series
+        self.removed: Counter[str] = Counter({reason: 0 for reason in EVICTION_REASONS})
         self.changes = 0  # bumped on every change; the state writer saves when it moved
         # Lower bound of every tracked rank's last_received: while now - it <= ttl no rank can be stale,
         # so apply() skips the O(ranks) sweep (docs/performance.md).
         self._oldest_received = math.inf
+        # When each rank may first be evicted to make room (silent for SILENT_INTERVALS of its
+        # intervals, or stalled for STALLED_SECONDS): a heap of (time, key), each time a lower bound,
+        # checked and pushed again when popped; `_evictable_at` holds the live entry of each rank.
+        # A report only pushes when its rank's time moves earlier (a shorter interval): O(1).
+        self._evictable: list[tuple[float, tuple[str, int]]] = []
+        self._evictable_at: dict[tuple[str, int], float] = {}
+        self._log = RepeatedLog(log)  # what clients can make happen thousands of times a second
+
+    @property
+    def expired_total(self) -> int:
+        return self.removed["ttl"]
 
     # -- ingest -------------------------------------------------------------------------------
     def apply(self, reports: Sequence[ReportData], snapshot: Snapshot | None) -> int:
@@ -156,31 +198,200 @@ class JobRegistry:
                     where = f"reports[{i}]." if batch else ""
                     raise ReportRejected(409, f"{where}rank", conflict_message(state, report, now, where))
                 takeovers[state.key] = reason
-            # Not `set - self._ranks.keys()`: that walks every tracked rank, this only the batch.
-            new_keys = {key for key in ((r.job_id, r.rank) for r in reports) if key not in self._ranks}
-            if len(self._ranks) + len(new_keys) > self.max_ranks:
-                raise ReportRejected(
-                    429,
-                    "rank",
-                    f"the agent already tracks {len(self._ranks)} of at most {self.max_ranks} (job_id, rank) "
-                    f"pairs; {len(new_keys)} new pair(s) refused. Raise --max-ranks or wait for idle ranks "
-                    f"to expire (--rank-ttl).",
-                )
-            for report, placement in zip(reports, placed, strict=True):
+            shares = [tuple(self._share(g, r) for g in p.gpus) for r, p in zip(reports, placed, strict=True)]
+            raws = [r.raw_counters() for r in reports]
+            changing = self._admit(reports, shares, raws, now)
+            for report, placement, gpus, raw in zip(reports, placed, shares, raws, strict=True):
                 reason = takeovers.get((report.job_id, report.rank))
                 if reason is not None:
-                    log.info(
+                    self._log.log(
+                        ("takeover", report.job_id),
+                        logging.INFO,
                         "job %s rank %d: a new sender (instance %s, pid %s) takes over: %s",
                         report.job_id,
                         report.rank,
                         report.instance,
                         report.pid,
                         reason,
+                        repeat=f"job {report.job_id}: ranks taken over by a new sender",
                     )
-                shares = tuple(self._share(g, report) for g in placement.gpus)
-                self._apply_one(report, shares, placement.attributed_by, placement.detail, now, reason)
+                self._apply_one(report, gpus, raw, placement.attributed_by, placement.detail, now, reason)
+            for key, (last, fp) in changing.items():
+                if last.final:
+                    self._remove(key, "final")
+                    self._log.log(
+                        ("final", key[0]),
+                        logging.INFO,
+                        "job %s rank %d sent its final report: dropped",
+                        *key,
+                        repeat=f"job {key[0]}: final reports",
+                    )
+                else:
+                    state = self._ranks[key]
+                    self.ledger.change(key[0], state.footprint, fp)
+                    state.footprint = fp
+                    # Every (GPU, counter) pair of this last report now has a series.
+                    state.shape = (state.gpus, frozenset(last.raw_counters()), state.step is not None)
+            self._compact()
             self.changes += 1
         return len(reports)
+
+    # -- bounds -------------------------------------------------------------------------------
+    def _admit(
+        self,
+        reports: Sequence[ReportData],
+        shares: list[tuple[GpuShare, ...]],
+        raws: list[dict[CounterKey, float]],
+        now: float,
+    ) -> dict[tuple[str, int], tuple[ReportData, Footprint]]:
+        """{key: (its last report in the batch, its footprint after the batch)} for the ranks whose
+        footprint changes (new ranks, new GPUs or counters) or that end (a final report), once
+        --max-ranks and --max-series have room for the batch, after evicting ranks that stopped
+        reporting if need be; raises 429 where they have not. A report of the shape its rank had
+        before costs a comparison: O(1)."""
+        ranks = self._ranks
+        changed: dict[tuple[str, int], ReportData] = {}  # the changing ranks, and their last report
+        for report, gpus, raw in zip(reports, shares, raws, strict=True):
+            key = (report.job_id, report.rank)
+            state = ranks.get(key)
+            shape = state.shape if state is not None else None
+            same_shape = (
+                shape is not None
+                and gpus == shape[0]
+                and raw.keys() <= shape[1]
+                and (report.step is None or shape[2])
+            )
+            if not same_shape or report.final:
+                changed[key] = report
+        if not changed:
+            return {}
+        items: dict[tuple[str, int], list[tuple[tuple[GpuShare, ...], dict[CounterKey, float], bool]]] = {}
+        for report, gpus, raw in zip(reports, shares, raws, strict=True):
+            key = (report.job_id, report.rank)
+            if key in changed:
+                items.setdefault(key, []).append((gpus, raw, report.step is not None))
+                changed[key] = report
+        changing = {
+            key: (report, NOTHING if report.final else _footprint_after(ranks.get(key), items[key]))
+            for key, report in changed.items()
+        }
+        keep = {(r.job_id, r.rank) for r in reports}
+        for attempt in range(3):
+            # A final report adds nothing: its rank goes once the report is applied.
+            new_ranks = sum(1 for key, (last, _) in changing.items() if key not in ranks and not last.final)
+            growth = self.ledger.growth(
+                [
+                    (key[0], self._footprint_of(key), fp)
+                    for key, (last, fp) in changing.items()
+                    if key in ranks or not last.final
+                ]
+            )
+            extra_ranks = len(ranks) + new_ranks - self.max_ranks
+            used = self.ledger.total + self.other_series() if growth > 0 else 0
+            extra_series = used + growth - self.max_series if growth > 0 else 0
+            if extra_ranks <= 0 and extra_series <= 0:
+                return changing
+            if attempt == 2 or not self._evict(now, extra_ranks, extra_series, keep):
+                break
+        if extra_ranks > 0:
+            raise ReportRejected(
+                429,
+                "rank",
+                f"the agent already tracks {len(ranks):,} of at most {self.max_ranks:,} (job_id, rank) "
+                f"pairs (--max-ranks) and none has stopped reporting; {new_ranks} new pair(s) refused. A "
+                f"rank that stops is evicted once silent for {SILENT_INTERVALS} of its report intervals; "
+                f"or raise --max-ranks.",
+            )
+        raise ReportRejected(
+            429,
+            "rank",
+            f"this report would add {growth:,} series to /metrics, which already carries about {used:,} of "
+            f"at most {self.max_series:,} (--max-series), and no rank has stopped reporting; refused. A rank "
+            f"that stops is evicted once silent for {SILENT_INTERVALS} of its report intervals; fewer "
+            f"GPUs per rank or dtypes per report add fewer series; or raise --max-series.",
+        )
+
+    def _footprint_of(self, key: tuple[str, int]) -> Footprint:
+        state = self._ranks.get(key)
+        return state.footprint if state is not None and state.footprint is not None else NOTHING
+
+    def _evict(self, now: float, ranks: int, series: int, keep: Iterable[tuple[str, int]]) -> bool:
+        """Evicts ranks that may be evicted (the longest evictable first) to free `ranks` ranks and
+        `series` series, never one of `keep`; evicts none when those would not be enough, so that a
+        refused report changes nothing. Returns whether it evicted any."""
+        heap, at = self._evictable, self._evictable_at
+        kept: list[tuple[float, tuple[str, int]]] = []
+        chosen: list[tuple[float, tuple[str, int]]] = []
+        keep = set(keep)
+        while (ranks > 0 or series > 0) and heap and heap[0][0] <= now:
+            due, key = heapq.heappop(heap)
+            if at.get(key) != due:
+                continue  # an entry of a rank that went, or that has an earlier one
+            if key in keep:  # reported in this very batch
+                kept.append((due, key))
+                continue
+            state = self._ranks[key]
+            actual = self._evictable_time(state)
+            if actual > now:  # it reported since the entry was pushed
+                at[key] = actual
+                heapq.heappush(heap, (actual, key))
+                continue
+            chosen.append((due, key))
+            ranks -= 1
+            series -= state.footprint.series if state.footprint is not None else 0  # its job's: a bonus
+        if ranks > 0 or series > 0:
+            kept += chosen
+            chosen = []
+        for entry in kept:
+            heapq.heappush(heap, entry)
+        for _, key in chosen:
+            state = self._ranks[key]
+            silent = now - state.last_received > SILENT_INTERVALS * (state.interval or DEFAULT_INTERVAL)
+            self._remove(key, "silent" if silent else "stalled")
+            self._log.log(
+                ("evicted", silent),
+                logging.INFO,
+                "job %s rank %d evicted to make room for a new rank: %s",
+                *key,
+                f"silent for {now - state.last_received:.1f} s"
+                if silent
+                else f"no progress for {now - (state.last_progress or state.last_received):.0f} s",
+                repeat=f"ranks evicted to make room for new ones ({'silent' if silent else 'stalled'})",
+            )
+        return bool(chosen)
+
+    @staticmethod
+    def _evictable_time(state: RankState) -> float:
+        silent = state.last_received + SILENT_INTERVALS * (state.interval or DEFAULT_INTERVAL)
+        return min(silent, (state.last_progress or state.last_received) + STALLED_SECONDS)
+
+    def _schedule(self, state: RankState) -> None:
+        """Keeps the rank's heap entry a lower bound of when it may be evicted."""
+        due = self._evictable_time(state)
+        current = self._evictable_at.get(state.key)
+        if current is None or due < current:
+            self._evictable_at[state.key] = due
+            heapq.heappush(self._evictable, (due, state.key))
+
+    def _remove(self, key: tuple[str, int], reason: str) -> None:
+        state = self._ranks.pop(key)
+        if state.footprint is not None:
+            self.ledger.change(key[0], state.footprint, None)
+        self._evictable_at.pop(key, None)
+        self.removed[reason] += 1
+        self.changes += 1
+
+    def _compact(self) -> None:
+        """Drops the heap entries of ranks that went, once they outnumber the live ones (not while
+        _evict walks the heap)."""
+        if len(self._evictable) > 2 * len(self._ranks) + 64:
+            self._evictable = [(due, k) for k, due in self._evictable_at.items()]
+            heapq.heapify(self._evictable)
+
+    def series(self) -> int:
+        """The series the ranks and their jobs put on /metrics (an upper bound)."""
+        with self._lock:
+            return self.ledger.total
 
     def _share(self, gpu: GpuReading, report: ReportData) -> GpuShare:
         model, hardware = report.model_flops, report.hardware_flops
@@ -219,6 +430,7 @@ class JobRegistry:
         self,
         report: ReportData,
         gpus: tuple[GpuShare, ...],
+        raw: dict[CounterKey, float],
         how: str,
         detail: str,
         now: float,
@@ -228,6 +440,9 @@ class JobRegistry:
         if state is None:
             state = RankState(report.job_id, report.rank, report.dtype, gpus, how, first_received=now)
             self._ranks[state.key] = state
+            earlier = True
+        else:  # a report only moves when its rank may be evicted later, unless its interval shrinks
+            earlier = report.interval != state.interval
         state.dtype, state.gpus, state.attributed_by, state.attribution_detail = (
             report.dtype,
             gpus,
@@ -239,7 +454,6 @@ class JobRegistry:
         state.labels = report.labels
         if report.step is not None:
             state.step = report.step
-        raw = report.raw_counters()
         # A restart shows as a model FLOP counter going down, or as a new sender taking the rank over
         # (its counters start from its own zero); all counters restart together.
         restarted = takeover is not None
@@ -252,12 +466,21 @@ class JobRegistry:
                     break
         if restarted and state.last_raw:
             state.restarts += 1
-            log.info("job %s rank %d restarted", report.job_id, report.rank)
+            self._log.log(
+                ("restart", report.job_id),
+                logging.INFO,
+                "job %s rank %d restarted",
+                report.job_id,
+                report.rank,
+                repeat=f"job {report.job_id}: rank restarts",
+            )
         state.accumulate(raw, restarted)
         state.last_received = now
         if now < self._oldest_received:
             self._oldest_received = now
         state.add_point(report.timestamp if report.timestamp is not None else now, now, self.window)
+        if earlier:
+            self._schedule(state)
 
     # -- reading ------------------------------------------------------------------------------
     def _expire(self, now: float) -> None:
@@ -269,14 +492,13 @@ class JobRegistry:
             elif s.last_received < oldest:
                 oldest = s.last_received
         for key in stale:
-            del self._ranks[key]
-        if stale:
-            self.changes += 1
-        self.expired_total += len(stale)
+            self._remove(key, "ttl")
+        self._compact()
         self._oldest_received = oldest
 
     def views(self) -> list[RankView]:
         now = self._clock()
+        self._log.flush()
         with self._lock:
             self._expire(now)
             return [self._view(s, now) for s in sorted(self._ranks.values(), key=lambda s: s.key)]
@@ -324,9 +546,29 @@ class JobRegistry:
                 if now - s.last_received > self.ttl or s.key in self._ranks:
                     continue
                 self._ranks[s.key] = s
+                hardware = sum(1 for counter, _ in s.totals if counter == "hardware_flops")
+                s.footprint = footprint((), 0, hardware, len(s.gpu_totals))  # on no GPU until it reports
+                self.ledger.change(s.job_id, None, s.footprint)
+                self._schedule(s)
                 self._oldest_received = min(self._oldest_received, s.last_received)
                 restored += 1
         return restored
+
+
+def _footprint_after(
+    state: RankState | None, items: list[tuple[tuple[GpuShare, ...], dict[CounterKey, float], bool]]
+) -> Footprint:
+    """What the rank will put on /metrics after these (GPUs, counters, step sent) of its reports."""
+    keys: set[CounterKey] = set(state.last_raw) if state is not None else set()
+    pairs: set[tuple[str, CounterKey]] = set(state.gpu_totals) if state is not None else set()
+    step = state is not None and state.step is not None
+    for gpus, raw, has_step in items:
+        keys.update(raw)
+        pairs.update((g.uuid, k) for g in gpus for k in raw)
+        step = step or has_step
+    model = sum(1 for counter, _ in keys if counter == "model_flops")
+    hardware = sum(1 for counter, _ in keys if counter == "hardware_flops")
+    return footprint(items[-1][0], model, hardware, len(pairs), step, ("tokens", "") in keys)
 
 
 def _durable_copy(s: RankState) -> RankState:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ..events import EventKey
 from ..gpu.model import GpuReading, Snapshot
 from ..gpu.nvml import CLOCK_EVENT_REASONS
 from .labels import add_sample, device_labels
@@ -85,9 +86,14 @@ _GAUGES: list[tuple[str, str, Callable[[GpuReading], float | None]]] = [
 ]
 
 
+def _event_order(item: tuple[EventKey, int]) -> tuple[int, str, int]:
+    index, _, kind, code = item[0]
+    return index, kind, code if isinstance(code, int) else 1 << 31  # "other" after every code
+
+
 def gpu_families(
     snapshot: Snapshot | None,
-    events: dict[tuple[int, str, str, int | None], int],
+    events: dict[EventKey, int],
     pod_of: Callable[[int], tuple[str, str, str]] | None = None,
     now: float | None = None,
 ) -> Iterator[Metric]:
@@ -214,14 +220,14 @@ def gpu_families(
     yield from (energy, reasons, ecc, rows, memory, process_sm, process_memory, process_info)
 
     xid = CounterMetricFamily(
-        "mfu_gpu_xid_errors", "XID error events, every one counted.", labels=[*GPU_LABELS, "xid"]
+        "mfu_gpu_xid_errors",
+        'XID error events, every one counted; codes outside NVIDIA\'s XID catalogue as xid="other".',
+        labels=[*GPU_LABELS, "xid"],
     )
     dbe = CounterMetricFamily(
         "mfu_gpu_double_bit_ecc_events", "Double-bit ECC error events delivered by NVML.", labels=GPU_LABELS
     )
-    for (index, uuid, kind, code), count in sorted(
-        events.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][3] or 0)
-    ):
+    for (index, uuid, kind, code), count in sorted(events.items(), key=_event_order):
         if kind == "xid":
             xid.add_metric([str(index), uuid, str(code)], count)
         else:

@@ -46,14 +46,21 @@ def job_families(
 ) -> Iterator[Metric]:
     """`pod_of` maps a host pid to (pod_uid, container_id, slurm_job_id); it is asked only for ranks
     found through NVML's process list, whose pid is known to be a host pid (a pid sent from inside a
-    container's PID namespace names some other process on the host)."""
-    info = GaugeMetricFamily(
-        "mfu_job_info", "A reporting rank on a GPU and where it runs; always 1.", labels=INFO_LABELS
-    )
-    counters = {
-        name: CounterMetricFamily(f"mfu_job_{name}", _COUNTER_HELP[name], labels=SERIES) for name in COUNTERS
-    }
-    step = GaugeMetricFamily("mfu_job_step", "Last training step the rank reported.", labels=SERIES)
+    container's PID namespace names some other process on the host).
+
+    Each family is built when the one before has been consumed (one pass over the views each), so a
+    scrape that encodes them one by one holds one family at a time (metrics/exposition.py)."""
+    yield _info(views, pod_of)
+    for name in COUNTERS:
+        counter = CounterMetricFamily(f"mfu_job_{name}", _COUNTER_HELP[name], labels=SERIES)
+        for v in views:
+            rank = str(v.rank)
+            for (uuid, (kind, dtype)), total in v.gpu_totals.items():
+                if kind == name:
+                    index = v.gpus_seen.get(uuid, -1)
+                    counter.add_metric([v.job_id, rank, str(index), uuid, dtype or v.dtype], total)
+        yield counter
+    yield _per_gpu(views, "mfu_job_step", "Last training step the rank reported.", lambda v: v.step)
     peak = GaugeMetricFamily(
         "mfu_job_peak_flops",
         "Dense peak FLOP/s of this GPU at this dtype: the denominator of the MFU part in that dtype.",
@@ -64,31 +71,83 @@ def job_families(
         "1 where no peak FLOP/s is known for the GPU model and dtype, so MFU cannot be computed.",
         labels=[*SERIES, "model"],
     )
-    mfu = GaugeMetricFamily(
-        "mfu_job_mfu_ratio",
-        "Part of the rank's model FLOPs utilisation on this GPU done in this dtype, over the agent's window "
-        "(sum over dtype for the rank's MFU); never clamped.",
-        labels=SERIES,
-    )
-    hfu = GaugeMetricFamily(
-        "mfu_job_hfu_ratio",
-        "Part of the rank's hardware FLOPs utilisation on this GPU in this dtype, over the agent's window.",
-        labels=SERIES,
-    )
-    tokens_rate = GaugeMetricFamily(
+    for v in views:
+        rank = str(v.rank)
+        for gpu in v.gpus:
+            for dtype, gpu_peak in gpu.peaks:
+                dtype_series = [v.job_id, rank, str(gpu.index), gpu.uuid, dtype]
+                if gpu_peak is None:
+                    unknown.add_metric([*dtype_series, gpu.model], 1)
+                else:
+                    peak.add_metric(dtype_series, gpu_peak)
+    yield peak
+    yield unknown
+    for name, counter, help_text in (
+        (
+            "mfu_job_mfu_ratio",
+            "model_flops",
+            "Part of the rank's model FLOPs utilisation on this GPU done in this dtype, over the agent's "
+            "window (sum over dtype for the rank's MFU); never clamped.",
+        ),
+        (
+            "mfu_job_hfu_ratio",
+            "hardware_flops",
+            "Part of the rank's hardware FLOPs utilisation on this GPU in this dtype, over the agent's "
+            "window.",
+        ),
+    ):
+        family = GaugeMetricFamily(name, help_text, labels=SERIES)
+        for v in views:
+            rank = str(v.rank)
+            for gpu in v.gpus:
+                parts = v.gpu_utilisation(gpu, counter)
+                for dtype, part in (parts or {}).items():
+                    # Never clamped: a part above 1 means the FLOPs formula or the peak is wrong.
+                    family.add_metric([v.job_id, rank, str(gpu.index), gpu.uuid, dtype], part)
+        yield family
+    yield _per_gpu(
+        views,
         "mfu_job_tokens_per_second",
         "Tokens per second over the agent's window (this GPU's share).",
-        labels=SERIES,
+        _tokens_per_second,
     )
-    last = GaugeMetricFamily(
+    yield _per_gpu(
+        views,
         "mfu_job_last_report_timestamp_seconds",
         "Unix time the agent last heard from the rank.",
-        labels=SERIES,
+        lambda v: v.last_received,
     )
-    first = GaugeMetricFamily(
+    yield _per_gpu(
+        views,
         "mfu_job_first_report_timestamp_seconds",
         "Unix time the agent first heard from the rank (kept across agent restarts with --state-dir).",
-        labels=SERIES,
+        lambda v: v.first_received,
+    )
+
+
+def _tokens_per_second(v: RankView) -> float | None:
+    """This GPU's share of the rank's tokens/s."""
+    return v.rates.get(("tokens", "")) / len(v.gpus) if v.rates is not None and v.has("tokens") else None
+
+
+def _per_gpu(
+    views: list[RankView], name: str, help_text: str, value_of: Callable[[RankView], float | None]
+) -> Metric:
+    """A gauge of one value per rank, on each GPU it uses now, with the rank's precision as dtype."""
+    family = GaugeMetricFamily(name, help_text, labels=SERIES)
+    for v in views:
+        value = value_of(v)
+        if value is None:
+            continue
+        rank = str(v.rank)
+        for gpu in v.gpus:
+            family.add_metric([v.job_id, rank, str(gpu.index), gpu.uuid, v.dtype], value)
+    return family
+
+
+def _info(views: list[RankView], pod_of: Callable[[int], tuple[str, str, str]] | None) -> Metric:
+    info = GaugeMetricFamily(
+        "mfu_job_info", "A reporting rank on a GPU and where it runs; always 1.", labels=INFO_LABELS
     )
     for v in views:
         labels_map = dict(v.labels)
@@ -96,15 +155,14 @@ def job_families(
             pod_of(v.pid) if pod_of and v.attributed_by == "pid" and v.pid else ("", "", "")
         )
         rank = str(v.rank)
-        for key, total in v.gpu_totals.items():
-            uuid, (counter, dtype) = key
-            index = v.gpus_seen.get(uuid, -1)
-            counters[counter].add_metric([v.job_id, rank, str(index), uuid, dtype or v.dtype], total)
         for gpu in v.gpus:
-            series = [v.job_id, rank, str(gpu.index), gpu.uuid, v.dtype]
             info.add_metric(
                 [
-                    *series,
+                    v.job_id,
+                    rank,
+                    str(gpu.index),
+                    gpu.uuid,
+                    v.dtype,
                     _text(v.pid),
                     _text(v.local_rank),
                     _text(v.world_size),
@@ -118,29 +176,12 @@ def job_families(
                 ],
                 1,
             )
-            if v.step is not None:
-                step.add_metric(series, v.step)
-            last.add_metric(series, v.last_received)
-            first.add_metric(series, v.first_received)
-            if v.rates is not None and v.has("tokens"):
-                tokens_rate.add_metric(series, v.rates.get(("tokens", "")) / len(v.gpus))
-            for dtype, gpu_peak in gpu.peaks:
-                dtype_series = [v.job_id, rank, str(gpu.index), gpu.uuid, dtype]
-                if gpu_peak is None:
-                    unknown.add_metric([*dtype_series, gpu.model], 1)
-                else:
-                    peak.add_metric(dtype_series, gpu_peak)
-            for family, counter in ((mfu, "model_flops"), (hfu, "hardware_flops")):
-                parts = v.gpu_utilisation(gpu, counter)
-                for dtype, part in (parts or {}).items():
-                    # Never clamped: a part above 1 means the FLOPs formula or the peak is wrong.
-                    family.add_metric([v.job_id, rank, str(gpu.index), gpu.uuid, dtype], part)
-    yield info
-    yield from counters.values()
-    yield from (step, peak, unknown, mfu, hfu, tokens_rate, last, first)
+    return info
 
 
-def report_families(outcomes: dict[str, int], tracked: int) -> Iterator[Metric]:
+def report_families(
+    outcomes: dict[str, int], tracked: int, evictions: dict[str, int], series: int, budget: int
+) -> Iterator[Metric]:
     reports = CounterMetricFamily(
         "mfu_agent_reports",
         "Reports received, by outcome (a rejected request counts once however many reports it held).",
@@ -151,4 +192,21 @@ def report_families(outcomes: dict[str, int], tracked: int) -> Iterator[Metric]:
     yield reports
     yield GaugeMetricFamily(
         "mfu_agent_tracked_ranks", "(job_id, rank) pairs the agent is tracking.", value=tracked
+    )
+    evicted = CounterMetricFamily(
+        "mfu_agent_rank_evictions",
+        "Ranks the agent stopped tracking, by reason: ttl (silent past --rank-ttl), silent or stalled "
+        "(evicted to make room for a new rank), final (the sender's final report).",
+        labels=["reason"],
+    )
+    for reason, count in sorted(evictions.items()):
+        evicted.add_metric([reason], count)
+    yield evicted
+    yield GaugeMetricFamily(
+        "mfu_agent_series_budget", "Most series /metrics may carry (--max-series).", value=budget
+    )
+    yield GaugeMetricFamily(
+        "mfu_agent_series_estimate",
+        "Series /metrics carries now, as the agent counts them to admit ranks (an upper bound).",
+        value=series,
     )

@@ -1,0 +1,33 @@
+"""How many series /metrics carries besides the ranks' (jobs/budget.py counts those): an upper bound
+from the latest snapshot, so that --max-series bounds the whole page. tests/test_bounds.py checks it
+against a real render."""
+
+from __future__ import annotations
+
+from ..gpu.model import Snapshot
+from ..gpu.nvml import CLOCK_EVENT_REASONS
+from ..specs import DTYPES
+from .gpu import _GAUGES, MAX_PROCESSES_PER_GPU
+
+PER_DEVICE = 3  # info, up, reading age: also for a device down or gone
+# MIG mode, a datasheet and a clock peak per dtype (or one "unknown"), the plain gauges, energy, the
+# clock event reasons, ECC and row-remapping counters, and the GPU's MFU and reporting ranks.
+PER_LIVE_DEVICE = 1 + 2 * len(DTYPES) + len(_GAUGES) + 1 + len(CLOCK_EVENT_REASONS) + 2 + 2 + 2
+PER_PROCESS = 4  # memory, SM and memory utilisation, info
+# build, samples, failures, NVML up, sample duration, last sample, tracked ranks, the series budget
+# and estimate
+AGENT_SERIES = 9
+
+
+def node_series(snapshot: Snapshot | None, labelled: int) -> int:
+    """`labelled`: the series of the families whose label values come and go (XID and ECC events, NVML
+    errors, report outcomes, evictions), as many as their keys now."""
+    total = AGENT_SERIES + labelled
+    if snapshot is None:
+        return total
+    total += PER_DEVICE * len(snapshot.vanished)
+    for gpu in snapshot.gpus:
+        total += PER_DEVICE
+        if gpu.up:
+            total += PER_LIVE_DEVICE + PER_PROCESS * min(len(gpu.processes or ()), MAX_PROCESSES_PER_GPU)
+    return total
