@@ -6,7 +6,7 @@ recorded over time to show them flat.
 
 The agent: `mfu-agent run --backend nvml` on the tests' fake libnvidia-ml (tests/fake_nvml_agent.py):
 8 H100s, GPUs 6 and 7 in MIG mode (2g.20gb, 2g.20gb, 1g.10gb x 3 each), sampling every second, on
-loopback, `--max-ranks 1024 --rank-ttl 60` (and `--max-series` where the agent has it). All at once:
+loopback, `--max-ranks 1024 --max-series 10000 --rank-ttl 60`. All at once:
 
 * driver reload: NVML unloaded every 2 minutes and loaded again 10 s later (the fake's control file);
 * XID storm: a burst every 30 s, 10,000 XID 79s and 1,000 distinct codes (1, 2, ..., 1,000) in all;
@@ -76,6 +76,7 @@ XID_DISTINCT_TOTAL = 1_000
 FLOOD_EVERY = 2.0
 FLOOD_BATCH = 500
 MAX_RANKS = 1024
+MAX_SERIES = 10_000  # where the agent has --max-series: about what 1,024 flood ranks would carry
 RANK_TTL = 60.0
 SLOWLORIS = 50
 SLOWLORIS_BYTE_EVERY = 0.5
@@ -229,8 +230,8 @@ class Http:
 def read_metrics(text: str) -> dict[str, float]:
     """What the soak follows in a /metrics page (text or OpenMetrics)."""
     series = steady_mfu = 0
-    xids = 0.0
-    tracked = nvml_up = float("nan")
+    xids = evictions = 0.0
+    tracked = nvml_up = estimate = float("nan")
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
@@ -243,12 +244,18 @@ def read_metrics(text: str) -> dict[str, float]:
             tracked = float(line.split()[1])
         elif line.startswith("mfu_agent_nvml_up "):
             nvml_up = float(line.split()[1])
+        elif line.startswith("mfu_agent_rank_evictions_total{"):
+            evictions += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("mfu_agent_series_estimate "):  # where the agent has a series budget
+            estimate = float(line.split()[1])
     return {
         "series": series,
         "steady_mfu": steady_mfu,
         "xids_counted": xids,
         "tracked_ranks": tracked,
         "nvml_up": nvml_up,
+        "rank_evictions": evictions,
+        "series_estimate": estimate,
     }
 
 
@@ -397,13 +404,16 @@ def flood(client: Http, p: dict, stop: threading.Event, stats: dict) -> None:
             for r in range(p["flood_batch"])
         ]
         body = json.dumps(reports, separators=(",", ":")).encode()
-        status, _, took = client.request(
+        status, answer, took = client.request(
             "flood", "POST", "/v1/reports", body, {"Content-Type": "application/json"}, timeout=30
         )
         stats["batches"] += 1
         stats["pairs_sent"] += len(reports)
         if status == 202:
             stats["pairs_accepted"] += len(reports)
+        elif status == 429:  # which bound refused it
+            bound = next((b for b in ("--max-series", "--max-ranks") if b.encode() in answer), "other")
+            stats["refused_by"][bound] = stats["refused_by"].get(bound, 0) + 1
         stats["seconds"].append(took)
         batch += 1
 
@@ -538,7 +548,13 @@ def run(minutes: float, max_series: int | None = None, progress=log) -> dict:
         "xid_bursts": [],
         "nvml_down": threading.Event(),
     }
-    flood_stats: dict[str, Any] = {"batches": 0, "pairs_sent": 0, "pairs_accepted": 0, "seconds": []}
+    flood_stats: dict[str, Any] = {
+        "batches": 0,
+        "pairs_sent": 0,
+        "pairs_accepted": 0,
+        "refused_by": {},
+        "seconds": [],
+    }
     slow_stats: dict[str, Any] = {"opened": 0, "lifetimes": []}
     stop = threading.Event()
     with tempfile.TemporaryDirectory(prefix="mfu-soak-") as tmp:
@@ -689,7 +705,6 @@ def summarise(out: dict) -> dict:
         "metrics_bytes",
         "series",
         "cpu_percent",
-        "log_lines",
     ):
         a, b = _median(first, key), _median(last, key)
         flat[key] = {
@@ -698,6 +713,15 @@ def summarise(out: dict) -> dict:
             "ratio": b / a if a else float("nan"),
             "max": max((r[key] for r in rows if r.get(key) is not None), default=None),
         }
+    # Log lines come in bursts (one sample holds a whole XID burst): lines a minute over each third.
+    span = (rows[-1]["t"] - rows[0]["t"]) / len(rows) if len(rows) > 1 else p["sample_every"]
+    a, b = (sum(r["log_lines"] for r in part) * 60 / (len(part) * span) for part in (first, last))
+    flat["log_lines_per_minute"] = {
+        "first_third": a,
+        "last_third": b,
+        "ratio": b / a if a else float("nan"),
+        "max_in_one_sample": max((r["log_lines"] for r in rows), default=None),
+    }
     by_outcome: dict[str, dict[str, int]] = {"ok": {}, "expected": {}, "unexpected_4xx": {}, "errors": {}}
     for a in out["answers"]:
         key = f"{a['client']} {a['endpoint']} {a['outcome']}"
@@ -750,6 +774,9 @@ def summarise(out: dict) -> dict:
         "log_tracebacks": out["log_tracebacks"],
         "flood_pairs_sent": out["flood"]["pairs_sent"],
         "flood_pairs_accepted": out["flood"]["pairs_accepted"],
+        "flood_refused_by": out["flood"]["refused_by"],
+        "rank_evictions": out["final"].get("rank_evictions"),
+        "tracked_ranks_max": max((r.get("tracked_ranks", 0) for r in out["samples"]), default=0),
         "slowloris_closed": out["slowloris"]["closed_by_agent"],
         "slowloris_lifetime_median_s": out["slowloris"]["lifetime_median_s"],
         "steady_posts_ok": out["steady_posts"]["ok"],
@@ -829,7 +856,6 @@ def report(out: dict) -> None:
         "metrics_bytes": ("/metrics size, KiB", 1024),
         "series": ("/metrics samples", 1),
         "cpu_percent": ("agent CPU, % of a core", 1),
-        "log_lines": ("log lines per sample", 1),
     }
     for key, (name, unit) in shown.items():
         f = s["flat"][key]
@@ -838,6 +864,11 @@ def report(out: dict) -> None:
             f"{name:<34} {f['first_third_median'] / unit:>12.1f} {f['last_third_median'] / unit:>12.1f} "
             f"{f['ratio']:>7.3f} {top:>10.1f}"
         )
+    f = s["flat"]["log_lines_per_minute"]
+    log(
+        f"{'log lines a minute (max: a sample)':<34} {f['first_third']:>12.1f} {f['last_third']:>12.1f} "
+        f"{f['ratio']:>7.3f} {f['max_in_one_sample']:>10}"
+    )
     log("")
     log("answers (client endpoint outcome: count)")
     for kind in ("ok", "expected", "unexpected_4xx", "errors"):
@@ -856,9 +887,13 @@ def report(out: dict) -> None:
     )
     lifetime = s["slowloris_lifetime_median_s"] or 0
     log(
-        f"  flood: {s['flood_pairs_sent']:,} pairs sent, {s['flood_pairs_accepted']:,} accepted; slowloris: "
-        f"{s['slowloris_closed']:,} connections closed by the agent after {lifetime:.1f} s (median); "
-        f"steady client: {s['steady_posts_ok']:,} posts accepted"
+        f"  flood: {s['flood_pairs_sent']:,} pairs sent, {s['flood_pairs_accepted']:,} accepted, batches "
+        f"refused by {s['flood_refused_by']}; at most {s['tracked_ranks_max']:,.0f} ranks tracked, "
+        f"{s['rank_evictions'] or 0:,.0f} evicted"
+    )
+    log(
+        f"  slowloris: {s['slowloris_closed']:,} connections closed by the agent after {lifetime:.1f} s "
+        f"(median); steady client: {s['steady_posts_ok']:,} posts accepted"
     )
     log(f"  agent stopped by SIGTERM: exit {s['exit_code']} in {s['stop_seconds'] or 0:.1f} s")
     log("")
@@ -878,20 +913,23 @@ def main(argv: list[str] | None = None) -> int:
         "--max-series",
         type=int,
         default=None,
-        help="--max-series for the agent (default: the agent's own, where it has the flag)",
+        help=f"--max-series for the agent (default {MAX_SERIES:,}, so that the flood meets both it and "
+        "--max-ranks; 0: the agent's own default)",
     )
     args = parser.parse_args(argv)
     if args.minutes * 60 < 20:
         parser.error("--minutes: at least 0.34 (20 s)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if args.max_series is not None and not agent_supports("--max-series"):
+    if args.max_series and not agent_supports("--max-series"):
         parser.error("--max-series: this agent has no such flag")
+    if args.max_series is None and agent_supports("--max-series"):
+        args.max_series = MAX_SERIES
     m = machine()
     log(
         f"mfu-agent soak: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, "
         f"load average {m['loadavg_at_start']}"
     )
-    out = run(args.minutes, args.max_series)
+    out = run(args.minutes, args.max_series or None)
     out["machine"] = m
     out["command"] = ("python -m bench.soak " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     out["loadavg_at_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])

@@ -28,8 +28,10 @@ def test_short_soak_runs_every_fault_and_the_well_behaved_clients_see_no_errors(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     s = result["summary"]
-    for key in ("rss_bytes", "open_files", "metrics_seconds", "log_lines"):
+    for key in ("rss_bytes", "open_files", "metrics_seconds"):
         assert set(s["flat"][key]) == {"first_third_median", "last_third_median", "ratio", "max"}
+    logs = s["flat"]["log_lines_per_minute"]
+    assert set(logs) == {"first_third", "last_third", "ratio", "max_in_one_sample"}
     assert s["samples"] >= 10 and s["scrapes"] == s["samples"] and s["scrapes_failed"] == 0
     assert s["errors_scraper"] == 0, s["answers"]["errors"]
     assert s["errors_steady_client"] == 0, s["answers"]["errors"]
