@@ -25,11 +25,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import generate_latest
-from prometheus_client.exposition import choose_encoder as library_choose_encoder
 
 from mfu_agent.agent import Agent, AgentOptions
 from mfu_agent.gpu.simulated import SimulatedBackend
@@ -37,7 +35,7 @@ from mfu_agent.jobs.registry import ReportData, ReportRejected
 
 from .common import ROOT, free_port, server, summary
 from .fixtures import GPU_MODEL, plain_registry, series_count
-from .scrape import FORMATS, PROMETHEUS_ACCEPT, _time_interleaved, endpoint_render
+from .scrape import FORMATS, PROMETHEUS_ACCEPT, _time_interleaved, renders_against_baseline
 
 GPUS = 8
 RANKS_PER_JOB = 8
@@ -99,16 +97,7 @@ def render_times(quick: bool, log) -> dict:
     agent, ranks = filled_agent()
     text = generate_latest(agent.registry)
     baseline = plain_registry(text.decode())
-    renders: dict[str, Callable[[], object]] = {}
-    identical = {}
-    for fmt, accept in FORMATS.items():
-        library = library_choose_encoder(accept)[0]
-        expected = library(agent.registry)
-        served = endpoint_render(agent, accept)
-        assert served() == expected, f"/metrics ({fmt}) differs from the library's encoding"
-        identical[fmt] = library(baseline) == expected  # OpenMetrics: the info family's name differs
-        renders[f"agent_{fmt}"] = served
-        renders[f"baseline_{fmt}"] = lambda b=baseline, e=library: e(b)
+    renders, identical = renders_against_baseline(agent, baseline, served=True)
     times = _time_interleaved(renders, 2.0 if quick else 20.0, 3 if quick else 10)
     stats = {name: summary(t) for name, t in times.items()}
     row = {

@@ -28,7 +28,7 @@ from mfu_agent.sampler import Sampler
 from . import standing
 from .common import ROOT, server, summary, wait_http
 from .fixtures import make_agent, mig_spec, mixed_families, plain_registry, series_count
-from .scrape import FORMATS, _time_interleaved, endpoint_render
+from .scrape import FORMATS, _time_interleaved, renders_against_baseline
 
 GPUS = 8
 PROFILES = ("1g.10gb",) * 7  # seven 1g.10gb MIG devices per H100 80GB: the most an H100 splits into
@@ -191,16 +191,11 @@ def run_scrape(quick: bool, log, ranks: tuple[int, ...] = SCRAPE_RANKS) -> list[
         whole = make_agent(GPUS, n_ranks)
         text = generate_latest(agent.registry)
         baseline = plain_registry(text.decode())
-        renders: dict[str, Callable[[], object]] = {}
-        identical = {}
+        renders, identical = renders_against_baseline(agent, baseline)
         for fmt, accept in FORMATS.items():
             library = library_choose_encoder(accept)[0]
-            expected = library(agent.registry)
-            assert endpoint_render(agent, accept)() == expected, f"/metrics ({fmt}) differs from the library"
-            renders[f"agent_{fmt}"] = lambda a=agent, e=library: e(a.registry)
-            renders[f"baseline_{fmt}"] = lambda b=baseline, e=library: e(b)
+            renders[f"agent_{fmt}"] = renders.pop(f"agent_{fmt}_library")
             renders[f"whole_{fmt}"] = lambda w=whole, e=library: e(w.registry)
-            identical[fmt] = library(baseline) == expected
         times = _time_interleaved(renders, budget, min_rounds, 20 if quick else 60)
         stats = {name: summary(t) for name, t in times.items()}
         whole_series = series_count(generate_latest(whole.registry).decode())

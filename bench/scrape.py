@@ -66,6 +66,29 @@ def endpoint_render(agent, accept: str = "") -> Callable[[], bytes]:
     return render
 
 
+def renders_against_baseline(
+    agent, baseline, served: bool = False
+) -> tuple[dict[str, Callable[[], object]], dict]:
+    """For each format: the agent's render and the baseline's, after checking that /metrics serves
+    exactly what the library encodes, and whether the baseline's page is the same bytes. `served`:
+    time the endpoint (`agent_<fmt>`) rather than the library over the agent's registry
+    (`agent_<fmt>_library`)."""
+    renders: dict[str, Callable[[], object]] = {}
+    identical = {}
+    for fmt, accept in FORMATS.items():
+        library = library_choose_encoder(accept)[0]
+        expected = library(agent.registry)
+        endpoint = endpoint_render(agent, accept)
+        assert endpoint() == expected, f"/metrics ({fmt}) differs from the library"
+        if served:
+            renders[f"agent_{fmt}"] = endpoint
+        else:
+            renders[f"agent_{fmt}_library"] = lambda a=agent, e=library: e(a.registry)
+        renders[f"baseline_{fmt}"] = lambda b=baseline, e=library: e(b)
+        identical[fmt] = library(baseline) == expected  # OpenMetrics: the info family's name may differ
+    return renders, identical
+
+
 def _render_peak_bytes(render) -> int:
     """Peak Python memory allocated while rendering once (tracemalloc), beyond what was held before."""
     gc.collect()
@@ -107,17 +130,7 @@ def run(quick: bool, log) -> dict:
             agent = make_agent(n_gpus, n_ranks)
             text = generate_latest(agent.registry)
             baseline = plain_registry(text.decode())
-            renders: dict[str, Callable[[], object]] = {}
-            identical = {}
-            for fmt, accept in FORMATS.items():
-                library = library_choose_encoder(accept)[0]
-                expected = library(agent.registry)
-                assert endpoint_render(agent, accept)() == expected, (
-                    f"/metrics ({fmt}) differs from the library"
-                )
-                renders[f"agent_{fmt}_library"] = lambda a=agent, e=library: e(a.registry)
-                renders[f"baseline_{fmt}"] = lambda b=baseline, e=library: e(b)
-                identical[fmt] = library(baseline) == expected
+            renders, identical = renders_against_baseline(agent, baseline)
             times = _time_interleaved(renders, budget, min_rounds, 20 if quick else 60)
             stats = {name: summary(t) for name, t in times.items()}
             row: dict = {
