@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mfu_agent.gpu.nvml_backend import MIG_RESCAN_TICKS
+from mfu_agent.gpu.mig import MIG_RESCAN_TICKS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

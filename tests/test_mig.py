@@ -12,7 +12,8 @@ from metrics_text import one, values
 from prometheus_client import generate_latest
 
 from mfu_agent.agent import Agent, AgentOptions
-from mfu_agent.gpu.nvml_backend import MIG_RESCAN_TICKS, NvmlBackend
+from mfu_agent.gpu.mig import MIG_RESCAN_TICKS
+from mfu_agent.gpu.nvml_backend import NvmlBackend
 from mfu_agent.jobs.errors import ReportRejected
 from mfu_agent.jobs.rank import ReportData
 

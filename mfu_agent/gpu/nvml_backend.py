@@ -25,13 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .model import GpuEvent, GpuIdentity, GpuProcess, GpuReading, MigIdentity, RemappedRows, SmActivity
+from .gpm import GpmPairs, GpmState, ratio
+from .mig import MigDevice, MigReader
+from .model import GpuEvent, GpuIdentity, GpuProcess, GpuReading, RemappedRows
 from .nvml import (
     ABSENT,
     DOUBLE_BIT_ECC_EVENT,
     XID_EVENT,
     GpuDown,
-    GpuKey,
     NvmlGateway,
     NvmlUnavailable,
     handle_key,
@@ -39,11 +40,6 @@ from .nvml import (
 
 log = logging.getLogger(__name__)
 
-GPM_MIN_GAP_SECONDS = 0.1  # NVML needs GPM samples more than 100 ms apart
-# MIG devices are enumerated (slot handles and UUIDs) every this many ticks, and at once when MIG mode
-# changes or a MIG device stops answering; between, the known devices are read. Instances created or
-# destroyed while the mode stays on are therefore seen within this many ticks.
-MIG_RESCAN_TICKS = 5
 # A process's utilisation figure is held while NVML has no newer sample for it (NotFound), for at
 # most this many ticks after its last new sample; then it is dropped (absent), never shown stale.
 PROCESS_UTILIZATION_HOLD_TICKS = 3
@@ -57,32 +53,11 @@ ALL_LOST = "every GPU is lost"  # why NVML counts as unavailable when no GPU ans
 
 
 @dataclass
-class _GpmState:
-    """Two sample buffers: each tick one is filled and compared with the other, then they swap roles."""
-
-    samples: list[Any]
-    request: Any
-    older: int = -1  # index of the buffer holding the previous sample; -1 before the first
-    older_at: float = 0.0
-    last: SmActivity | None = None
-
-
-@dataclass
-class _Mig:
-    """A MIG device of a GPU in MIG mode, in one of its parent's MIG slots."""
-
-    key: str  # the gateway key "<parent index>.<slot>"
-    handle: Any
-    identity: GpuIdentity
-    gpm: _GpmState | None = None
-
-
-@dataclass
 class _Gpu:
     index: int
     handle: Any
     identity: GpuIdentity
-    gpm: _GpmState | None = None
+    gpm: GpmState | None = None
     was_down: bool = False
     down_logged: bool = False
     down_error: str = ""  # why the last read found it down ("gpu_is_lost", "unknown"); "" while up
@@ -90,7 +65,7 @@ class _Gpu:
     # pid -> (SM ratio, memory ratio, tick of its newest sample) from NVML's process utilisation
     process_utilization: dict[int, tuple[float, float, int]] = field(default_factory=dict)
     mig_mode: bool | None = None  # None until read, and for a GPU without MIG
-    migs: dict[int, _Mig] = field(default_factory=dict)  # MIG slot -> device, while in MIG mode
+    migs: dict[int, MigDevice] = field(default_factory=dict)  # MIG slot -> device, while in MIG mode
     mig_rescan_in: int = 0  # ticks until the MIG slots are enumerated again (0: this tick)
 
 
@@ -108,6 +83,8 @@ class NvmlBackend:
     def __init__(self, gateway: NvmlGateway | None = None, clock=time.monotonic) -> None:
         self.gateway = gateway or NvmlGateway()
         self._clock = clock
+        self._gpm = GpmPairs(self.gateway, clock)
+        self._mig = MigReader(self.gateway, self._gpm)
         self._gpus: list[_Gpu] = []
         self._by_handle: dict[int, _Gpu] = {}  # replaced whole, never mutated: the event thread reads it
         self._event_set: Any = ABSENT
@@ -176,31 +153,11 @@ class NvmlBackend:
         except GpuDown:
             log.warning("GPU %d went down while being identified", i)
 
-    def _gpm_state(self, gpu: _Gpu) -> _GpmState | None:
-        return self._new_gpm(gpu.index, self._whole_gpu_sampler(gpu))
-
-    def _new_gpm(self, key: GpuKey, take_sample: Callable[[Any], bool]) -> _GpmState | None:
-        samples = [self.gateway.gpm_sample_alloc(key) for _ in range(2)]
-        if any(s is ABSENT for s in samples):
-            for s in samples:
-                if s is not ABSENT:
-                    self.gateway.gpm_sample_free(key, s)
-            return None
-        state = _GpmState(samples=samples, request=self.gateway.gpm_request())
-        # Take a first sample now, so the first tick ~1 s later already has activity to report.
-        if take_sample(samples[0]):
-            state.older, state.older_at = 0, self._clock()
-        return state
-
-    def _free_gpm(self, key: GpuKey, state: _GpmState | None) -> None:
-        for sample in state.samples if state is not None else ():
-            self.gateway.gpm_sample_free(key, sample)
+    def _gpm_state(self, gpu: _Gpu) -> GpmState | None:
+        return self._gpm.new(gpu.index, self._whole_gpu_sampler(gpu))
 
     def _whole_gpu_sampler(self, gpu: _Gpu) -> Callable[[Any], bool]:
         return lambda sample: self.gateway.gpm_sample_get(gpu.index, gpu.handle, sample)
-
-    def _mig_sampler(self, gpu: _Gpu, mig_key: str, gpu_instance_id: int) -> Callable[[Any], bool]:
-        return lambda sample: self.gateway.gpm_mig_sample_get(mig_key, gpu.handle, gpu_instance_id, sample)
 
     def _register_events(self, gpus: list[_Gpu]) -> None:
         """Registers the GPUs for XID and double-bit ECC events, in the event set (created if none)."""
@@ -381,8 +338,8 @@ class NvmlBackend:
         """Frees (or, without `free`, forgets) the GPM buffers and MIG devices of these GPUs."""
         for gpu in gpus:
             if free:
-                self._free_gpm(gpu.index, gpu.gpm)
-                self._drop_migs(gpu)
+                self._gpm.free(gpu.index, gpu.gpm)
+                self._mig.drop(gpu)
             gpu.gpm, gpu.migs = None, {}
 
     # -- GPUs that appear, vanish or move -----------------------------------------------------
@@ -495,7 +452,7 @@ class NvmlBackend:
             self._follow_mig_mode(gpu, self.gateway.mig_mode(gpu.index, gpu.handle))
             readings = [self._read_up(gpu)]
             if gpu.mig_mode:
-                readings += self._read_migs(gpu)
+                readings += self._mig.read(gpu)
         except GpuDown as exc:
             return self._down(gpu, exc.error)
         if gpu.was_down:
@@ -522,7 +479,7 @@ class NvmlBackend:
         readings = [
             GpuReading(identity=gpu.identity, up=False, sm_activity_source=source, mig_mode=gpu.mig_mode)
         ]
-        for mig in self._ordered_migs(gpu):
+        for mig in self._mig.ordered(gpu):
             readings.append(
                 GpuReading(identity=mig.identity, up=False, sm_activity_source="gpm" if mig.gpm else "none")
             )
@@ -545,135 +502,8 @@ class NvmlBackend:
             gpu.process_utilization.clear()
             if gpu.gpm is not None:
                 gpu.gpm.older, gpu.gpm.last = -1, None
-        self._drop_migs(gpu)
+        self._mig.drop(gpu)
         gpu.mig_mode = mode
-
-    def _drop_migs(self, gpu: _Gpu) -> None:
-        for mig in gpu.migs.values():
-            self._free_gpm(mig.key, mig.gpm)
-        gpu.migs = {}
-        gpu.mig_rescan_in = 0
-
-    @staticmethod
-    def _ordered_migs(gpu: _Gpu) -> list[_Mig]:
-        def order(mig: _Mig) -> tuple[int, int]:
-            ids = mig.identity.mig
-            return (ids.gpu_instance_id, ids.compute_instance_id) if ids else (0, 0)
-
-        return sorted(gpu.migs.values(), key=order)
-
-    def _read_migs(self, gpu: _Gpu) -> list[GpuReading]:
-        """Reads each MIG device, after enumerating the MIG slots when due (MIG_RESCAN_TICKS)."""
-        if gpu.mig_rescan_in <= 0:
-            self._enumerate_migs(gpu)
-            gpu.mig_rescan_in = MIG_RESCAN_TICKS
-        gpu.mig_rescan_in -= 1
-        readings = [self._read_mig(gpu, mig) for mig in self._ordered_migs(gpu)]
-        if gpu.mig_rescan_in < MIG_RESCAN_TICKS - 1 and any(
-            r.up and r.memory_total_bytes is None for r in readings
-        ):
-            # A known MIG device stopped answering (destroyed?): enumerate now rather than export it
-            # as up with no readings.
-            self._enumerate_migs(gpu)
-            gpu.mig_rescan_in = MIG_RESCAN_TICKS - 1
-            readings = [self._read_mig(gpu, mig) for mig in self._ordered_migs(gpu)]
-        return readings
-
-    def _enumerate_migs(self, gpu: _Gpu) -> None:
-        """Finds the MIG devices in the GPU's slots (instances are created and destroyed at run time).
-        A slot is re-identified when its handle or UUID changed."""
-        gw, i, h = self.gateway, gpu.index, gpu.handle
-        found: dict[int, _Mig] = {}
-        for slot in range(gw.mig_slots(i, h)):
-            key = f"{i}.{slot}"
-            known = gpu.migs.get(slot)
-            handle = gw.mig_handle(i, h, slot)
-            if handle is ABSENT:  # the call failed this tick: keep what we knew
-                if known is not None:
-                    found[slot] = known
-                continue
-            if handle is None:
-                continue
-            if (
-                known is not None
-                and handle_key(known.handle) == handle_key(handle)
-                and gw.uuid(key, handle) == known.identity.uuid
-            ):
-                found[slot] = known
-                continue
-            if known is not None:
-                self._free_gpm(key, known.gpm)
-            gw.forget(key)
-            mig = self._identify_mig(gpu, key, handle)
-            if mig is not None:
-                found[slot] = mig
-        for slot, gone in gpu.migs.items():
-            if slot not in found or found[slot] is not gone:
-                if slot not in found:
-                    self._free_gpm(gone.key, gone.gpm)
-                log.info("GPU %d: MIG device %s is gone", i, gone.identity.uuid)
-        gpu.migs = found
-
-    def _identify_mig(self, gpu: _Gpu, key: str, handle: Any) -> _Mig | None:
-        gw = self.gateway
-        uuid = gw.uuid(key, handle)
-        ids = gw.mig_ids(key, handle)
-        if not uuid or ids is None:
-            return None  # asked again next tick
-        name = gw.name(key, handle)
-        profile = name.rsplit(" MIG ", 1)[1].strip() if " MIG " in name else ""
-        parent = gpu.identity
-        identity = GpuIdentity(
-            index=gpu.index,
-            uuid=uuid,
-            name=parent.name,
-            pci_bus_id=parent.pci_bus_id,
-            architecture=parent.architecture,
-            mig=MigIdentity(
-                parent_uuid=parent.uuid,
-                profile=profile,
-                gpu_instance_id=ids.gpu_instance_id,
-                compute_instance_id=ids.compute_instance_id,
-                sm_count=gw.mig_sm_count(key, handle),
-            ),
-        )
-        mig = _Mig(key, handle, identity)
-        if gpu.gpm is not None:  # GPM per GPU instance, through the parent
-            mig.gpm = self._new_gpm(key, self._mig_sampler(gpu, key, ids.gpu_instance_id))
-        log.info(
-            "GPU %d: MIG device %s (%s, GPU instance %d, compute instance %d, %s SMs)",
-            gpu.index,
-            uuid,
-            profile or "unknown profile",
-            ids.gpu_instance_id,
-            ids.compute_instance_id,
-            identity.mig.sm_count if identity.mig else None,
-        )
-        return mig
-
-    def _read_mig(self, gpu: _Gpu, mig: _Mig) -> GpuReading:
-        gw, key, h = self.gateway, mig.key, mig.handle
-        source = "gpm" if mig.gpm else "none"
-        try:
-            memory = gw.memory(key, h)
-            processes = gw.compute_processes(key, h)
-            activity = None
-            if mig.gpm is not None and mig.identity.mig is not None:
-                sampler = self._mig_sampler(gpu, key, mig.identity.mig.gpu_instance_id)
-                activity = self._activity(mig.gpm, key, sampler)
-        except GpuDown:
-            return GpuReading(identity=mig.identity, up=False, sm_activity_source=source)
-        return GpuReading(
-            identity=mig.identity,
-            up=True,
-            sm_activity_source=source,
-            memory_used_bytes=memory[0] if memory else None,
-            memory_total_bytes=memory[1] if memory else None,
-            processes=tuple(GpuProcess(pid, mem) for pid, mem in processes)
-            if processes is not None
-            else None,
-            activity=activity,
-        )
 
     # -- a whole GPU --------------------------------------------------------------------------
     def _read_up(self, gpu: _Gpu) -> GpuReading:
@@ -712,7 +542,7 @@ class NvmlBackend:
             ecc_uncorrected_total=ecc[1] if ecc else None,
             remapped_rows=RemappedRows(rows[0], rows[1], bool(rows[2]), bool(rows[3])) if rows else None,
             processes=self._processes(gpu, processes) if processes is not None else None,
-            activity=self._activity(gpu.gpm, i, self._whole_gpu_sampler(gpu))
+            activity=self._gpm.activity(gpu.gpm, i, self._whole_gpu_sampler(gpu))
             if gpu.gpm and not mig_mode
             else None,
         )
@@ -722,7 +552,7 @@ class NvmlBackend:
         gpu.tick += 1
         held = gpu.process_utilization
         for sample in self.gateway.process_utilization(gpu.index, gpu.handle) or ():
-            held[sample.pid] = (_ratio(sample.sm_percent), _ratio(sample.memory_percent), gpu.tick)
+            held[sample.pid] = (ratio(sample.sm_percent), ratio(sample.memory_percent), gpu.tick)
         running = {pid for pid, _ in processes}
         for pid, (_, _, seen) in list(held.items()):
             # Dropped when the process exited, or when it had no new sample for too long: its
@@ -734,27 +564,3 @@ class NvmlBackend:
             sm_ratio, mem_ratio, _ = held.get(pid, (None, None, 0))
             result.append(GpuProcess(pid, mem, sm_ratio, mem_ratio))
         return tuple(result)
-
-    def _activity(
-        self, state: _GpmState, key: GpuKey, take_sample: Callable[[Any], bool]
-    ) -> SmActivity | None:
-        now = self._clock()
-        if state.older >= 0 and now - state.older_at < GPM_MIN_GAP_SECONDS:
-            return state.last  # too soon for a new pair: keep the last figures
-        newer = 1 - state.older if state.older >= 0 else 0
-        if not take_sample(state.samples[newer]):
-            state.older, state.last = -1, None
-            return None
-        if state.older >= 0:
-            percent = self.gateway.gpm_metrics(
-                key, state.request, state.samples[state.older], state.samples[newer]
-            )
-            state.last = (
-                SmActivity(**{name: _ratio(value) for name, value in percent.items()}) if percent else None
-            )
-        state.older, state.older_at = newer, now
-        return state.last
-
-
-def _ratio(percent: float) -> float:
-    return min(max(percent / 100.0, 0.0), 1.0)
