@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from client_harness import clear_client_env, reporter_factory
 
 from mfu_agent.client import Reporter
 from mfu_agent.client.testing import FakeAgent
@@ -25,42 +26,10 @@ from mfu_agent.client.testing import FakeAgent
 F = 1.5e12  # model FLOPs per step used throughout
 WAIT = 15.0  # bounded waits: generous deadlines, no timing assertions
 
-ENV_VARS = (
-    "MFU_AGENT_URL",
-    "MFU_JOB_ID",
-    "TORCHELASTIC_RUN_ID",
-    "SLURM_JOB_ID",
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "SLURM_PROCID",
-    "SLURM_LOCALID",
-    "SLURM_NTASKS",
-    "OMPI_COMM_WORLD_RANK",
-    "OMPI_COMM_WORLD_LOCAL_RANK",
-    "OMPI_COMM_WORLD_SIZE",
-    "PMI_RANK",
-    "PMI_SIZE",
-    "PMIX_RANK",
-    "MV2_COMM_WORLD_RANK",
-    "MV2_COMM_WORLD_SIZE",
-    "MPI_LOCALRANKID",
-    "PMI_LOCAL_RANK",
-    "MFU_AGENT_TOKEN",
-    "MFU_AGENT_TOKEN_FILE",
-    "POD_NAME",
-    "POD_NAMESPACE",
-    "KUBERNETES_SERVICE_HOST",
-    "CUDA_VISIBLE_DEVICES",
-    "NVIDIA_VISIBLE_DEVICES",
-    "CUDA_DEVICE_ORDER",
-)
-
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
+    clear_client_env(monkeypatch)
 
 
 @pytest.fixture
@@ -71,18 +40,7 @@ def fake() -> Iterator[FakeAgent]:
 
 @pytest.fixture
 def make_reporter() -> Iterator[Callable[..., Reporter]]:
-    created: list[Reporter] = []
-
-    def make(**kwargs: Any) -> Reporter:
-        kwargs.setdefault("job_id", "job-1")
-        kwargs.setdefault("interval", 0.05)
-        reporter = Reporter(**kwargs)
-        created.append(reporter)
-        return reporter
-
-    yield make
-    for reporter in created:
-        reporter.close(timeout=0.5)
+    yield from reporter_factory(job_id="job-1", interval=0.05)
 
 
 def closed_port_url() -> str:

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from client_harness import CLIENT_ENV, clear_client_env, reporter_factory
 
 from mfu_agent.client import Reporter
 from mfu_agent.client.testing import FakeAgent
@@ -31,33 +32,10 @@ F = 1.5e12
 WAIT = 15.0  # bounded waits: generous deadlines, no timing assertions
 HANG = 30.0  # how long the fake DNS lookup / the silent peers hang: far past any timeout used here
 
-ENV_VARS = (
-    "MFU_AGENT_URL",
-    "MFU_JOB_ID",
-    "TORCHELASTIC_RUN_ID",
-    "SLURM_JOB_ID",
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "SLURM_PROCID",
-    "SLURM_LOCALID",
-    "SLURM_NTASKS",
-    "MFU_AGENT_TOKEN",
-    "MFU_AGENT_TOKEN_FILE",
-    "CUDA_VISIBLE_DEVICES",
-    "NVIDIA_VISIBLE_DEVICES",
-    "CUDA_DEVICE_ORDER",
-    "http_proxy",
-    "HTTP_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-)
-
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
+    clear_client_env(monkeypatch)
 
 
 @pytest.fixture
@@ -68,19 +46,7 @@ def fake() -> Iterator[FakeAgent]:
 
 @pytest.fixture
 def make_reporter() -> Iterator[Callable[..., Reporter]]:
-    created: list[Reporter] = []
-
-    def make(**kwargs: Any) -> Reporter:
-        kwargs.setdefault("job_id", "job-f")
-        kwargs.setdefault("rank", 0)
-        kwargs.setdefault("interval", 60)
-        reporter = Reporter(**kwargs)
-        created.append(reporter)
-        return reporter
-
-    yield make
-    for reporter in created:
-        reporter.close(timeout=0.5)
+    yield from reporter_factory(job_id="job-f", rank=0, interval=60)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
@@ -105,7 +71,7 @@ def run_client(script: str, env: dict[str, str] | None = None, timeout: float = 
 
     ``timeout`` stays under HANG: a client that waited for the hanging lookup would be killed here
     and the test would fail with TimeoutExpired."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    full_env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV}
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
     out = subprocess.run(
