@@ -1,0 +1,199 @@
+"""`mfu-agent run` and `mfu-agent demo`: the agent itself."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import zlib
+
+from .. import __version__
+from .options import (
+    DEFAULT_LISTEN,
+    BackendError,
+    add_agent_flags,
+    env_default,
+    env_list,
+    env_switch,
+    is_loopback,
+)
+
+SIMULATE_DEFAULT = "8xNVIDIA H100 80GB HBM3"
+# The demo node: 8 H100s, GPU 7 in MIG mode (a small job reports on its 3g.40gb slice); the main
+# job's 6 ranks on GPUs 0..5, the one on GPU 5 crawling on a GPU busy doing nothing; two processes
+# time-share GPU 6.
+DEMO_SPEC = "7xNVIDIA H100 80GB HBM3,1xNVIDIA H100 80GB HBM3[mig=3g.40gb,2g.20gb,1g.10gb,1g.10gb]"
+DEMO_FAULTS = ["busy-idle:5", "shared:6"]
+DEMO_RANKS = 6
+
+log = logging.getLogger("mfu_agent")
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser("run", help="run the agent on this node")
+    run.set_defaults(handler=main)
+    add_agent_flags(run, DEFAULT_LISTEN)
+    run.add_argument(
+        "--backend",
+        choices=["auto", "nvml", "simulated"],
+        default=env_default("backend", "auto"),
+        help="where GPU readings come from (default auto: NVML; env MFU_AGENT_BACKEND)",
+    )
+    run.add_argument(
+        "--simulate",
+        default=env_default("simulate", SIMULATE_DEFAULT),
+        help="simulated GPUs as COUNTxDEVICE NAME[,...]; COUNTxDEVICE NAME[mig=PROFILE,...] puts each "
+        "in MIG mode, e.g. 1xNVIDIA H100 80GB HBM3[mig=3g.40gb,2g.20gb,1g.10gb,1g.10gb] "
+        f"(default {SIMULATE_DEFAULT!r}; env MFU_AGENT_SIMULATE)",
+    )
+    run.add_argument(
+        "--fault",
+        action="append",
+        default=env_list("fault", []),
+        help="simulated fault, repeatable: lost:GPU, busy-idle:GPU, throttle:GPU, ecc:GPU, "
+        "shared:GPU, xid:GPU:CODE, xid-storm:GPU (10,000 XID 79s and 10,000 distinct codes) "
+        "(env MFU_AGENT_FAULT, comma-separated)",
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        help="run with 8 simulated H100s (GPU 6 time-shared, GPU 7 in MIG mode) and synthetic training jobs",
+    )
+    demo.set_defaults(handler=main)
+    add_agent_flags(demo, DEFAULT_LISTEN)
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "demo":
+        args.backend, args.simulate, args.fault = "simulated", DEMO_SPEC, list(DEMO_FAULTS)
+    try:
+        for switch in ("allow_unauthenticated_reports", "docs"):
+            if getattr(args, switch) is None:
+                setattr(args, switch, env_switch(switch))
+        token, overrides = read_config_files(args)
+        check_report_access(args, token)
+        args.node_name = args.node_name or socket.gethostname()
+        backend = make_backend(
+            args.backend, args.simulate, args.fault, seed=zlib.crc32(args.node_name.encode())
+        )
+    except BackendError as exc:
+        print(f"mfu-agent: error: {exc}", file=sys.stderr)
+        return 2
+    return serve(args, backend, token, overrides)
+
+
+def read_config_files(args: argparse.Namespace) -> tuple[str | None, dict[str, dict[str, float]]]:
+    token = None
+    if args.report_token_file:
+        try:
+            with open(args.report_token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise BackendError(f"cannot read --report-token-file: {exc}") from None
+        if not token:
+            raise BackendError(f"--report-token-file {args.report_token_file} is empty")
+    overrides: dict[str, dict[str, float]] = {}
+    if args.peak_flops_file:
+        from ..specs import load_overrides
+
+        try:
+            overrides = load_overrides(args.peak_flops_file)
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"bad --peak-flops-file: {exc}") from None
+    return token, overrides
+
+
+def check_report_access(args: argparse.Namespace, token: str | None) -> None:
+    """Refuses a non-loopback --listen without a report token, unless explicitly allowed."""
+    host, port = args.listen
+    if token is not None or is_loopback(host):
+        return
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if args.allow_unauthenticated_reports:
+        log.warning(
+            "reports are accepted without a token from anyone who can reach %s "
+            "(--allow-unauthenticated-reports)",
+            address,
+        )
+        return
+    raise BackendError(
+        f"--listen {address} is reachable from other machines and no --report-token-file is set, so "
+        "anyone could post reports: set --report-token-file (see docs/deploy.md), listen on 127.0.0.1, "
+        "or pass --allow-unauthenticated-reports"
+    )
+
+
+def make_backend(kind: str, simulate: str, faults: list[str], seed: int = 0):
+    if kind == "simulated":
+        from ..gpu.simulated import SimulatedBackend
+
+        try:
+            backend = SimulatedBackend(simulate, seed=seed)  # the seed gives each node its own UUIDs
+            for fault in faults:
+                backend.apply_fault(fault)
+        except ValueError as exc:
+            raise BackendError(str(exc)) from None
+        return backend
+    if faults:
+        raise BackendError("--fault applies only to --backend simulated")
+    from ..gpu.nvml import NvmlUnavailable
+    from ..gpu.nvml_backend import NvmlBackend
+
+    backend = NvmlBackend()
+    try:
+        backend.start()
+    except NvmlUnavailable as exc:
+        raise BackendError(
+            f"{exc}. On a machine without NVIDIA GPUs, try `mfu-agent demo` "
+            "or `mfu-agent run --backend simulated`."
+        ) from None
+    return backend
+
+
+def serve(
+    args: argparse.Namespace, backend, token: str | None, overrides: dict[str, dict[str, float]]
+) -> int:
+    from ..agent import Agent, AgentOptions
+    from ..app import create_app
+    from ..server import limits_for, make_server, raise_open_file_limit
+
+    options = AgentOptions(
+        interval=args.interval,
+        node_name=args.node_name,
+        proc_root=args.proc_root,
+        mfu_window_seconds=args.mfu_window,
+        max_ranks=args.max_ranks,
+        max_series=args.max_series,
+        rank_ttl_seconds=args.rank_ttl,
+        report_token=token,
+        peak_overrides=overrides,
+        state_dir=args.state_dir,
+    )
+    agent = Agent(backend, options)
+    host, port = args.listen
+    job = None
+    if args.command == "demo":
+        from ..demo import SyntheticJob
+
+        local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+        url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
+        job = SyntheticJob(url, backend.devices(), DEMO_RANKS, {5})
+        if token:
+            os.environ.setdefault("MFU_AGENT_TOKEN", token)
+    app = create_app(
+        agent,
+        on_started=job.start if job else None,
+        on_stopping=job.stop if job else None,
+        docs=args.docs,
+    )
+    limits = limits_for(raise_open_file_limit())
+    log.debug("at most %d connections", limits.max_connections)
+    log.info("mfu-agent %s serving on http://%s:%d (backend %s)", __version__, host, port, backend.name)
+    server = make_server(app, host, port, args.log_level, limits)
+    server.run()
+    return 0 if server.started else 1
