@@ -9,7 +9,7 @@ from fastapi import APIRouter, FastAPI
 
 from . import __version__
 from .agent import Agent
-from .api import reports, system
+from .api import landing, reports, system
 from .api.drain import DrainRequestBody
 
 
@@ -50,6 +50,7 @@ def create_app(
     app.state.agent = agent
     app.include_router(system.router)
     app.include_router(reports.router)
+    app.include_router(landing.router)
     for router in routers or []:
         app.include_router(router)
     return app
