@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 LISTEN ?= 127.0.0.1:8469
 
-.PHONY: install install-test prometheus deploy-tools demo run test lint bench bench-rules soak clean
+.PHONY: install install-test prometheus deploy-tools browser demo run test lint bench bench-rules soak clean landing-screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ prometheus:
 deploy-tools:
 	@command -v systemd-analyze >/dev/null 2>&1 || scripts/install-deploy-tools.sh
 
+# Headless Chromium for tests/test_landing.py (Debian package `chromium`).
+browser:
+	@command -v chromium >/dev/null 2>&1 || scripts/install-browser.sh
+
 demo: install
 	$(BIN)/mfu-agent demo --listen $(LISTEN)
 
@@ -32,7 +36,7 @@ run: install
 lint: install-test
 	$(BIN)/ruff check .
 
-test: install-test prometheus deploy-tools lint
+test: install-test prometheus deploy-tools browser lint
 	$(BIN)/pytest -q
 
 # Benchmarks (docs/performance.md): about 13 minutes; BENCH_ARGS=--quick for about 3.
@@ -47,6 +51,10 @@ bench-rules: install-test prometheus
 # SOAK_ARGS="--minutes 3" for a shorter one, SOAK_ARGS="--json soak.json" for every sample.
 soak: install-test
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
+# docs/landing.png: the page at / of `mfu-agent demo`, in headless Chromium.
+landing-screenshot: install browser
+	$(BIN)/python scripts/landing_screenshot.py docs/landing.png
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
