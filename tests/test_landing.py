@@ -340,6 +340,19 @@ def test_text_from_the_api_shows_as_text(tmp_path, demo):
         assert page.rows["gpus"][0][0] == "0 (down)" and set(page.rows["gpus"][0][2:]) == {DASH}
 
 
+def test_no_gpu_sample_yet_is_said_on_the_page():
+    # An agent whose sampler has not run: /v1/gpus answers 503 as before the first sample.
+    agent = Agent(SimulatedBackend("1xNVIDIA L4"), AgentOptions(node_name="n"))
+    with serve(agent, manage_agent=False) as url:
+        gpus = httpx.get(url + "/v1/gpus", timeout=10)
+        assert gpus.status_code == 503
+        page = Page(dump_dom(url + "/"))
+    said = f"/v1/gpus answered 503: {gpus.json()['detail']}"
+    assert page.classes["status"] == "error" and page.text["status"].startswith(said + " (tried at ")
+    assert page.rows["gpus"] == [[f"No GPU data: {said}"]]
+    assert page.rows["jobs"] == [["No job reports to this agent yet."]]
+
+
 def test_an_unreachable_agent_is_said_on_the_page(tmp_path, demo):
     # The page as saved from the agent, opened where no agent answers its requests.
     saved = tmp_path / "landing.html"
