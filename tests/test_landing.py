@@ -316,6 +316,18 @@ def test_links_and_no_external_urls(rendered, demo):
     assert not [t for t, _ in page.tags if t == "img"]
 
 
+def test_the_page_refreshes_itself(demo):
+    # Under --virtual-time-budget the page's clock and timers run ahead of the wall clock: after 12 s
+    # of it, the tables were last filled at the refresh 10 s after the first, which the page dates.
+    started = time.localtime()
+    page = Page(dump_dom(demo + "/", budget_ms=12_000))
+    assert page.text["status"].startswith("Live: refreshes every 5 s")
+    hours, minutes, seconds = (int(part) for part in page.text["updated"].split(":"))
+    updated = hours * 3600 + minutes * 60 + seconds
+    since_start = (updated - (started.tm_hour * 3600 + started.tm_min * 60 + started.tm_sec)) % 86400
+    assert since_start >= 9, f"updated at {page.text['updated']}: no refresh after the first fill"
+
+
 def test_text_from_the_api_shows_as_text(tmp_path, demo):
     # Job ids and labels never carry markup: the API refuses them.
     refused = httpx.post(
