@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()
-    # The same uvicorn settings as mfu_agent.cli.serve.
+    # The same uvicorn settings as mfu_agent.cli.run.serve.
     config = uvicorn.Config(
         create_app(), host="127.0.0.1", port=args.port, log_level=args.log_level, access_log=False
     )
