@@ -216,11 +216,13 @@ class KubeletDevices:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while True:  # the first refresh always runs, however soon the agent stops
             self.refresh()
             self._log.flush()
             self._wake.wait(self.refresh_seconds)
             self._wake.clear()
+            if self._stop.is_set():
+                return
 
     def stop(self) -> None:
         self._stop.set()
