@@ -13,7 +13,8 @@ has several holders and the caller must not pick one. Ids of other forms (a devi
 
 No socket (not on Kubernetes, or not mounted): the source is off, said once at info level, and the socket
 is looked for again at each refresh. A socket seen once and then gone (the kubelet restarting) counts as
-an error.
+an error, and so does one the agent may not connect to: the kubelet creates the socket and its directory
+root-only, so connecting takes root (connect() on a unix socket needs write access to it).
 """
 
 from __future__ import annotations
@@ -152,7 +153,17 @@ class KubeletDevices:
         """One List, its answer swapped in; on failure the last good answer is kept or dropped."""
         now = self._clock()
         self._tried_at = now
-        if not os.path.exists(self.socket_path):
+        problem = _socket_problem(self.socket_path)
+        if problem == "permission_denied":
+            self._seen_socket = True  # it is there, mounted, and cannot be used: an error to see
+            self._failed(
+                now,
+                problem,
+                f"uid {os.geteuid()} may not connect to {self.socket_path} (the kubelet makes it and its "
+                "directory root-only; run the agent as root for pod names, see docs/deploy.md)",
+            )
+            return
+        if problem == "no_socket":
             if self._seen_socket:
                 self._failed(now, "no_socket", f"the kubelet socket {self.socket_path} is gone")
             elif not self._said_absent:
@@ -233,6 +244,17 @@ class KubeletDevices:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _socket_problem(path: str) -> str:
+    """ "" when `path` can be connected to; else no_socket or permission_denied."""
+    try:
+        os.stat(path)
+    except PermissionError:  # a root-only directory on the way
+        return "permission_denied"
+    except OSError:
+        return "no_socket"
+    return "" if os.access(path, os.W_OK) else "permission_denied"  # connect() needs write access
 
 
 def _one_line(exc: BaseException) -> str:
