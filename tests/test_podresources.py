@@ -100,10 +100,27 @@ def test_a_gpu_held_by_several_containers_has_several_holders() -> None:
     also_a = ContainerDevice("ml", "a", "c", "nvidia.com/gpu", f"{GPU0}::1")
     b = ContainerDevice("ml", "b", "c", "nvidia.com/gpu", f"{GPU0}::2")
     index = ContainerDevice("ml", "x", "c", "nvidia.com/gpu", "3")
-    holders, unmatched = holders_by_device([a, also_a, index])
+    nic = ContainerDevice("ml", "x", "c", "example.com/nic", "eth3")
+    holders, unmatched = holders_by_device([a, also_a, index, nic])
     assert holders == {GPU0: frozenset({KubeNames("ml", "a", "c")})} and unmatched == 1
     holders, _ = holders_by_device([a, also_a, b])
     assert holders[GPU0] == {KubeNames("ml", "a", "c"), KubeNames("ml", "b", "c")}
+
+
+def test_index_device_ids_are_warned_about_once(
+    kubelet: FakeKubelet, caplog: pytest.LogCaptureFixture
+) -> None:
+    kubelet.pods = [("ml", "trainer-0", [("pytorch", [("nvidia.com/gpu", ["0", "1"])])])]
+    devices = KubeletDevices(kubelet.socket_path)
+    try:
+        with caplog.at_level(logging.INFO, logger="mfu_agent.attribution.cache"):
+            devices.refresh()
+            devices.refresh()
+        assert devices.health()[0] is True and devices.holders(GPU0) == frozenset()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "deviceIDStrategy=uuid" in warnings[0], warnings
+    finally:
+        devices.stop()
 
 
 def test_a_refresh_picks_up_a_change(kubelet: FakeKubelet) -> None:

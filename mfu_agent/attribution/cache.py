@@ -57,13 +57,14 @@ def device_uuid(device_id: str) -> str | None:
 
 
 def holders_by_device(allocations: Iterable) -> tuple[dict[str, frozenset[KubeNames]], int]:
-    """uuid -> the containers holding it, and how many device ids could not be read as a UUID."""
+    """uuid -> the containers holding it, and how many ids of NVIDIA resources (nvidia.com/...) could not
+    be read as a UUID (other vendors' devices are no concern of ours)."""
     found: dict[str, set[KubeNames]] = {}
     unmatched = 0
     for a in allocations:
         uuid = device_uuid(a.device_id)
         if uuid is None:
-            unmatched += 1
+            unmatched += a.resource_name.startswith("nvidia.com/")
             continue
         found.setdefault(uuid, set()).add(KubeNames(a.namespace, a.pod, a.container))
     return {uuid: frozenset(names) for uuid, names in found.items()}, unmatched
@@ -188,7 +189,7 @@ class KubeletDevices:
         if unmatched and not holders and not self._said_unmatched:
             self._said_unmatched = True
             log.warning(
-                "the kubelet lists %d device id(s) that are not GPU or MIG UUIDs and none that is: "
+                "the kubelet lists %d nvidia.com device id(s), none of them a GPU or MIG UUID: "
                 "GPU processes get no pod names (run the NVIDIA device plugin with deviceIDStrategy=uuid)",
                 unmatched,
             )

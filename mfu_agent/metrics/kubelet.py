@@ -27,7 +27,8 @@ def kubelet_families(kubelet: KubeletDevices) -> Iterator[Metric]:
     failures = CounterMetricFamily(
         "mfu_agent_kubelet_errors",
         "kubelet PodResources List calls that failed, by gRPC status code (unavailable, "
-        "deadline_exceeded, ...), no_socket (the socket went away) or bad_response.",
+        "deadline_exceeded, ...), no_socket (the socket went away), permission_denied (the agent may not "
+        "connect: it must run as root) or bad_response.",
         labels=["error"],
     )
     for kind, count in sorted(errors.items()):
