@@ -583,7 +583,7 @@ class Fleet:
             "mfu_gpu_process_info",
             "gauge",
             (
-                (gl(g, ("pid", r.pid), *_pod(r), ("slurm_job_id", "")), 1.0, 0.0, NEVER)
+                (gl(g, ("pid", r.pid), *_pod(r), ("slurm_job_id", ""), *_names(r)), 1.0, 0.0, NEVER)
                 for g in up
                 for r in g.ranks
             ),
@@ -643,6 +643,7 @@ class Fleet:
                         ("slurm_job_id", ""),
                         ("hostname", _host(r.gpu.node)),
                         *_pod(r),
+                        ("container", "trainer"),
                     ),
                     1.0,
                     0.0,
@@ -855,6 +856,15 @@ def _pod(r: Rank) -> tuple[tuple[str, str], tuple[str, str]]:
     return (
         ("pod_uid", f"{h:08x}-7c1e-4b2a-9d3f-{h * 2654435761 % 16**12:012x}"),
         ("container_id", f"containerd://{c:08x}{c * 40503 % 16**8:08x}"),
+    )
+
+
+def _names(r: Rank) -> tuple[tuple[str, str], ...]:
+    """(namespace, pod, container) of a rank's process, as the kubelet names them."""
+    return (
+        ("namespace", "training"),
+        ("pod", f"{r.job.job_id}-worker-{r.rank // GPUS_PER_NODE}"),
+        ("container", "trainer"),
     )
 
 

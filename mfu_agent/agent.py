@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from prometheus_client.core import Metric
 
 from . import __version__
-from .attribution import attribute_pid
+from .attribution.cache import KubeletDevices
+from .attribution.owners import Attributed, Attribution
 from .events import EventCounter, EventWatcher
 from .gpu.model import GpuBackend, GpuReading, Snapshot
 from .jobs.registry import DEFAULT_MAX_SERIES, JobRegistry, pid_alive
@@ -23,6 +24,7 @@ from .metrics.agent import agent_families
 from .metrics.cardinality import node_series
 from .metrics.gpu import gpu_families
 from .metrics.jobs import job_families, report_families
+from .metrics.kubelet import kubelet_families
 from .metrics.peaks import gpu_peak_families
 from .metrics.rollups import gpu_rollup_families, job_node_families, rank_rollup_families
 from .sampler import Sampler
@@ -49,28 +51,7 @@ class AgentOptions:
     report_token: str | None = None
     peak_overrides: dict[str, dict[str, float]] = field(default_factory=dict)
     state_dir: str | None = None  # where each rank's totals are kept across restarts; None: not kept
-
-
-class PodLookup:
-    """Caches pid -> (pod_uid, container_id, slurm_job_id) so /proc is read once per process."""
-
-    def __init__(self, proc_root: str) -> None:
-        self.proc_root = proc_root
-        self._cache: dict[int, tuple[str, str, str]] = {}
-
-    def __call__(self, pid: int) -> tuple[str, str, str]:
-        found = self._cache.get(pid)
-        if found is None:
-            a = attribute_pid(pid, self.proc_root)
-            found = (a.pod_uid, a.container_id, a.slurm_job_id)
-            if any(found):  # an empty answer may be a race with a starting process: ask again next time
-                self._cache[pid] = found
-        return found
-
-    def keep_only(self, pids: Iterable[int]) -> None:
-        live = set(pids)
-        for pid in [p for p in self._cache if p not in live]:
-            del self._cache[pid]
+    kubelet_socket: str = ""  # the kubelet's PodResources socket for pod names; "": not asked
 
 
 class Agent:
@@ -87,7 +68,8 @@ class Agent:
         self.sampler = Sampler(backend, self.options.interval, clock)
         self.events = EventCounter()
         self.watcher = EventWatcher(backend, self.events)
-        self.pods = PodLookup(self.options.proc_root)
+        self.kubelet = KubeletDevices(self.options.kubelet_socket) if self.options.kubelet_socket else None
+        self.attribution = Attribution(self.options.proc_root, self.kubelet)
         self.peaks = PeakTable(self.options.peak_overrides)
         self.jobs = JobRegistry(
             self.peaks,
@@ -123,6 +105,8 @@ class Agent:
         self.sampler.sample_once()  # ready, and able to attribute reports, before the first request
         self.sampler.start()
         self.watcher.start()
+        if self.kubelet is not None:
+            self.kubelet.start()
         self._running = True
 
     def stop(self) -> None:
@@ -131,6 +115,8 @@ class Agent:
         self._running = False
         if self.state is not None:
             self.state.stop()
+        if self.kubelet is not None:
+            self.kubelet.stop()
         # Bounded waits only: a driver call that never returns keeps its (daemon) thread, and the NVML
         # buffers are left to process exit rather than freed under it.
         sampler_stopped = self.sampler.stop()
@@ -176,9 +162,11 @@ class Agent:
     def _gpu_metrics(self) -> Iterable[Metric]:
         now = self._clock()
         snapshot = self.snapshot(now)
-        if snapshot is not None:
-            self.pods.keep_only(p.pid for g in snapshot.gpus for p in (g.processes or ()))
-        return gpu_families(snapshot, self.events.snapshot(), self.pods, now=now)
+        return gpu_families(snapshot, self.events.snapshot(), self.attribution.of(snapshot), now=now)
+
+    def attributed(self) -> Attributed:
+        """Who each GPU process and device of the latest snapshot belongs to (attribution/owners.py)."""
+        return self.attribution.of(self.snapshot())
 
     def count_reports(self, outcome: str, count: int) -> None:
         with self._outcomes_lock:
@@ -192,15 +180,16 @@ class Agent:
             + len(self._report_outcomes)
             + len(self.jobs.removed)
             + (len(gateway.errors_snapshot()) if gateway else 0)
+            + (self.kubelet.series() if self.kubelet else 0)
         )
         return node_series(self.sampler.latest, labelled)
 
     def _job_metrics(self) -> Iterable[Metric]:
         views = self.jobs.views()
-        yield from job_families(views, self.pods)
+        snapshot = self.snapshot()
+        yield from job_families(views, self.attribution.of(snapshot))
         yield from rank_rollup_families(views)
         yield from job_node_families(views)
-        snapshot = self.snapshot()
         yield from gpu_rollup_families(views, snapshot)
         yield from gpu_peak_families(snapshot, self.peaks)
         with self._outcomes_lock:
@@ -216,7 +205,7 @@ class Agent:
     def _agent_metrics(self) -> Iterable[Metric]:
         gateway = getattr(self.backend, "gateway", None)
         current = self.snapshot()
-        return agent_families(
+        yield from agent_families(
             version=__version__,
             backend=self.backend.name,
             node=self.options.node_name,
@@ -226,6 +215,8 @@ class Agent:
             failures=self.sampler.failures_total,
             nvml_errors=gateway.errors_snapshot() if gateway else {},
         )
+        if self.kubelet is not None:
+            yield from kubelet_families(self.kubelet)
 
 
 def _down(gpu: GpuReading) -> GpuReading:

@@ -255,3 +255,70 @@ def test_own_process_never_raises() -> None:
     got = attribute_pid(os.getpid())
     assert isinstance(got, ProcessAttribution)
     assert isinstance(got.pod_uid, str) and isinstance(got.container_id, str)
+
+
+# -- joined with the kubelet's device holders (attribution/owners.py) ------------------------------
+
+
+@pytest.fixture
+def joined():
+    """Three simulated GPUs with fixture pids on them, the kubelet (a real gRPC server) naming holders."""
+    from kubelet_server import FakeKubelet
+
+    from mfu_agent.attribution.cache import KubeletDevices
+    from mfu_agent.attribution.owners import Attribution
+    from mfu_agent.gpu.simulated import SimulatedBackend
+    from mfu_agent.sampler import Sampler
+
+    backend = SimulatedBackend("3xNVIDIA H100 80GB HBM3")
+    backend.set_processes(0, [(38810, 30 << 30), (81234, 1 << 30)])  # a pod's process, a Slurm job's
+    backend.set_processes(1, [(38810, 10 << 30)])
+    backend.set_processes(2, [(41235, 10 << 30)])
+    snapshot = Sampler(backend, 1.0).sample_once()
+    uuids = [g.uuid for g in snapshot.gpus]
+    pods = [
+        ("ml", "llama-0", [("pytorch", [("nvidia.com/gpu", [uuids[0], uuids[1]])])]),
+        ("ml", "other-0", [("main", [("nvidia.com/gpu", [uuids[2]])])]),
+    ]
+    with FakeKubelet(pods=pods) as server:
+        devices = KubeletDevices(server.socket_path)
+        devices.refresh()
+        yield Attribution(str(FIXTURES), devices), snapshot, uuids, server, devices
+        devices.stop()
+
+
+def test_a_pods_process_takes_its_devices_names_and_a_slurm_process_does_not(joined) -> None:
+    attribution, snapshot, uuids, *_ = joined
+    found = attribution.of(snapshot)
+    pod = found.process(uuids[0], 38810)
+    assert (pod.pod_uid, pod.namespace, pod.pod, pod.container) == (
+        EXPECTED[38810][0],
+        "ml",
+        "llama-0",
+        "pytorch",
+    )
+    slurm = found.process(uuids[0], 81234)
+    assert (slurm.slurm_job_id, slurm.pod) == ("4242", "")
+    assert found.process(uuids[0], 999999).as_dict() == dict.fromkeys(slurm.as_dict(), "")
+
+
+def test_a_rank_is_named_by_pid_or_by_its_gpus_never_by_local_rank(joined) -> None:
+    attribution, snapshot, uuids, *_ = joined
+    found = attribution.of(snapshot)
+    by_pid = found.rank(uuids[:2], 38810, "pid")
+    assert (by_pid.pod_uid, by_pid.pod) == (EXPECTED[38810][0], "llama-0")
+    assert found.rank(uuids[:2], None, "gpus").pod == "llama-0", "two GPUs, one holder"
+    assert found.rank(uuids[1:], None, "gpus").pod == "", "two GPUs of two different pods: no names"
+    assert found.rank(uuids[:1], None, "local_rank").pod == "", "the GPU itself is an assumption"
+
+
+def test_the_answer_follows_the_kubelet_and_without_it_cgroups_stand(joined) -> None:
+    from mfu_agent.attribution.owners import Attribution
+
+    attribution, snapshot, uuids, server, devices = joined
+    assert attribution.of(snapshot) is attribution.of(snapshot), "one join per snapshot"
+    server.pods = [("ml", "llama-1", [("pytorch", [("nvidia.com/gpu", [uuids[0]])])])]
+    devices.refresh()
+    assert attribution.of(snapshot).process(uuids[0], 38810).pod == "llama-1"
+    alone = Attribution(str(FIXTURES)).of(snapshot).process(uuids[0], 38810)
+    assert (alone.pod_uid, alone.container_id, alone.pod) == (*EXPECTED[38810][:2], "")

@@ -37,13 +37,14 @@ EXTRA = {
     "mfu_gpu_process_memory_bytes": GPU | {"pid"},
     "mfu_gpu_process_sm_utilization_ratio": GPU | {"pid"},
     "mfu_gpu_process_memory_utilization_ratio": GPU | {"pid"},
-    "mfu_gpu_process_info": GPU | {"pid", "pod_uid", "container_id", "slurm_job_id"},
+    "mfu_gpu_process_info": GPU
+    | {"pid", "pod_uid", "container_id", "slurm_job_id", "namespace", "pod", "container"},
     "mfu_gpu_peak_flops": GPU | {"dtype"},
     "mfu_gpu_clock_peak_flops": GPU | {"dtype"},
     "mfu_gpu_peak_flops_unknown": GPU | {"model"},
     "mfu_job_info": RANK
     | {"pid", "local_rank", "world_size", "attributed_by", "pod", "namespace", "slurm_job_id", "hostname"}
-    | {"pod_uid", "container_id"},
+    | {"pod_uid", "container_id", "container"},
     "mfu_job_peak_flops_unknown": RANK | {"model"},
     "mfu_agent_build_info": NODE | {"version", "backend", "node"},
     "mfu_agent_nvml_errors_total": NODE | {"call", "error"},

@@ -795,6 +795,22 @@ def test_kubernetes_daemonset(rendered: list[dict[str, Any]]) -> None:
     assert str(pod["securityContext"]["runAsUser"]) in " ".join(init["command"])
 
 
+def test_kubernetes_daemonset_reads_the_kubelets_pod_resources(rendered: list[dict[str, Any]]) -> None:
+    """Kubernetes names: the PodResources socket's directory mounted read-only from the host, the
+    agent pointed at the socket in it, and the agent scheduled as a node-critical daemon."""
+    from mfu_agent.cli.options import DEFAULT_KUBELET_SOCKET
+
+    pod = _one(rendered, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-node-critical"
+    (container,) = pod["containers"]
+    socket = _env(container)["MFU_AGENT_KUBELET_SOCKET"]
+    assert socket == DEFAULT_KUBELET_SOCKET
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [m for m in container["volumeMounts"] if socket.startswith(m["mountPath"] + "/")]
+    assert mount["readOnly"] is True
+    assert volumes[mount["name"]]["hostPath"] == {"path": mount["mountPath"], "type": "Directory"}
+
+
 def _secret_file(pod: dict[str, Any], container: dict[str, Any], path: str) -> tuple[str, str]:
     """(Secret name, key) of the file `path` in `container`, which must come from a Secret volume."""
     volumes = {v["name"]: v for v in pod.get("volumes", [])}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from kubelet_server import FakeKubelet
 from prometheus_client import generate_latest
 
 from mfu_agent.agent import Agent, AgentOptions
@@ -27,7 +28,10 @@ def exported_metrics() -> set[str]:
     backend = SimulatedBackend("2xNVIDIA H100 80GB HBM3,1xNVIDIA Imaginary X9")
     backend.set_processes(0, [(1, 1024)])
     backend.set_shared(1)  # two time-sliced processes with their own utilisation
-    agent = Agent(backend, AgentOptions())
+    with FakeKubelet() as kubelet:  # the kubelet's PodResources API, asked once
+        agent = Agent(backend, AgentOptions(kubelet_socket=kubelet.socket_path))
+        agent.kubelet.refresh()
+        agent.kubelet.stop()
     agent.events = EventCounter()
     agent.events.add(GpuEvent(0, "GPU-x", "xid", 79))
     agent.events.add(GpuEvent(0, "GPU-x", "double_bit_ecc"))

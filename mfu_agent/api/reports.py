@@ -22,8 +22,10 @@ from pydantic import (
 )
 from starlette.requests import ClientDisconnect
 
+from ..attribution.owners import Attributed
 from ..jobs.registry import RankView, ReportData, ReportRejected
 from ..jobs.rollup import peak_weighted, per_gpu
+from ..metrics.jobs import rank_owner
 from ..specs import DTYPES
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -287,6 +289,7 @@ def get_jobs(request: Request) -> dict[str, Any]:
     agent = request.app.state.agent
     now = time.time()
     views = agent.jobs.views()
+    owners = agent.attributed()
     by_job: dict[str, list[RankView]] = {}
     for v in views:
         by_job.setdefault(v.job_id, []).append(v)
@@ -297,13 +300,13 @@ def get_jobs(request: Request) -> dict[str, Any]:
                 "job_id": job_id,
                 "mfu": peak_weighted(per_gpu(ranks, "model_flops").values())[0],
                 "hfu": peak_weighted(per_gpu(ranks, "hardware_flops").values())[0],
-                "ranks": [_rank_json(v, now) for v in ranks],
+                "ranks": [_rank_json(v, now, owners) for v in ranks],
             }
         )
     return {"jobs": jobs}
 
 
-def _rank_json(v: RankView, now: float) -> dict[str, Any]:
+def _rank_json(v: RankView, now: float, owners: Attributed) -> dict[str, Any]:
     rates = v.rates
     return {
         "rank": v.rank,
@@ -335,6 +338,7 @@ def _rank_json(v: RankView, now: float) -> dict[str, Any]:
         "step": v.step,
         "restarts": v.restarts,
         "labels": dict(v.labels),
+        "owner": rank_owner(v, owners).as_dict(),
         "first_report_age_seconds": max(0.0, now - v.first_received),
         "last_report_age_seconds": max(0.0, now - v.last_received),
     }

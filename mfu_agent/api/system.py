@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from ..attribution.owners import Attributed
 from ..metrics.exposition import stream
 
 router = APIRouter()
@@ -39,9 +40,11 @@ def readyz(request: Request) -> Response:
 
 @router.get("/v1/gpus", summary="The latest GPU snapshot as JSON")
 def gpus(request: Request) -> Any:
-    snapshot = request.app.state.agent.snapshot()  # as exported: GPUs down once it is stale
+    agent = request.app.state.agent
+    snapshot = agent.snapshot()  # as exported: GPUs down once it is stale
     if snapshot is None:
         return JSONResponse({"detail": "no GPU sample yet"}, status_code=503)
+    owners = agent.attribution.of(snapshot)
     return {
         "taken_at": snapshot.taken_at,
         "driver_version": snapshot.driver_version,
@@ -49,12 +52,14 @@ def gpus(request: Request) -> Any:
         "sample_duration_seconds": snapshot.sample_duration_seconds,
         "nvml_up": snapshot.nvml_up,
         "unavailable_reason": snapshot.unavailable_reason,
-        "gpus": [_gpu_json(g) for g in snapshot.gpus],
+        "gpus": [_gpu_json(g, owners) for g in snapshot.gpus],
     }
 
 
-def _gpu_json(gpu: Any) -> dict[str, Any]:
+def _gpu_json(gpu: Any, owners: Attributed) -> dict[str, Any]:
     data = dataclasses.asdict(gpu)
+    for process in data.get("processes") or ():
+        process.update(owners.process(gpu.uuid, process["pid"]).as_dict())
     identity = data.pop("identity")
     reasons = data.get("clock_event_reasons")
     data["clock_event_reasons"] = sorted(reasons) if reasons is not None else None

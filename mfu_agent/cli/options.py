@@ -9,6 +9,7 @@ import re
 
 DEFAULT_PORT = 8469  # outside 9100-9999, the Prometheus exporter range, which is fully allocated
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+DEFAULT_KUBELET_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -97,6 +98,13 @@ def add_agent_flags(parser: argparse.ArgumentParser, listen_default: str) -> Non
         default=env_default("log-level", "info"),
         choices=["debug", "info", "warning", "error"],
         help="env MFU_AGENT_LOG_LEVEL",
+    )
+    parser.add_argument(
+        "--kubelet-socket",
+        default=env_default("kubelet-socket", DEFAULT_KUBELET_SOCKET),
+        help="the kubelet's PodResources socket, for the namespace, pod and container of GPU processes "
+        f"and ranks (default {DEFAULT_KUBELET_SOCKET}; absent: names are off; '' to never ask; "
+        "env MFU_AGENT_KUBELET_SOCKET)",
     )
     parser.add_argument("--proc-root", default=env_default("proc-root", "/proc"), help=argparse.SUPPRESS)
     parser.add_argument(

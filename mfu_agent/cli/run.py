@@ -173,6 +173,7 @@ def serve(
         report_token=token,
         peak_overrides=overrides,
         state_dir=args.state_dir,
+        kubelet_socket=args.kubelet_socket,
     )
     agent = Agent(backend, options)
     host, port = args.listen

@@ -6,13 +6,15 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ..attribution.owners import Attributed
 from ..events import EventKey
 from ..gpu.model import GpuReading, Snapshot
 from ..gpu.nvml import CLOCK_EVENT_REASONS
 from .labels import add_sample, device_labels
 
 GPU_LABELS = ["gpu", "uuid"]
-_OWNER = ("pod_uid", "container_id", "slurm_job_id")
+OWNER_LABELS = ["pod_uid", "container_id", "slurm_job_id", "namespace", "pod", "container"]
+_NOBODY = dict.fromkeys(OWNER_LABELS, "")
 MAX_PROCESSES_PER_GPU = 64  # bounds mfu_gpu_process_* cardinality; the largest users of memory are kept
 
 # (metric name, help, value getter): gauges with only the gpu and uuid labels, absent when None.
@@ -94,10 +96,11 @@ def _event_order(item: tuple[EventKey, int]) -> tuple[int, str, int]:
 def gpu_families(
     snapshot: Snapshot | None,
     events: dict[EventKey, int],
-    pod_of: Callable[[int], tuple[str, str, str]] | None = None,
+    owners: Attributed | None = None,
     now: float | None = None,
 ) -> Iterator[Metric]:
-    """`now` (Unix time) gives the reading ages; without it they are left out."""
+    """`owners`: who each process belongs to (attribution/owners.py); `now` (Unix time) gives the
+    reading ages, without it they are left out."""
     gpus = snapshot.gpus if snapshot else ()
     listed = (*gpus, *snapshot.vanished) if snapshot else ()  # with the GPUs gone, exported down
     info = GaugeMetricFamily(
@@ -189,8 +192,9 @@ def gpu_families(
     )
     process_info = GaugeMetricFamily(
         "mfu_gpu_process_info",
-        "A compute process on the GPU and the pod or Slurm job it belongs to; always 1.",
-        labels=[*GPU_LABELS, "pid", "pod_uid", "container_id", "slurm_job_id"],
+        "A compute process on the GPU and the pod (UID and container id from its cgroup; namespace, pod "
+        "and container from the kubelet) or Slurm job it belongs to; always 1.",
+        labels=[*GPU_LABELS, "pid", *OWNER_LABELS],
     )
     for g in live:
         labels = labels_of[g.uuid]
@@ -215,7 +219,7 @@ def gpu_families(
                     add_sample(process_sm, by_pid, proc.sm_utilization_ratio)
                 if proc.memory_utilization_ratio is not None:
                     add_sample(process_memory, by_pid, proc.memory_utilization_ratio)
-                owner = dict(zip(_OWNER, pod_of(proc.pid) if pod_of else ("", "", ""), strict=True))
+                owner = owners.process(g.uuid, proc.pid).as_dict() if owners else _NOBODY
                 add_sample(process_info, {**by_pid, **owner}, 1)
     yield from (energy, reasons, ecc, rows, memory, process_sm, process_memory, process_info)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ..attribution.owners import Attributed, Owner
 from ..jobs.registry import COUNTERS, RankView
 
 SERIES = ["job_id", "rank", "gpu", "uuid", "dtype"]  # every job series: so `and`/`on` join them 1:1
@@ -27,6 +28,7 @@ INFO_LABELS = [
     "hostname",
     "pod_uid",
     "container_id",
+    "container",
 ]
 
 _COUNTER_HELP = {
@@ -41,16 +43,16 @@ def _text(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def job_families(
-    views: list[RankView], pod_of: Callable[[int], tuple[str, str, str]] | None = None
-) -> Iterator[Metric]:
-    """`pod_of` maps a host pid to (pod_uid, container_id, slurm_job_id); it is asked only for ranks
-    found through NVML's process list, whose pid is known to be a host pid (a pid sent from inside a
-    container's PID namespace names some other process on the host).
+def job_families(views: list[RankView], owners: Attributed | None = None) -> Iterator[Metric]:
+    """`owners`: who the processes and devices of the latest snapshot belong to (attribution/owners.py).
+    A rank's pod UID and container id come from its process's cgroup, so only for ranks found through
+    NVML's process list, whose pid is known to be a host pid (a pid sent from inside a container's PID
+    namespace names some other process on the host); its namespace, pod and container from the kubelet
+    where it knows them, else from the report's own labels (docs/metrics.md).
 
     Each family is built when the one before has been consumed (one pass over the views each), so a
     scrape that encodes them one by one holds one family at a time (metrics/exposition.py)."""
-    yield _info(views, pod_of)
+    yield _info(views, owners)
     for name in COUNTERS:
         counter = CounterMetricFamily(f"mfu_job_{name}", _COUNTER_HELP[name], labels=SERIES)
         for v in views:
@@ -145,15 +147,32 @@ def _per_gpu(
     return family
 
 
-def _info(views: list[RankView], pod_of: Callable[[int], tuple[str, str, str]] | None) -> Metric:
+def rank_owner(v: RankView, owners: Attributed | None) -> Owner:
+    """Where a rank runs, as exported on mfu_job_info and /v1/jobs: the kubelet's names where it knows
+    them (it knows which container holds the device), else the names the report carried."""
+    found = owners.rank((g.uuid for g in v.gpus), v.pid, v.attributed_by) if owners else Owner()
+    reported = dict(v.labels)
+    if found.pod:
+        namespace, pod, container = found.namespace, found.pod, found.container
+    else:
+        namespace, pod, container = reported.get("namespace", ""), reported.get("pod", ""), ""
+    return Owner(
+        pod_uid=found.pod_uid,
+        container_id=found.container_id,
+        slurm_job_id=reported.get("slurm_job_id", "") or found.slurm_job_id,
+        namespace=namespace,
+        pod=pod,
+        container=container,
+    )
+
+
+def _info(views: list[RankView], owners: Attributed | None) -> Metric:
     info = GaugeMetricFamily(
         "mfu_job_info", "A reporting rank on a GPU and where it runs; always 1.", labels=INFO_LABELS
     )
     for v in views:
         labels_map = dict(v.labels)
-        pod_uid, container_id, cgroup_slurm_job = (
-            pod_of(v.pid) if pod_of and v.attributed_by == "pid" and v.pid else ("", "", "")
-        )
+        owner = rank_owner(v, owners)
         rank = str(v.rank)
         for gpu in v.gpus:
             info.add_metric(
@@ -167,12 +186,13 @@ def _info(views: list[RankView], pod_of: Callable[[int], tuple[str, str, str]] |
                     _text(v.local_rank),
                     _text(v.world_size),
                     v.attributed_by,
-                    labels_map.get("pod", ""),
-                    labels_map.get("namespace", ""),
-                    labels_map.get("slurm_job_id", "") or cgroup_slurm_job,
+                    owner.pod,
+                    owner.namespace,
+                    owner.slurm_job_id,
                     labels_map.get("hostname", ""),
-                    pod_uid,
-                    container_id,
+                    owner.pod_uid,
+                    owner.container_id,
+                    owner.container,
                 ],
                 1,
             )
