@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from . import doctor, run
-from .options import DEFAULT_LISTEN, DEFAULT_PORT, BackendError, parse_listen
+from .options import DEFAULT_LISTEN, DEFAULT_PORT, BackendError, is_loopback, parse_listen
 from .run import DEMO_FAULTS, DEMO_RANKS, DEMO_SPEC, SIMULATE_DEFAULT, make_backend
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "SIMULATE_DEFAULT",
     "BackendError",
     "build_parser",
+    "is_loopback",
     "main",
     "make_backend",
     "parse_listen",
