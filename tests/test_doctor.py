@@ -142,6 +142,26 @@ def test_each_gpm_state_gets_its_own_line_and_fix(node: dict[str, Any]):
     assert order == [(i, n) for i in range(5) for n in ("gpu", "peak", "gpm")]
 
 
+def test_a_gpu_in_mig_mode_is_checked_on_a_gpu_instance(node: dict[str, Any]):
+    mig = [{"profile": "3g.40gb", "gpu_instance_id": 2, "sm_count": 60}]
+    config = {
+        "devices": [
+            {"mig_mode": 1, "mig_devices": mig},
+            {"mig_mode": 1, "mig_devices": mig, "gpm_error": pynvml.NVML_ERROR_NO_PERMISSION},
+            {"mig_mode": 1},
+        ]
+    }
+    code, checks, _ = doctor(node, config)
+    assert code == 0
+    assert check(checks, "gpu", 0)["message"].endswith("MIG mode")
+    ok = check(checks, "gpm", 0)
+    assert ok["status"] == "ok" and "on GPU instance 2 (MIG mode)" in ok["message"]
+    refused = check(checks, "gpm", 1)
+    assert refused["status"] == "warn"
+    assert "samples on GPU instance 2 (MIG mode): NO_PERMISSION" in refused["message"]
+    assert check(checks, "gpm", 2)["status"] == "skip", "no MIG device: nothing to sample"
+
+
 def test_a_peak_flops_file_makes_an_unknown_model_known(node: dict[str, Any]):
     peaks = node["tmp"] / "peaks.json"
     peaks.write_text(json.dumps({"NVIDIA Imaginary X9": {"bf16": 500e12}}))

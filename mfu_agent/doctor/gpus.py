@@ -35,6 +35,9 @@ class _Gpu:
     mig_mode: bool = False
     gpm: GpmState | None = None
     gpm_status: GpmStatus = "not_supported"
+    # In MIG mode the agent reads GPM per GPU instance: (MIG device key, GPU instance id) of the first
+    # MIG device, sampled through the parent as the agent does; None: the whole GPU.
+    gpu_instance: tuple[str, int] | None = None
 
 
 def nvml_checks(proc_root: str, peaks: PeakTable) -> list[Check]:
@@ -93,7 +96,9 @@ def _identify(gateway: NvmlGateway, pairs: GpmPairs, index: int) -> tuple[_Gpu |
             raise GpuDown(index, "nvmlDeviceGetHandleByIndex", "no handle")
         gpu = _Gpu(index, handle, gateway.name(index, handle), bool(gateway.mig_mode(index, handle)))
         gpu.gpm_status = gateway.gpm_support(index, handle)
-        if gpu.gpm_status != "not_supported":
+        if gpu.mig_mode:
+            gpu.gpu_instance = _first_gpu_instance(gateway, index, handle)
+        if gpu.gpm_status != "not_supported" and (not gpu.mig_mode or gpu.gpu_instance):
             gpu.gpm = pairs.new(index, _sampler(gateway, gpu))
             gpu.gpm_status = gpu.gpm.status if gpu.gpm is not None else "error"
     except GpuDown as exc:
@@ -109,7 +114,20 @@ def _identify(gateway: NvmlGateway, pairs: GpmPairs, index: int) -> tuple[_Gpu |
     return gpu, Check("ok", "gpu", f"{gpu.name} {uuid}{mode}", gpu=index)
 
 
+def _first_gpu_instance(gateway: NvmlGateway, index: int, handle: Any) -> tuple[str, int] | None:
+    for slot in range(gateway.mig_slots(index, handle)):
+        key = f"{index}.{slot}"
+        mig = gateway.mig_handle(index, handle, slot)
+        ids = gateway.mig_ids(key, mig) if mig not in (None, ABSENT) else None
+        if ids is not None:
+            return key, ids.gpu_instance_id
+    return None
+
+
 def _sampler(gateway: NvmlGateway, gpu: _Gpu):
+    if gpu.gpu_instance is not None:
+        key, gpu_instance_id = gpu.gpu_instance
+        return lambda sample: gateway.gpm_mig_sample_get(key, gpu.handle, gpu_instance_id, sample)
     return lambda sample: gateway.gpm_sample_get(gpu.index, gpu.handle, sample)
 
 
@@ -128,6 +146,14 @@ def _model_check(gpu: _Gpu, peaks: PeakTable) -> Check:
 
 def _gpm_check(gateway: NvmlGateway, pairs: GpmPairs, gpu: _Gpu) -> Check:
     status = gpu.gpm_status
+    if gpu.mig_mode and gpu.gpu_instance is None and status != "not_supported":
+        return Check(
+            "skip",
+            "gpm",
+            "MIG mode without MIG devices: GPM is read per GPU instance, and there is none",
+            gpu=gpu.index,
+        )
+    where = f" on GPU instance {gpu.gpu_instance[1]} (MIG mode)" if gpu.gpu_instance else ""
     if gpu.gpm is not None:
         try:
             activity = pairs.activity(gpu.gpm, gpu.index, _sampler(gateway, gpu))
@@ -139,7 +165,7 @@ def _gpm_check(gateway: NvmlGateway, pairs: GpmPairs, gpu: _Gpu) -> Check:
         if status == "ok" and activity is None:
             status = "error"  # samples taken, but no metrics between them
     if status == "ok":
-        return Check("ok", "gpm", "GPM answers: SM activity ratios are exported", gpu=gpu.index)
+        return Check("ok", "gpm", f"GPM answers{where}: SM activity ratios are exported", gpu=gpu.index)
     if status == "not_supported":
         return Check(
             "warn",
@@ -150,14 +176,15 @@ def _gpm_check(gateway: NvmlGateway, pairs: GpmPairs, gpu: _Gpu) -> Check:
             gpu=gpu.index,
         )
     if status in GPM_FIXES:
-        what = {
-            "no_permission": "GPM refuses its samples: NO_PERMISSION",
-            "in_use": "GPM refuses its samples: IN_USE, another tool holds the performance counters",
+        why = {
+            "no_permission": "NO_PERMISSION",
+            "in_use": "IN_USE, another tool holds the performance counters",
         }[status]
         return Check(
             "warn",
             "gpm",
-            f"{what} (status {status}); the SM activity series stay absent until that ends",
+            f"GPM refuses its samples{where}: {why} (status {status}); the SM activity series stay absent "
+            "until that ends",
             GPM_FIXES[status],
             gpu=gpu.index,
         )
