@@ -5,12 +5,14 @@ once with its fix, and asked again slowly until it ends."""
 from __future__ import annotations
 
 import logging
+import subprocess
 
 import pynvml
 import pytest
 from fakenvml import FakeDevice, FakeNvml
 from metrics_text import one, values
 from prometheus_client import generate_latest
+from prometheus_server import find_binary
 
 from mfu_agent.agent import Agent, AgentOptions
 from mfu_agent.gpu.gpm import GPM_REFUSAL_RETRY_SECONDS
@@ -143,3 +145,18 @@ def test_a_refusal_of_the_parent_reaches_its_mig_devices():
             assert one(text, "mfu_gpu_gpm_status", uuid=uuid, status="ok") == 1
             assert values(text, "mfu_gpu_sm_active_ratio", uuid=uuid)
         backend.close()
+
+
+def test_promtool_accepts_the_gpm_status_family():
+    fake = FakeNvml.h100s(2)
+    fake.devices[1].gpm_error = pynvml.NVML_ERROR_IN_USE
+    clock = Clock()
+    with fake.installed():
+        backend, agent = started(clock)
+        text = tick(agent, clock)
+        backend.close()
+    assert one(text, "mfu_gpu_gpm_status", gpu="1", status="in_use") == 1
+    result = subprocess.run(
+        [find_binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
