@@ -208,11 +208,24 @@ def test_no_gpu_fails(node: dict[str, Any]):
 
 
 def test_processes_outside_the_pid_namespace_are_named(node: dict[str, Any], sleeper: int):
-    empty_proc = node["tmp"] / "proc"
-    empty_proc.mkdir()
-    config = {"devices": [{"processes": [[sleeper, 1 << 30], [sleeper + 100000, None]]}]}
-    code, checks, _ = doctor(node, config, "--proc-root", str(empty_proc))
+    proc = node["tmp"] / "proc"
+    (proc / "driver" / "nvidia").mkdir(parents=True)
+    (proc / "driver" / "nvidia" / "params").write_text(
+        "ResmanDebugLevel: 4294967295\nRmProfilingAdminOnly: 1\n"
+    )
+    config = {
+        "devices": [
+            {
+                "processes": [[sleeper, 1 << 30], [sleeper + 100000, None]],
+                "gpm_error": pynvml.NVML_ERROR_NO_PERMISSION,
+            }
+        ]
+    }
+    code, checks, _ = doctor(node, config, "--proc-root", str(proc))
     assert code == 0
+    assert (
+        "NO_PERMISSION, the nvidia module has RmProfilingAdminOnly: 1" in check(checks, "gpm", 0)["message"]
+    )
     processes = check(checks, "processes")
     assert processes["status"] == "warn"
     assert (

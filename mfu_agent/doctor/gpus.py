@@ -83,7 +83,7 @@ def _checks(gateway: NvmlGateway, proc_root: str, peaks: PeakTable) -> list[Chec
     if any(g.gpm is not None for g in gpus):
         time.sleep(GPM_MIN_GAP_SECONDS * 1.5)  # GPM compares two samples more than 100 ms apart
     for gpu in gpus:
-        per_gpu[gpu.index].append(_gpm_check(gateway, pairs, gpu))
+        per_gpu[gpu.index].append(_gpm_check(gateway, pairs, gpu, proc_root))
     checks += [check for index in range(count) for check in per_gpu[index]]
     checks.append(_process_check(gateway, gpus, proc_root))
     return checks
@@ -144,7 +144,7 @@ def _model_check(gpu: _Gpu, peaks: PeakTable) -> Check:
     )
 
 
-def _gpm_check(gateway: NvmlGateway, pairs: GpmPairs, gpu: _Gpu) -> Check:
+def _gpm_check(gateway: NvmlGateway, pairs: GpmPairs, gpu: _Gpu, proc_root: str) -> Check:
     status = gpu.gpm_status
     if gpu.mig_mode and gpu.gpu_instance is None and status != "not_supported":
         return Check(
@@ -177,7 +177,7 @@ def _gpm_check(gateway: NvmlGateway, pairs: GpmPairs, gpu: _Gpu) -> Check:
         )
     if status in GPM_FIXES:
         why = {
-            "no_permission": "NO_PERMISSION",
+            "no_permission": "NO_PERMISSION" + _profiling_restriction(proc_root),
             "in_use": "IN_USE, another tool holds the performance counters",
         }[status]
         return Check(
@@ -196,6 +196,20 @@ def _gpm_check(gateway: NvmlGateway, pairs: GpmPairs, gpu: _Gpu) -> Check:
         "retried every tick by the agent; if it persists, check the driver",
         gpu=gpu.index,
     )
+
+
+def _profiling_restriction(proc_root: str) -> str:
+    """What the nvidia module says of its profiling restriction, where its parameters can be read."""
+    try:
+        with open(os.path.join(proc_root, "driver", "nvidia", "params"), encoding="utf-8") as f:
+            params = f.read(1 << 16)
+    except OSError:
+        return ""
+    for line in params.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "RmProfilingAdminOnly":
+            return f", the nvidia module has RmProfilingAdminOnly: {value.strip()}"
+    return ""
 
 
 def _process_check(gateway: NvmlGateway, gpus: list[_Gpu], proc_root: str) -> Check:
