@@ -7,11 +7,17 @@
 # monitoring agent needs (no compute, no graphics).
 #
 #   docker build -t mfu-agent .
-#   docker run -d --gpus all --pid host -p 8469:8469 \
+#   docker run -d --gpus all --pid host --user 0 --cap-drop ALL --cap-add SYS_ADMIN -p 8469:8469 \
 #       -v /etc/mfu-agent/report-token:/run/secrets/report-token:ro \
 #       -e MFU_AGENT_REPORT_TOKEN_FILE=/run/secrets/report-token mfu-agent
 #
 # --pid host lets the agent map the host pids NVML reports to pods / Slurm jobs (see docs/deploy.md).
+# --user 0 --cap-add SYS_ADMIN (its only capability) is for GPM, the source of the SM activity series:
+# the driver gives the GPU's profiling counters only to CAP_SYS_ADMIN while the nvidia module has
+# NVreg_RestrictProfilingToAdminUsers=1 (its default), else NVML answers NO_PERMISSION
+# (mfu_gpu_gpm_status); a capability reaches only uid 0 in a container. Where the nodes set
+# NVreg_RestrictProfilingToAdminUsers=0, leave both out: the image's own user 10001 then suffices.
+# `docker run ... mfu-agent doctor` checks a node (NVML, GPM, PIDs, port, token) and names each fix.
 # The image listens on 0.0.0.0, where the agent refuses to start without a report token.
 
 ARG PYTHON_IMAGE=python:3.12-slim

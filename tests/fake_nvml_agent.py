@@ -1,7 +1,9 @@
 """`python tests/fake_nvml_agent.py CONFIG.json ARGS...`: the real `mfu-agent` CLI in this process, with
 tests/fakenvml.py installed as libnvidia-ml. CONFIG holds {"devices": [FakeDevice fields...]}; a
 device's "processes" may name pids of real processes the test started, and its "mig_devices" are lists
-of FakeMigDevice fields (with their own "processes").
+of FakeMigDevice fields (with their own "processes"). Optional driver states: "driver_version", "init_error"
+(the NVML code nvmlInit answers, e.g. 9 for DRIVER_NOT_LOADED) and "library": false (no libnvidia-ml.so.1
+at all: the fake is not installed and loading the library fails).
 
 With "control": PATH in CONFIG, a daemon thread polls PATH every 50 ms for commands, one JSON object a
 line, each applied once, in order of its "seq" (1, 2, ...):
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fakenvml import FakeDevice, FakeMigDevice, FakeNvml
+from fakenvml import FakeDevice, FakeMigDevice, FakeNvml, no_nvml_library
 
 from mfu_agent.cli import main
 
@@ -104,7 +106,11 @@ def watch(fake: FakeNvml, path: Path) -> None:
 if __name__ == "__main__":
     with open(sys.argv[1], encoding="utf-8") as f:
         config = json.load(f)
-    fake = FakeNvml([device(spec) for spec in config["devices"]])
+    if config.get("library", True) is False:
+        with no_nvml_library():
+            sys.exit(main(sys.argv[2:]))
+    options = {key: config[key] for key in ("driver_version", "init_error") if key in config}
+    fake = FakeNvml([device(spec) for spec in config["devices"]], **options)
     fake.install()
     if config.get("control"):
         threading.Thread(

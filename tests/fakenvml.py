@@ -21,6 +21,9 @@ arrays, opaque POINTER handles), writes its results into them as the driver woul
   per-device symbol; it is valid while its FakeMigDevice object is in the parent's ``mig_devices``
   and the parent is in MIG mode, NVML_ERROR_INVALID_ARGUMENT after. The parent in MIG mode has no
   utilization rates or process utilization; its memory and processes aggregate its MIG devices'.
+* GPM refusals: a device's ``gpm_error`` (NVML_ERROR_NO_PERMISSION, NVML_ERROR_IN_USE) is what its
+  GPM sample calls answer while nvmlGpmQueryDeviceSupport still says yes, as a driver that restricts
+  profiling to administrators, or whose counters another profiler holds, does.
 * Driver faults, for a test to drive while the code under test runs: ``unload()`` (the kernel driver
   goes away: every call answers NVML_ERROR_DRIVER_NOT_LOADED, or the error given, and nvmlInit
   answers DRIVER_NOT_LOADED) and ``reload()`` (nvmlInit works again; the library is uninitialised
@@ -241,6 +244,11 @@ class FakeDevice:
     process_samples: list[tuple[int, int, int, int]] = field(default_factory=list)
     gpm_supported: bool = True
     gpm_percent: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_GPM_PERCENT))
+    # What nvmlGpmSampleGet (and nvmlGpmMigSampleGet for its GPU instances) answers instead of a sample,
+    # while nvmlGpmQueryDeviceSupport still says yes: NVML_ERROR_NO_PERMISSION (the driver restricts
+    # profiling to administrators: NVreg_RestrictProfilingToAdminUsers=1 and no CAP_SYS_ADMIN) or
+    # NVML_ERROR_IN_USE (another tool holds the performance counters). None: samples are given.
+    gpm_error: int | None = None
     not_supported: set[str] = field(default_factory=set)  # symbols returning NVML_ERROR_NOT_SUPPORTED
     lost: bool = False  # every per-device symbol returns NVML_ERROR_GPU_IS_LOST
     unknown_error: set[str] = field(default_factory=set)  # symbols returning NVML_ERROR_UNKNOWN
@@ -1245,6 +1253,8 @@ class FakeNvml:
         record = self._gpm_sample(sample)
         if not dev.gpm_supported:
             return pynvml.NVML_ERROR_NOT_SUPPORTED
+        if dev.gpm_error is not None:
+            return dev.gpm_error
         self._take_gpm_sample(record, index, None, dev.gpm_percent)
         return pynvml.NVML_SUCCESS
 
@@ -1266,6 +1276,8 @@ class FakeNvml:
         self._check_mig(name, dev, mig)
         if not mig.gpm_supported:
             return pynvml.NVML_ERROR_NOT_SUPPORTED
+        if dev.gpm_error is not None:
+            return dev.gpm_error
         self._take_gpm_sample(record, index, gi, mig.gpm_percent)
         return pynvml.NVML_SUCCESS
 

@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .gpm import GpmPairs, GpmState, TakeSample
-from .model import GpuIdentity, GpuProcess, GpuReading, MigIdentity
+from .gpm import GpmPairs, GpmState, TakeSample, status_of
+from .model import GpmStatus, GpuIdentity, GpuProcess, GpuReading, MigIdentity
 from .nvml import ABSENT, GpuDown, NvmlGateway, handle_key
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ class MigDevice:
     handle: Any
     identity: GpuIdentity
     gpm: GpmState | None = None
+    gpm_status: GpmStatus = "not_supported"  # what GPM answered, while `gpm` is None
 
 
 class MigParent(Protocol):
@@ -35,6 +36,7 @@ class MigParent(Protocol):
     handle: Any
     identity: GpuIdentity
     gpm: GpmState | None
+    gpm_status: GpmStatus  # what GPM answered, while `gpm` is None
     migs: dict[int, MigDevice]  # MIG slot -> device, while in MIG mode
     mig_rescan_in: int  # ticks until the MIG slots are enumerated again (0: this tick)
 
@@ -136,6 +138,9 @@ class MigReader:
         mig = MigDevice(key, handle, identity)
         if gpu.gpm is not None:  # GPM per GPU instance, through the parent
             mig.gpm = self._gpm.new(key, self._sampler(gpu, key, ids.gpu_instance_id))
+            mig.gpm_status = status_of(mig.gpm, "error")
+        else:
+            mig.gpm_status = gpu.gpm_status
         log.info(
             "GPU %d: MIG device %s (%s, GPU instance %d, compute instance %d, %s SMs)",
             gpu.index,
@@ -163,6 +168,7 @@ class MigReader:
             identity=mig.identity,
             up=True,
             sm_activity_source=source,
+            gpm_status=status_of(mig.gpm, mig.gpm_status),
             memory_used_bytes=memory[0] if memory else None,
             memory_total_bytes=memory[1] if memory else None,
             processes=tuple(GpuProcess(pid, mem) for pid, mem in processes)

@@ -7,6 +7,12 @@ from typing import Literal, Protocol
 
 SmActivitySource = Literal["gpm", "none"]
 
+# What GPM answers for a device: "ok"; "not_supported" (no GPM on this GPU or driver: stays so);
+# "no_permission" (profiling is restricted to administrators); "in_use" (another tool holds the
+# performance counters); "error" (any other failure, retried next tick).
+GpmStatus = Literal["ok", "not_supported", "no_permission", "in_use", "error"]
+GPM_STATUSES: tuple[GpmStatus, ...] = ("ok", "not_supported", "no_permission", "in_use", "error")
+
 
 @dataclass(frozen=True, slots=True)
 class GpuProcess:
@@ -78,6 +84,9 @@ class GpuReading:
     # in Snapshot.gpus), False when not, None when NVML cannot say (no MIG on this GPU).
     mig_mode: bool | None = None
     sm_activity_source: SmActivitySource = "none"
+    # What GPM answered at the last try (why the SM activity series are absent); None where not asked
+    # (a GPU in MIG mode: its MIG devices are).
+    gpm_status: GpmStatus | None = None
     utilization_ratio: float | None = None
     memory_utilization_ratio: float | None = None
     memory_used_bytes: int | None = None

@@ -4,6 +4,9 @@ Every NVML call goes through `NvmlGateway.call`, which sorts failures into four 
 
 - absent:   NotSupported / NoPermission (remembered per GPU and call, never retried) and
             FunctionNotFound / NVMLLibraryMismatchError (remembered per call): the reading is absent;
+            except for the GPM sample calls, where NoPermission and InUse are refusals that can end
+            (a privilege granted, a profiler that exits): they are answered as a `GpmStatus` and
+            not remembered, and the caller retries them slowly (gpu/gpm.py);
 - gpu down: GpuIsLost / Unknown: `GpuDown` is raised so the caller marks that GPU down, others carry on;
 - agent:    Uninitialized / DriverNotLoaded / LibraryNotFound / LibRmVersionMismatch: `NvmlUnavailable`,
             fatal at start-up; at run time the backend marks every GPU down and re-initialises NVML;
@@ -34,8 +37,11 @@ from typing import Any, TypeVar
 
 import pynvml
 
+from .model import GpmStatus
+
 T = TypeVar("T")
 GpuKey = int | str  # a GPU index, or "<parent index>.<slot>" for a MIG device
+GPM_REFUSALS: frozenset[str] = frozenset({"no_permission", "in_use"})  # may end: retried slowly
 
 
 class _Absent:
@@ -80,6 +86,7 @@ _AGENT_ERRORS = (
     pynvml.NVMLError_LibraryNotFound,
     pynvml.NVMLError_LibRmVersionMismatch,
 )
+_REFUSAL_ERRORS = (pynvml.NVMLError_NoPermission, pynvml.NVMLError_InUse)
 # From a per-device call: the handle may be stale (its GPU left the device list).
 _HANDLE_ERRORS = (pynvml.NVMLError_InvalidArgument, pynvml.NVMLError_NotFound)
 
@@ -173,8 +180,9 @@ class MigIds:
 class NvmlGateway:
     def __init__(self) -> None:
         self.errors: Counter[tuple[str, str]] = Counter()
-        self._absent: set[tuple[GpuKey | None, str]] = set()
-        self._missing: set[str] = set()
+        # (GPU, call) -> error_name, and call -> error_name: answers remembered, never asked again
+        self._absent: dict[tuple[GpuKey | None, str], str] = {}
+        self._missing: dict[str, str] = {}
         self._lock = threading.Lock()
         self._initialised = False
         self._utilization_seen: dict[GpuKey, int] = {}  # GPU -> newest process sample timestamp (µs)
@@ -182,20 +190,41 @@ class NvmlGateway:
 
     # -- the one place NVML is called -------------------------------------------------------
     def call(self, gpu: GpuKey | None, name: str, fn: Callable[..., T], *args: Any) -> T:
-        if name in self._missing or (gpu, name) in self._absent:
-            return ABSENT
+        return self._call(gpu, name, fn, args, retry_refusals=False)[0]
+
+    def _call(
+        self,
+        gpu: GpuKey | None,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        retry_refusals: bool,
+    ) -> tuple[Any, str]:
+        """(the result, ""), or (ABSENT, the error_name of the failure). With `retry_refusals`,
+        NoPermission and InUse are answered without being remembered."""
+        if name in self._missing:
+            return ABSENT, self._missing[name]
+        remembered = self._absent.get((gpu, name))
+        if remembered is not None:
+            return ABSENT, remembered
         try:
-            return fn(*args)
+            return fn(*args), ""
+        except _REFUSAL_ERRORS as exc:
+            self._count(name, exc)
+            if not retry_refusals and isinstance(exc, _ABSENT_ERRORS):
+                with self._lock:
+                    self._absent[(gpu, name)] = error_name(exc)
+            return ABSENT, error_name(exc)
         except _ABSENT_ERRORS as exc:
             self._count(name, exc)
             with self._lock:
-                self._absent.add((gpu, name))
-            return ABSENT
+                self._absent[(gpu, name)] = error_name(exc)
+            return ABSENT, error_name(exc)
         except _MISSING_ERRORS as exc:
             self._count(name, exc)
             with self._lock:
-                self._missing.add(name)
-            return ABSENT
+                self._missing[name] = error_name(exc)
+            return ABSENT, error_name(exc)
         except _GPU_DOWN_ERRORS as exc:
             self._count(name, exc)
             raise GpuDown(gpu, name, error_name(exc)) from exc
@@ -207,7 +236,7 @@ class NvmlGateway:
             if gpu is not None and isinstance(exc, _HANDLE_ERRORS):
                 with self._lock:
                     self._handle_errors += 1
-            return ABSENT
+            return ABSENT, error_name(exc)
 
     def take_handle_errors(self) -> int:
         """InvalidArgument / NotFound answers of per-device calls since the last take: a reason to check
@@ -227,7 +256,7 @@ class NvmlGateway:
     def forget(self, gpu: GpuKey) -> None:
         """Ask `gpu` everything again: it changed (entered or left MIG mode, a new MIG device)."""
         with self._lock:
-            self._absent = {entry for entry in self._absent if entry[0] != gpu}
+            self._absent = {entry: e for entry, e in self._absent.items() if entry[0] != gpu}
             self._utilization_seen.pop(gpu, None)
 
     def forget_device(self, index: int) -> None:
@@ -237,7 +266,7 @@ class NvmlGateway:
             return key == index or (isinstance(key, str) and key.split(".", 1)[0] == str(index))
 
         with self._lock:
-            self._absent = {entry for entry in self._absent if not of_it(entry[0])}
+            self._absent = {entry: e for entry, e in self._absent.items() if not of_it(entry[0])}
             self._utilization_seen = {k: v for k, v in self._utilization_seen.items() if not of_it(k)}
 
     def reset(self) -> None:
@@ -268,6 +297,10 @@ class NvmlGateway:
 
     def driver_version(self) -> str:
         version = self.call(None, "nvmlSystemGetDriverVersion", pynvml.nvmlSystemGetDriverVersion)
+        return str(version) if version is not ABSENT else ""
+
+    def nvml_version(self) -> str:
+        version = self.call(None, "nvmlSystemGetNVMLVersion", pynvml.nvmlSystemGetNVMLVersion)
         return str(version) if version is not ABSENT else ""
 
     def device_count(self) -> int | None:
@@ -450,16 +483,27 @@ class NvmlGateway:
         attrs = self.call(mig, "nvmlDeviceGetAttributes", pynvml.nvmlDeviceGetAttributes, handle)
         return int(attrs.multiprocessorCount) if attrs is not ABSENT and attrs.multiprocessorCount else None
 
-    def gpm_mig_sample_get(self, mig: GpuKey, parent_handle: Any, gpu_instance_id: int, sample: Any) -> bool:
-        done = self.call(
-            mig, "nvmlGpmMigSampleGet", pynvml.nvmlGpmMigSampleGet, parent_handle, gpu_instance_id, sample
+    def gpm_mig_sample_get(
+        self, mig: GpuKey, parent_handle: Any, gpu_instance_id: int, sample: Any
+    ) -> GpmStatus:
+        _, error = self._call(
+            mig,
+            "nvmlGpmMigSampleGet",
+            pynvml.nvmlGpmMigSampleGet,
+            (parent_handle, gpu_instance_id, sample),
+            retry_refusals=True,
         )
-        return done is not ABSENT
+        return gpm_status(error)
 
     # -- GPM ----------------------------------------------------------------------------------
-    def gpm_supported(self, gpu: GpuKey, handle: Any) -> bool:
-        support = self.call(gpu, "nvmlGpmQueryDeviceSupport", pynvml.nvmlGpmQueryDeviceSupport, handle)
-        return support is not ABSENT and bool(support.isSupportedDevice)
+    def gpm_support(self, gpu: GpuKey, handle: Any) -> GpmStatus:
+        """Whether the device has GPM: "ok", "not_supported", or the refusal or error of the query."""
+        support, error = self._call(
+            gpu, "nvmlGpmQueryDeviceSupport", pynvml.nvmlGpmQueryDeviceSupport, (handle,), retry_refusals=True
+        )
+        if support is not ABSENT and not support.isSupportedDevice:
+            return "not_supported"
+        return gpm_status(error)
 
     def gpm_sample_alloc(self, gpu: GpuKey) -> Any:
         return self.call(gpu, "nvmlGpmSampleAlloc", pynvml.nvmlGpmSampleAlloc)
@@ -467,8 +511,11 @@ class NvmlGateway:
     def gpm_sample_free(self, gpu: GpuKey, sample: Any) -> None:
         self.call(gpu, "nvmlGpmSampleFree", pynvml.nvmlGpmSampleFree, sample)
 
-    def gpm_sample_get(self, gpu: GpuKey, handle: Any, sample: Any) -> bool:
-        return self.call(gpu, "nvmlGpmSampleGet", pynvml.nvmlGpmSampleGet, handle, sample) is not ABSENT
+    def gpm_sample_get(self, gpu: GpuKey, handle: Any, sample: Any) -> GpmStatus:
+        _, error = self._call(
+            gpu, "nvmlGpmSampleGet", pynvml.nvmlGpmSampleGet, (handle, sample), retry_refusals=True
+        )
+        return gpm_status(error)
 
     def gpm_metrics(self, gpu: GpuKey, request: Any, older: Any, newer: Any) -> dict[str, float]:
         """GPM metrics between two samples, in NVML's percent 0..100, keyed as GPM_METRICS."""
@@ -526,6 +573,17 @@ class NvmlGateway:
 
     def event_set_free(self, event_set: Any) -> None:
         self.call(None, "nvmlEventSetFree", pynvml.nvmlEventSetFree, event_set)
+
+
+def gpm_status(error: str) -> GpmStatus:
+    """The GpmStatus of a GPM call's outcome ("" for success, else its error_name)."""
+    if not error:
+        return "ok"
+    if error in ("not_supported", "function_not_found", "library_mismatch"):
+        return "not_supported"
+    if error in GPM_REFUSALS:
+        return error  # type: ignore[return-value]
+    return "error"
 
 
 def _opt(value: Any) -> Any:

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .gpm import GpmPairs, GpmState, ratio
+from .gpm import GpmPairs, GpmState, ratio, status_of
 from .mig import MigDevice, MigReader
-from .model import GpuEvent, GpuIdentity, GpuProcess, GpuReading, RemappedRows
+from .model import GpmStatus, GpuEvent, GpuIdentity, GpuProcess, GpuReading, RemappedRows
 from .nvml import (
     ABSENT,
     DOUBLE_BIT_ECC_EVENT,
@@ -58,6 +58,7 @@ class _Gpu:
     handle: Any
     identity: GpuIdentity
     gpm: GpmState | None = None
+    gpm_status: GpmStatus = "not_supported"  # what GPM answered, while `gpm` is None
     was_down: bool = False
     down_logged: bool = False
     down_error: str = ""  # why the last read found it down ("gpu_is_lost", "unknown"); "" while up
@@ -148,8 +149,11 @@ class NvmlBackend:
                 pci_bus_id=gw.pci_bus_id(i, h),
                 architecture=gw.architecture(i, h),
             )
-            if gw.gpm_supported(i, h):
+            gpu.gpm_status = gw.gpm_support(i, h)
+            if gpu.gpm_status != "not_supported":
+                # A refusal of the query itself is followed like one of the samples: retried slowly.
                 gpu.gpm = self._gpm_state(gpu)
+                gpu.gpm_status = status_of(gpu.gpm, "error")
         except GpuDown:
             log.warning("GPU %d went down while being identified", i)
 
@@ -501,7 +505,7 @@ class NvmlBackend:
             self.gateway.forget(gpu.index)
             gpu.process_utilization.clear()
             if gpu.gpm is not None:
-                gpu.gpm.older, gpu.gpm.last = -1, None
+                gpu.gpm.older, gpu.gpm.last, gpu.gpm.retry_at = -1, None, 0.0
         self._mig.drop(gpu)
         gpu.mig_mode = mode
 
@@ -527,6 +531,7 @@ class NvmlBackend:
             up=True,
             mig_mode=gpu.mig_mode,
             sm_activity_source="gpm" if gpu.gpm and not mig_mode else "none",
+            gpm_status=status_of(gpu.gpm, gpu.gpm_status) if not mig_mode else None,
             utilization_ratio=utilization[0] / 100 if utilization else None,
             memory_utilization_ratio=utilization[1] / 100 if utilization else None,
             memory_used_bytes=memory[0] if memory else None,

@@ -456,6 +456,7 @@ class SimulatedBackend:
         driver does: no utilisation anywhere, processes and GPM activity on the MIG devices only."""
         prof = gpu.profile
         source = "gpm" if prof.gpm else "none"
+        gpm_status = "ok" if prof.gpm else "not_supported"
         mig_mode = True if gpu.slices else (False if gpu.mig_capable else None)
         if gpu.lost:
             gpu.last_time = None
@@ -483,6 +484,7 @@ class SimulatedBackend:
                     up=True,
                     mig_mode=mig_mode,
                     sm_activity_source=source,
+                    gpm_status=gpm_status,
                     utilization_ratio=_clip(round(work.utilization, 2)),
                     memory_utilization_ratio=_clip(round(work.dram * 1.1, 2)),
                     memory_used_bytes=used,
@@ -498,6 +500,7 @@ class SimulatedBackend:
                 identity=s.identity,
                 up=True,
                 sm_activity_source=source,
+                gpm_status=gpm_status,
                 memory_used_bytes=int(
                     s.memory_total_bytes
                     * (0.35 if gpu.busy_idle else 0.45 + 0.4 * s.level + 0.02 * work.slow)

@@ -8,7 +8,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ..attribution.owners import Attributed
 from ..events import EventKey
-from ..gpu.model import GpuReading, Snapshot
+from ..gpu.model import GPM_STATUSES, GpuReading, Snapshot
 from ..gpu.nvml import CLOCK_EVENT_REASONS
 from .labels import add_sample, device_labels
 
@@ -160,6 +160,13 @@ def gpu_families(
     energy = CounterMetricFamily(
         "mfu_gpu_energy_joules", "Energy used since the driver loaded.", labels=GPU_LABELS
     )
+    gpm = GaugeMetricFamily(
+        "mfu_gpu_gpm_status",
+        "1 for what GPM (the source of the SM activity ratios) answered at the last try, 0 for the other "
+        "statuses: ok, not_supported, no_permission (profiling restricted to administrators), in_use "
+        "(another tool holds the performance counters), error.",
+        labels=[*GPU_LABELS, "status"],
+    )
     reasons = GaugeMetricFamily(
         "mfu_gpu_clock_event_active",
         "1 while this reason holds the clocks down (NVML clock event reasons).",
@@ -200,6 +207,9 @@ def gpu_families(
         labels = labels_of[g.uuid]
         if g.energy_joules is not None:
             add_sample(energy, labels, g.energy_joules)
+        if g.gpm_status is not None:
+            for status in GPM_STATUSES:
+                add_sample(gpm, {**labels, "status": status}, 1 if status == g.gpm_status else 0)
         if g.clock_event_reasons is not None:
             for reason in CLOCK_EVENT_REASONS.values():
                 add_sample(reasons, {**labels, "reason": reason}, 1 if reason in g.clock_event_reasons else 0)
@@ -221,7 +231,7 @@ def gpu_families(
                     add_sample(process_memory, by_pid, proc.memory_utilization_ratio)
                 owner = owners.process(g.uuid, proc.pid).as_dict() if owners else _NOBODY
                 add_sample(process_info, {**by_pid, **owner}, 1)
-    yield from (energy, reasons, ecc, rows, memory, process_sm, process_memory, process_info)
+    yield from (energy, gpm, reasons, ecc, rows, memory, process_sm, process_memory, process_info)
 
     xid = CounterMetricFamily(
         "mfu_gpu_xid_errors",
