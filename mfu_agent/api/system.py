@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from ..jobs.rollup import per_gpu
 from ..metrics.exposition import stream
 
 router = APIRouter()
@@ -39,9 +40,11 @@ def readyz(request: Request) -> Response:
 
 @router.get("/v1/gpus", summary="The latest GPU snapshot as JSON")
 def gpus(request: Request) -> Any:
-    snapshot = request.app.state.agent.snapshot()  # as exported: GPUs down once it is stale
+    agent = request.app.state.agent
+    snapshot = agent.snapshot()  # as exported: GPUs down once it is stale
     if snapshot is None:
         return JSONResponse({"detail": "no GPU sample yet"}, status_code=503)
+    mfu_by_uuid = {uuid: f.utilisation for uuid, f in per_gpu(agent.jobs.views(), "model_flops").items()}
     return {
         "taken_at": snapshot.taken_at,
         "driver_version": snapshot.driver_version,
@@ -49,13 +52,20 @@ def gpus(request: Request) -> Any:
         "sample_duration_seconds": snapshot.sample_duration_seconds,
         "nvml_up": snapshot.nvml_up,
         "unavailable_reason": snapshot.unavailable_reason,
-        "gpus": [_gpu_json(g) for g in snapshot.gpus],
+        "gpus": [_gpu_json(g, mfu_by_uuid, agent.pods) for g in snapshot.gpus],
     }
 
 
-def _gpu_json(gpu: Any) -> dict[str, Any]:
+def _gpu_json(gpu: Any, mfu_by_uuid: dict[str, float], pod_of: Any) -> dict[str, Any]:
     data = dataclasses.asdict(gpu)
     identity = data.pop("identity")
     reasons = data.get("clock_event_reasons")
     data["clock_event_reasons"] = sorted(reasons) if reasons is not None else None
+    for process in data["processes"] or ():
+        # The pod or Slurm job the process belongs to, from its cgroup ("" where not known), as on
+        # mfu_gpu_process_info.
+        process.update(zip(("pod_uid", "container_id", "slurm_job_id"), pod_of(process["pid"]), strict=True))
+    # MFU of the device, every reporting rank and dtype on it, as mfu_gpu_mfu_ratio: None (null) while no
+    # rank reports on it, a rank on it has no figure yet, or it is a GPU in MIG mode (see its MIG devices).
+    data["mfu"] = None if gpu.mig_mode or not gpu.up else mfu_by_uuid.get(gpu.uuid)
     return {**identity, **data}
