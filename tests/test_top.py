@@ -318,7 +318,10 @@ def run_top(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_once_without_a_terminal_prints_one_plain_frame(demo):
-    done = run_top("--once", "--url", demo, "--sort", "mfu", COLUMNS="200")
+    dead_proxy = f"http://127.0.0.1:{free_port()}"  # never used: top goes to the agent directly
+    done = run_top(
+        "--once", "--url", demo, "--sort", "mfu", COLUMNS="200", http_proxy=dead_proxy, HTTP_PROXY=dead_proxy
+    )
     assert done.returncode == 0, done.stderr
     assert "\x1b" not in done.stdout and done.stderr == ""
     assert done.stdout.count("sort: mfu desc") == 1 and "s/S: sort" not in done.stdout  # no keys here

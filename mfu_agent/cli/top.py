@@ -65,7 +65,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     console = Console(highlight=False)
     if args.once:
-        return _once(console, url, args)
+        try:
+            return _once(console, url, args)
+        except KeyboardInterrupt:
+            return 130
     return _live(console, url, args)
 
 

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8469"
+# No proxy, as for the client: the agent is on this node or a node next to it, and a cluster-wide
+# HTTP_PROXY must not stand between them.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class FetchError(Exception):
@@ -45,7 +48,7 @@ def fetch_node(url: str, timeout: float) -> NodeData:
 
 def _get_json(url: str, timeout: float) -> dict[str, Any]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with _OPENER.open(url, timeout=timeout) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
         detail = _detail(exc.read())
