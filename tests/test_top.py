@@ -123,11 +123,10 @@ class Terminal:
             return self.raw
 
     def frames(self) -> list[str]:
-        """The complete screens drawn so far, escape codes removed (each redraw starts at home)."""
-        raw = self.output()
-        chunks = raw.split("\x1b[H")
-        done = chunks[:-1] if self.proc.poll() is None else chunks
-        return [ANSI.sub("", c).replace("\r", "") for c in done if c.strip(" \r\n\x1b[?25lh")]
+        """The screens drawn so far, escape codes removed: each redraw starts at home and fills the
+        screen, so a chunk between two homes with all its lines is a whole frame."""
+        chunks = (ANSI.sub("", c).replace("\r", "") for c in self.output().split("\x1b[H"))
+        return [c for c in chunks if c.count("\n") >= LINES - 1]
 
     def frame_where(self, condition: Callable[[str], bool], timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
@@ -404,3 +403,14 @@ def test_gpus_json_gives_each_devices_mfu_and_each_processs_owner(demo):
     metrics = httpx.get(demo + "/metrics", timeout=5).text
     line = next(m for m in metrics.splitlines() if m.startswith("mfu_gpu_mfu_ratio{") and 'gpu="6"' in m)
     assert float(line.rsplit(" ", 1)[1]) == pytest.approx(by_label[(6, None)]["mfu"])
+
+
+def test_a_resized_terminal_is_redrawn_at_once(demo, terminal):
+    top = terminal("--url", demo, "--interval", "600")  # no refresh but the one a resize brings
+    frame = top.frame_where(has_all_devices)
+    assert "TEMP" in gpus_of(frame)[0] and max(len(line) for line in frame.splitlines()) == COLUMNS
+    fcntl.ioctl(top.slave, termios.TIOCSWINSZ, struct.pack("HHHH", LINES, 80, 0, 0))
+    frame = top.frame_where(lambda f: has_all_devices(f) and max(len(line) for line in f.splitlines()) == 80)
+    assert "TEMP" not in gpus_of(frame)[0] and "MFU" in gpus_of(frame)[0]
+    top.type("q")
+    assert top.wait() == 0

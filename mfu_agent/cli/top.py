@@ -10,7 +10,7 @@ from typing import Any
 
 from .options import env_default, positive_float
 
-SORT_HELP = "gpu, util, sm, tensor, mfu, power, mem, temp"
+RESIZE_CHECK_SECONDS = 0.25  # how soon a resized terminal is redrawn (between refreshes)
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -39,7 +39,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--sort",
         choices=SORT_KEYS,
         default="gpu",
-        help=f"the column GPUs are sorted by ({SORT_HELP}; default gpu); metrics sort biggest first",
+        help="the column GPUs are sorted by (default gpu); metrics sort biggest first, unknowns last",
     )
     top.add_argument("--reverse", action="store_true", help="reverse the sort order")
     top.add_argument(
@@ -116,13 +116,14 @@ def _live(console: Any, url: str, args: argparse.Namespace) -> int:
                 _refresh(screen, timeout=max(2.0, args.interval))
                 live.refresh()
                 deadline = time.monotonic() + args.interval
+                size = console.size
                 while (left := deadline - time.monotonic()) > 0:
-                    pressed = keys.wait(left)
-                    if not pressed:
-                        continue
-                    if not _apply_keys(screen, pressed):
+                    pressed = keys.wait(min(left, RESIZE_CHECK_SECONDS))
+                    if pressed and not _apply_keys(screen, pressed):
                         return 0
-                    live.refresh()
+                    if pressed or console.size != size:  # a key, or the terminal (or tmux pane) resized
+                        size = console.size
+                        live.refresh()
     except KeyboardInterrupt:  # Ctrl-C: the usual way out of a top
         return 0
 
