@@ -101,7 +101,9 @@ class Terminal:
             preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
         )
         self.raw = ""
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span two reads
+        self._decoder = codecs.getincrementaldecoder("utf-8")(
+            errors="replace"
+        )  # a character may span two reads
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -376,11 +378,28 @@ def test_url_from_the_environment_and_a_bad_one():
     assert done.returncode == 2 and "MFU_AGENT_LISTEN" in done.stderr
 
 
-def test_throttled_and_lost_gpus():
+POD_UID = "0f3c1a2b-1111-2222-3333-444455556666"
+CGROUPS = {  # the two time-sharing processes of GPU 0: one in a Kubernetes pod, one in a Slurm job
+    4_190_001: "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod"
+    + POD_UID.replace("-", "_")
+    + ".slice/cri-containerd-"
+    + "ab" * 32
+    + ".scope\n",
+    4_190_002: "0::/system.slice/slurmstepd.scope/job_12345/step_0/user/task_0\n",
+}
+
+
+def test_throttled_and_lost_gpus_and_process_owners(tmp_path):
+    for pid, cgroup in CGROUPS.items():
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cgroup").write_text(cgroup)
+    faults = ("--fault", "throttle:1", "--fault", "lost:2", "--fault", "shared:0")
     with AgentProcess(
-        "--simulate", "3xNVIDIA H100 80GB HBM3", "--fault", "throttle:1", "--fault", "lost:2"
+        "--simulate", "3xNVIDIA H100 80GB HBM3", *faults, "--proc-root", str(tmp_path)
     ) as agent:
         done = run_top("--once", "--url", agent.url, COLUMNS="200")
+        gpus = httpx.get(agent.url + "/v1/gpus", timeout=5).json()["gpus"]
+        info = agent.series("mfu_gpu_process_info", gpu="0")
     assert done.returncode == 0, done.stderr
     rows = {row["GPU"]: row for row in gpus_of(done.stdout)}
     assert rows["1"]["FLAGS"] == "THROTTLED hw-thermal,sw-thermal" and "THROTTLED" not in rows["0"]["FLAGS"]
@@ -390,6 +409,16 @@ def test_throttled_and_lost_gpus():
         fmt.DASH
     }
     assert "no jobs report to this agent" in done.stdout
+    # Who each process belongs to, from its cgroup: in /v1/gpus as on mfu_gpu_process_info, and on screen.
+    owners = {p["pid"]: (p["pod_uid"], p["container_id"], p["slurm_job_id"]) for p in gpus[0]["processes"]}
+    assert owners == {4_190_001: (POD_UID, "ab" * 32, ""), 4_190_002: ("", "", "12345")}
+    exported = {int(dict(labels)["pid"]): dict(labels) for labels in info}
+    assert {
+        pid: (e["pod_uid"], e["container_id"], e["slurm_job_id"]) for pid, e in exported.items()
+    } == owners
+    processes = {row["PID"]: row for row in table(done.stdout, "PID")}
+    assert processes["4190001"]["POD / JOB"] == f"pod {POD_UID}"
+    assert processes["4190002"]["POD / JOB"] == "slurm 12345"
 
 
 def test_gpus_json_gives_each_devices_mfu_and_each_processs_owner(demo):

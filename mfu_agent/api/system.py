@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from ..attribution import attribute_pid
 from ..jobs.rollup import per_gpu
 from ..metrics.exposition import stream
 
@@ -52,19 +53,23 @@ def gpus(request: Request) -> Any:
         "sample_duration_seconds": snapshot.sample_duration_seconds,
         "nvml_up": snapshot.nvml_up,
         "unavailable_reason": snapshot.unavailable_reason,
-        "gpus": [_gpu_json(g, mfu_by_uuid, agent.pods) for g in snapshot.gpus],
+        "gpus": [_gpu_json(g, mfu_by_uuid, agent.options.proc_root) for g in snapshot.gpus],
     }
 
 
-def _gpu_json(gpu: Any, mfu_by_uuid: dict[str, float], pod_of: Any) -> dict[str, Any]:
+def _gpu_json(gpu: Any, mfu_by_uuid: dict[str, float], proc_root: str) -> dict[str, Any]:
     data = dataclasses.asdict(gpu)
     identity = data.pop("identity")
     reasons = data.get("clock_event_reasons")
     data["clock_event_reasons"] = sorted(reasons) if reasons is not None else None
     for process in data["processes"] or ():
         # The pod or Slurm job the process belongs to, from its cgroup ("" where not known), as on
-        # mfu_gpu_process_info.
-        process.update(zip(("pod_uid", "container_id", "slurm_job_id"), pod_of(process["pid"]), strict=True))
+        # mfu_gpu_process_info. Read here rather than through the scrape's cache (agent.pods), which is
+        # not shared between threads.
+        owner = attribute_pid(process["pid"], proc_root)
+        process.update(
+            pod_uid=owner.pod_uid, container_id=owner.container_id, slurm_job_id=owner.slurm_job_id
+        )
     # MFU of the device, every reporting rank and dtype on it, as mfu_gpu_mfu_ratio: None (null) while no
     # rank reports on it, a rank on it has no figure yet, or it is a GPU in MIG mode (see its MIG devices).
     data["mfu"] = None if gpu.mig_mode or not gpu.up else mfu_by_uuid.get(gpu.uuid)
