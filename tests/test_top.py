@@ -368,12 +368,17 @@ def test_unreachable_agent_live_says_so_and_keeps_retrying(terminal):
     assert top.wait() == 0
 
 
-def test_url_from_the_environment_and_a_bad_one():
+def test_url_from_the_environment_and_bad_ones(demo):
     done = run_top("--once", MFU_AGENT_URL=f"http://127.0.0.1:{free_port()}")
     assert done.returncode == 1 and "cannot reach http://127.0.0.1:" in done.stderr
     port = free_port()
     done = run_top("--once", MFU_AGENT_LISTEN=f"0.0.0.0:{port}")
     assert done.returncode == 1 and f"cannot reach http://127.0.0.1:{port}/v1/gpus" in done.stderr
+    done = run_top("--once", "--url", demo + "/nowhere")  # something answers, but not the API
+    assert (
+        done.returncode == 1
+        and done.stderr == f"mfu-agent top: {demo}/nowhere/v1/gpus: HTTP 404: Not Found\n"
+    )
     done = run_top("--once", MFU_AGENT_LISTEN="nonsense")
     assert done.returncode == 2 and "MFU_AGENT_LISTEN" in done.stderr
 

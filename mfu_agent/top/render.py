@@ -125,18 +125,21 @@ class Screen:
             yield fitted(console, options, PROCESS_COLUMNS, view.processes, width)
 
     def header(self) -> Text:
+        """Two lines: where from, then the order (and the keys)."""
         column = sort_column(self.sort_key)
         descending = column.descending != self.reverse
-        line = Text("mfu-agent top", style="bold")
-        line.append(f"  {self.url}")
+        text = Text("mfu-agent top", style="bold")
+        text.append(f"  {self.url}")
         view = self.view
         if view is not None:
-            sampled = time.strftime("%H:%M:%S", time.localtime(view.taken_at))
-            line.append(f"  {view.backend}, driver {view.driver_version or fmt.DASH}, sampled {sampled}")
-        line.append(f"  sort: {column.key} {'desc' if descending else 'asc'}")
+            text.append(f"  {view.backend}, driver {view.driver_version or fmt.DASH}")
+        text.append("\n")
+        if view is not None:
+            text.append(f"sampled {time.strftime('%H:%M:%S', time.localtime(view.taken_at))}  ")
+        text.append(f"sort: {column.key} {'desc' if descending else 'asc'}")
         if self.live:
-            line.append(f"  ({KEYS_HELP})", style="dim")
-        return line
+            text.append(f"  ({KEYS_HELP})", style="dim")
+        return text
 
 
 def fitted(
