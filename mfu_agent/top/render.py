@@ -71,17 +71,16 @@ PROCESS_COLUMNS = (
 def flags(gpu: GpuRow) -> Text:
     if not gpu.up:
         return Text("DOWN", style="bold red")
-    words = Text()
+    words: list[tuple[str, str]] = []
     if gpu.mig_mode:
-        words.append("MIG mode")
+        words.append(("MIG mode", ""))
     if gpu.busy_idle:
-        words.append(" BUSY-IDLE" if words else "BUSY-IDLE", style="bold yellow")
+        words.append(("BUSY-IDLE", "bold yellow"))
     if gpu.throttled:
-        reasons = ",".join(THROTTLE_NAMES.get(r, r) for r in gpu.throttled)
-        words.append((" " if words else "") + f"THROTTLED {reasons}", style="bold red")
+        words.append(("THROTTLED " + ",".join(THROTTLE_NAMES.get(r, r) for r in gpu.throttled), "bold red"))
     elif "sw_power_cap" in gpu.clock_reasons:
-        words.append(" power-cap" if words else "power-cap")
-    return words if words else Text(fmt.DASH)
+        words.append(("power-cap", ""))
+    return Text(" ").join(Text(word, style=style) for word, style in words) if words else Text(fmt.DASH)
 
 
 def row_style(gpu: GpuRow) -> str:
