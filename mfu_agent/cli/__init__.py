@@ -1,4 +1,4 @@
-"""`mfu-agent run | demo | doctor | --version`. Every flag can also be set as MFU_AGENT_<FLAG>.
+"""`mfu-agent run | demo | top | doctor | --version`. Every flag can also be set as MFU_AGENT_<FLAG>.
 
 One module per command; each adds its parser with `add_parsers` and sets `handler`."""
 
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import doctor, run
+from . import doctor, run, top
 from .options import DEFAULT_LISTEN, DEFAULT_PORT, BackendError, is_loopback, parse_listen
 from .run import DEMO_FAULTS, DEMO_RANKS, DEMO_SPEC, SIMULATE_DEFAULT, make_backend
 
@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="GPU telemetry and live model FLOPs utilisation (MFU), as Prometheus metrics.",
     )
     parser.add_argument("--version", action="version", version=f"mfu-agent {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{run,demo,doctor}", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="{run,demo,top,doctor}", required=True)
     run.add_parsers(commands)
+    top.add_parsers(commands)
     doctor.add_parsers(commands)
     return parser
 
