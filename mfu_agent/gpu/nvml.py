@@ -270,6 +270,10 @@ class NvmlGateway:
         version = self.call(None, "nvmlSystemGetDriverVersion", pynvml.nvmlSystemGetDriverVersion)
         return str(version) if version is not ABSENT else ""
 
+    def nvml_version(self) -> str:
+        version = self.call(None, "nvmlSystemGetNVMLVersion", pynvml.nvmlSystemGetNVMLVersion)
+        return str(version) if version is not ABSENT else ""
+
     def device_count(self) -> int | None:
         """The number of GPUs NVML sees; None when it could not say this time."""
         count = self.call(None, "nvmlDeviceGetCount", pynvml.nvmlDeviceGetCount)
