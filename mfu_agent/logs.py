@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -37,12 +38,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each record (a test's capture of it, too)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(level: str, log_format: str = "text") -> None:
-    """One stderr handler on the root logger, in `log_format` ("text" or "json"), at `level`."""
-    handler = logging.StreamHandler()
+    """The stderr handler of the root logger, in `log_format` ("text" or "json"), at `level`; it
+    replaces one an earlier call added (the command run again in one process)."""
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
-    for old in root.handlers[:]:
+    for old in [h for h in root.handlers if isinstance(h, StderrHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
