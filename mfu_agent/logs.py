@@ -60,6 +60,7 @@ def configure_logging(level: str, log_format: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # Python's warnings too, in the same format
 
 
 PERIOD_SECONDS = 60.0
