@@ -23,7 +23,8 @@
 ARG PYTHON_IMAGE=python:3.12-slim
 
 # ---------------------------------------------------------------------------------------------------
-# Build stage: build the project's wheel and the wheels of its dependencies.
+# Build stage: build the project's wheel and the wheels of the agent's dependencies (the `agent`
+# extra; the bare package is the training-side client only).
 FROM ${PYTHON_IMAGE} AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -33,7 +34,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY mfu_agent/ ./mfu_agent/
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[agent]'
 
 # ---------------------------------------------------------------------------------------------------
 # Final stage: the wheels installed offline into a clean slim image; no compiler, no build backend,
@@ -61,7 +62,7 @@ RUN groupadd --system --gid 10001 mfu-agent \
     && install -d -m 0700 -o 10001 -g 10001 /var/lib/mfu-agent
 
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/mfu_agent-*.whl \
+    pip install --no-cache-dir --no-index --find-links=/wheels "mfu-agent[agent]==${VERSION}" \
     && pip uninstall --yes pip
 
 USER 10001:10001

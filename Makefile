@@ -4,16 +4,22 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 LISTEN ?= 127.0.0.1:8469
 
-.PHONY: install install-test prometheus deploy-tools browser demo run test lint bench bench-rules soak clean landing-screenshot
+.PHONY: install install-test dist prometheus deploy-tools browser demo run test lint bench bench-rules soak clean landing-screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The agent: the package with its `agent` extra (a bare `pip install mfu-agent` is the client only).
 install: $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[agent]'
 
 install-test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
+
+# The wheel and the sdist, in dist/ (docs/deploy.md: installing them).
+dist: $(BIN)/python
+	$(BIN)/pip install -q 'build>=1'
+	$(BIN)/python -m build --outdir dist .
 
 # Real Prometheus and promtool for the tests (Debian package `prometheus`).
 prometheus:

@@ -1,17 +1,67 @@
-"""Logging a line that may repeat thousands of times a second (an XID storm, a client hammering a
-socket) without flooding the log: the first line of each kind at once, then one summary per kind and
-period, "XID 79 on GPU 0 (GPU-...): 9,999 more in the last 60 s". Nothing is dropped silently: every
-line is either written or counted in a summary.
+"""The agent's log format, and logging a line that may repeat thousands of times a second (an XID
+storm, a client hammering a socket) without flooding the log: the first line of each kind at once,
+then one summary per kind and period, "XID 79 on GPU 0 (GPU-...): 9,999 more in the last 60 s".
+Nothing is dropped silently: every line is either written or counted in a summary.
+
+`configure_logging` gives every logger of the process one handler on stderr and one format: the agent's
+and uvicorn's (which the server makes propagate to it) alike. `text` is a line per record; `json` is
+one JSON object a line: {"time", "level", "logger", "message"}, with "exception" when there is one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from datetime import datetime, timezone
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each record (a test's capture of it, too)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """The stderr handler of the root logger, in `log_format` ("text" or "json"), at `level`; it
+    replaces one an earlier call added (the command run again in one process)."""
+    handler = StderrHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, StderrHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.captureWarnings(True)  # Python's warnings too, in the same format
+
 
 PERIOD_SECONDS = 60.0
 MAX_KINDS = 256  # kinds tracked at once; lines of further kinds are summarised together

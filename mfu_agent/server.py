@@ -13,14 +13,24 @@ scraper. Here instead:
   hard limit at start): a new connection over it closes the longest-idle one (idle: no request in
   progress, which includes a request whose headers are still arriving), so a prober always gets in;
 * accept() errors for lack of file descriptors are logged once a minute, not once per try.
+
+The address is bound before anything else starts (`listen_sockets`), so a busy port is one line and no
+"startup complete" before it. uvicorn logs through the process's own handler and format (logs.py). A
+signal that stops the server is not raised again once it has shut down (uvicorn would, and the process
+would die of it with a traceback or -15): Ctrl-C and SIGTERM are a clean stop, exit status 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
+import signal
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,7 +218,43 @@ def _loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, 
     loop.default_exception_handler(context)
 
 
+def listen_sockets(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for host:port, one per address the host has, as asyncio's create_server would
+    bind them (SO_REUSEADDR; IPv6 sockets IPv6 only). Raises OSError (socket.gaierror for a host name
+    that does not resolve) with nothing left open."""
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 class Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's, less raising the signal again after the graceful shutdown."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        stopping = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in stopping}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     async def serve(self, sockets: Any = None) -> None:
         asyncio.get_running_loop().set_exception_handler(_loop_exception_handler)
         await super().serve(sockets)
@@ -229,6 +275,7 @@ def make_server(app: Any, host: str, port: int, log_level: str, limits: Limits |
         port=port,
         log_level=log_level,
         access_log=False,
+        log_config=None,  # its loggers propagate to the process's handler (logs.configure_logging)
         http=protocol_for(limits or Limits()),
         ws="none",
         timeout_keep_alive=KEEP_ALIVE_TIMEOUT,

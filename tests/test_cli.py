@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
 
 import httpx
 import pytest
+from agent_process import TESTS
 from conftest import free_port
+from fakenvml import FakeNvml
 
 from mfu_agent import __version__
-from mfu_agent.cli import DEMO_FAULTS, DEMO_RANKS, DEMO_SPEC, build_parser, make_backend, parse_listen
+from mfu_agent.cli import (
+    DEMO_FAULTS,
+    DEMO_RANKS,
+    DEMO_SPEC,
+    build_parser,
+    make_backend,
+    parse_listen,
+    version_text,
+)
+from mfu_agent.cli.options import EXIT_LISTEN, EXIT_OK, EXIT_USAGE, BackendError
 from mfu_agent.demo import DEMO_JOB_ID, DEMO_MIG_JOB_ID, SyntheticJob
 from mfu_agent.gpu.model import Snapshot
 from mfu_agent.gpu.peaks import device_peaks
@@ -29,6 +44,15 @@ def promtool() -> str:
     return path
 
 
+TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: .")
+
+
+def default_sigint() -> None:
+    # A shell running tests in the background ignores SIGINT, and children inherit that: the agent
+    # must meet Ctrl-C as it does in a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_agent(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "mfu_agent.cli", *args],
@@ -36,6 +60,7 @@ def start_agent(*args: str, env: dict[str, str] | None = None) -> subprocess.Pop
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, **(env or {})},
+        preexec_fn=default_sigint,
     )
 
 
@@ -54,8 +79,8 @@ def wait_for_metrics(url: str, proc: subprocess.Popen, within: float) -> tuple[s
     raise AssertionError(f"no /metrics within {within} s")
 
 
-def stop(proc: subprocess.Popen) -> str:
-    proc.terminate()
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
+    proc.send_signal(sig)
     try:
         out, _ = proc.communicate(timeout=15)
     except subprocess.TimeoutExpired:
@@ -115,10 +140,14 @@ def test_demo_serves_eight_gpus_one_in_mig_mode_and_promtool_is_clean():
         assert om.text.rstrip().endswith("# EOF")
     finally:
         output = stop(proc)
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the exit status says so.
-    assert proc.returncode in (0, -15), output
+    # A graceful shutdown on SIGTERM, and a clean exit: uvicorn's own re-raising of the signal is off.
+    assert proc.returncode == EXIT_OK, output
     assert "Application shutdown complete" in output
     assert "Traceback" not in output and "WARNING" not in output
+    # One format for the agent's lines and uvicorn's.
+    lines = output.splitlines()
+    assert all(TEXT_LINE.match(line) for line in lines), output
+    assert any(" mfu_agent: " in line for line in lines) and any(" uvicorn.error: " in line for line in lines)
 
 
 def test_run_simulated_with_faults_and_env_flags():
@@ -131,6 +160,7 @@ def test_run_simulated_with_faults_and_env_flags():
             "MFU_AGENT_SIMULATE": "2xNVIDIA A100-SXM4-80GB",
             "MFU_AGENT_FAULT": "lost:1",
             "MFU_AGENT_NODE_NAME": "node-a",
+            "MFU_AGENT_LOG_FORMAT": "json",
         },
     )
     try:
@@ -141,7 +171,43 @@ def test_run_simulated_with_faults_and_env_flags():
         gpus = httpx.get(f"http://127.0.0.1:{port}/v1/gpus").json()["gpus"]
         assert [g["up"] for g in gpus] == [True, False]
     finally:
-        stop(proc)
+        # Ctrl-C: a graceful stop, no KeyboardInterrupt traceback, status 0.
+        output = stop(proc, signal.SIGINT)
+    assert proc.returncode == EXIT_OK, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    # --log-format json: every line one JSON object, the agent's and uvicorn's alike.
+    records = [json.loads(line) for line in output.splitlines()]
+    assert all(set(r) == {"time", "level", "logger", "message"} for r in records), records
+    assert {"mfu_agent", "uvicorn.error"} <= {r["logger"] for r in records}
+    assert any(r["message"] == "Application shutdown complete." for r in records)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", r["time"]) for r in records)
+
+
+def test_a_busy_port_is_one_line_and_its_own_exit_status():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mfu_agent.cli",
+                "run",
+                "--backend",
+                "simulated",
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == EXIT_LISTEN, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"mfu-agent: error: cannot listen on 127.0.0.1:{port}: address already in use"
+    ]
 
 
 def test_demo_wiring_puts_the_small_job_on_a_mig_device_and_the_main_job_on_whole_gpus():
@@ -193,6 +259,11 @@ def test_demo_job_refuses_gpus_in_mig_mode():
             "unknown MIG profile '5g.50gb'",
         ),
         (["run", "--backend", "simulated", "--simulate", "1xNVIDIA L4[mig=1g.5gb]"], "NVIDIA L4 has no MIG"),
+        (
+            ["run", "--backend", "simulated", "--simulate", "4xFoo"],
+            "unknown GPU model 'Foo': expected a name NVML reports, e.g. 'NVIDIA H100 80GB HBM3', for one of "
+            "H100 NVL, H100 PCIe, H100 SXM,",
+        ),
         (["run", "--backend", "simulated", "--fault", "lost:9"], "no simulated GPU 9"),
         (["run", "--backend", "simulated", "--fault", "melt:1"], "bad --fault"),
         (
@@ -208,6 +279,47 @@ def test_bad_flags_exit_non_zero_with_a_message(args, message):
     )
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MFU_AGENT_INTERVAL": "abc"}, "mfu-agent run: error: MFU_AGENT_INTERVAL='abc': expected a number"),
+        ({"MFU_AGENT_MAX_RANKS": "0"}, "mfu-agent run: error: MFU_AGENT_MAX_RANKS='0': must be >= 1"),
+        (
+            {"MFU_AGENT_BACKEND": "cuda"},
+            "error: MFU_AGENT_BACKEND='cuda': expected one of auto, nvml, simulated",
+        ),
+        ({"MFU_AGENT_LOG_FORMAT": "xml"}, "error: MFU_AGENT_LOG_FORMAT='xml': expected one of text, json"),
+        ({"MFU_AGENT_DOCS": "maybe"}, "error: MFU_AGENT_DOCS='maybe': expected one of 1, true, yes, on, 0,"),
+        ({"MFU_AGENT_LISTEN": "nope"}, "error: MFU_AGENT_LISTEN='nope': expected HOST:PORT"),
+        # Checked after parsing, and still named: the message leads with the variable.
+        (
+            {"MFU_AGENT_BACKEND": "simulated", "MFU_AGENT_SIMULATE": "4xFoo"},
+            "mfu-agent: error: MFU_AGENT_SIMULATE: bad --simulate spec '4xFoo': unknown GPU model 'Foo'",
+        ),
+        (
+            {"MFU_AGENT_BACKEND": "simulated", "MFU_AGENT_FAULT": "lost:1,melt:1"},
+            "mfu-agent: error: MFU_AGENT_FAULT: bad --fault 'melt:1'",
+        ),
+        (
+            {"MFU_AGENT_BACKEND": "simulated", "MFU_AGENT_REPORT_TOKEN_FILE": "/nonexistent/token"},
+            "mfu-agent: error: MFU_AGENT_REPORT_TOKEN_FILE: cannot read --report-token-file",
+        ),
+    ],
+)
+def test_bad_environment_variables_are_named(env, message):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MFU_AGENT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "mfu_agent.cli", "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, **env},
+    )
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "argument --" not in result.stderr, "the variable is named, not the flag it stands for"
 
 
 def test_bad_peak_file_is_refused(tmp_path):
@@ -231,11 +343,42 @@ def test_bad_peak_file_is_refused(tmp_path):
     assert result.returncode == 2 and "peak-flops-file" in result.stderr
 
 
-def test_version():
+def test_version_names_the_driver_or_its_absence():
     result = subprocess.run(
-        [sys.executable, "-m", "mfu_agent.cli", "--version"], capture_output=True, text=True
+        [sys.executable, "-m", "mfu_agent.cli", "--version"], capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == 0 and result.stdout.strip() == f"mfu-agent {__version__}"
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()
+    assert first == f"mfu-agent {__version__}"
+    # This machine's driver, or why there is none (most test machines have no GPU).
+    assert re.fullmatch(r"NVIDIA driver \S+, NVML \S+|NVML unavailable: .+", second), second
+
+
+def test_version_reads_driver_and_nvml_versions_through_nvml(tmp_path):
+    config = tmp_path / "nvml.json"
+    config.write_text(json.dumps({"devices": [{}]}))
+    result = subprocess.run(
+        [sys.executable, str(TESTS / "fake_nvml_agent.py"), str(config), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": f"{TESTS.parent}{os.pathsep}{TESTS}"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"mfu-agent {__version__}",
+        "NVIDIA driver 550.54.15, NVML 12.550.54.15",
+    ]
+
+
+def test_version_without_a_loaded_driver_says_so():
+    import pynvml
+
+    with FakeNvml.h100s(1, init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED).installed():
+        text = version_text()
+    assert text.splitlines()[1] == (
+        "NVML unavailable: the NVIDIA kernel driver is not loaded (NVML: Driver Not Loaded)"
+    )
 
 
 def test_listen_forms():
@@ -245,9 +388,38 @@ def test_listen_forms():
 
 
 def test_environment_supplies_every_default(monkeypatch):
+    for name in [k for k in os.environ if k.startswith("MFU_AGENT_")]:
+        monkeypatch.delenv(name)
+    args = build_parser().parse_args(["run"])
+    assert (args.interval, args.listen, args.fault, args.docs, args.state_dir) == (
+        1.0,
+        ("127.0.0.1", 8469),
+        [],
+        False,
+        None,
+    )
+    assert args.from_env == {}
     monkeypatch.setenv("MFU_AGENT_INTERVAL", "2.5")
     monkeypatch.setenv("MFU_AGENT_MFU_WINDOW", "120")
     monkeypatch.setenv("MFU_AGENT_RANK_TTL", "30")
+    monkeypatch.setenv("MFU_AGENT_FAULT", "lost:1, ecc:0")
+    monkeypatch.setenv("MFU_AGENT_DOCS", "Yes")
+    monkeypatch.setenv("MFU_AGENT_STATE_DIR", "")  # empty: as if unset
     args = build_parser().parse_args(["run"])
     assert (args.interval, args.mfu_window, args.rank_ttl) == (2.5, 120.0, 30.0)
-    assert build_parser().parse_args(["run", "--interval", "3"]).interval == 3.0
+    assert (args.fault, args.docs, args.state_dir) == (["lost:1", "ecc:0"], True, None)
+    assert args.from_env["--interval"] == "MFU_AGENT_INTERVAL" and "--state-dir" not in args.from_env
+    # The command line wins, also over a repeatable flag's list.
+    args = build_parser().parse_args(["run", "--interval", "3", "--fault", "throttle:0"])
+    assert (args.interval, args.fault) == (3.0, ["throttle:0"])
+    assert "--interval" not in args.from_env and "--fault" not in args.from_env
+
+
+def test_a_simulated_gpu_model_must_have_a_known_peak():
+    with pytest.raises(BackendError, match=r"unknown GPU model 'NVIDIA Imaginary X9'.* H100 SXM, "):
+        make_backend("simulated", "1xNVIDIA Imaginary X9", [])
+    # A device name --peak-flops-file adds can be simulated.
+    backend = make_backend(
+        "simulated", "2xNVIDIA Imaginary X9", [], overrides={"NVIDIA Imaginary X9": {"bf16": 1e15}}
+    )
+    assert [gpu.name for gpu in backend.devices()] == ["NVIDIA Imaginary X9"] * 2

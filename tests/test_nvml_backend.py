@@ -10,6 +10,7 @@ from pathlib import Path
 import fakenvml
 import pynvml
 import pytest
+from conftest import free_port
 from fakenvml import FakeDevice, FakeNvml
 from metrics_text import one, values
 from prometheus_client import generate_latest
@@ -287,7 +288,8 @@ def test_driver_not_loaded_is_a_clear_error():
 
 
 def test_run_without_a_driver_exits_with_one_line(no_nvml, capsys):
-    assert main(["run", "--backend", "auto", "--listen", "127.0.0.1:1"]) == 2
+    # A free port: the address is bound before NVML is tried (a port in use is exit status 3).
+    assert main(["run", "--backend", "auto", "--listen", f"127.0.0.1:{free_port()}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "no NVIDIA driver found" in err and "mfu-agent demo" in err and "Traceback" not in err

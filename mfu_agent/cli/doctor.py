@@ -15,10 +15,8 @@ import sys
 from .options import (
     DEFAULT_KUBELET_SOCKET,
     DEFAULT_LISTEN,
-    BackendError,
-    env_default,
-    env_switch,
     parse_listen,
+    require_modules,
 )
 
 
@@ -32,13 +30,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     doctor.add_argument(
         "--listen",
         type=parse_listen,
-        default=env_default("listen", DEFAULT_LISTEN),
+        default=DEFAULT_LISTEN,
         help=f"HOST:PORT the agent will serve on, checked free (default {DEFAULT_LISTEN}; "
         "env MFU_AGENT_LISTEN)",
     )
     doctor.add_argument(
         "--report-token-file",
-        default=env_default("report-token-file"),
+        default=None,
         help="the agent's report token file, checked readable and non-empty "
         "(env MFU_AGENT_REPORT_TOKEN_FILE)",
     )
@@ -50,42 +48,38 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     doctor.add_argument(
         "--peak-flops-file",
-        default=env_default("peak-flops-file"),
+        default=None,
         help="the agent's peak FLOP/s overrides, checked and used for the model check "
         "(env MFU_AGENT_PEAK_FLOPS_FILE)",
     )
     doctor.add_argument(
         "--kubelet-socket",
-        default=env_default("kubelet-socket", DEFAULT_KUBELET_SOCKET),
+        default=DEFAULT_KUBELET_SOCKET,
         help=f"the kubelet PodResources socket (default {DEFAULT_KUBELET_SOCKET}; "
         "env MFU_AGENT_KUBELET_SOCKET)",
     )
     doctor.add_argument(
         "--proc-root",
-        default=env_default("proc-root", "/proc"),
+        default="/proc",
         help="where the host's processes are seen (default /proc; env MFU_AGENT_PROC_ROOT)",
     )
     doctor.add_argument(
         "--cgroup-root",
-        default=env_default("cgroup-root", "/sys/fs/cgroup"),
+        default="/sys/fs/cgroup",
         help="the cgroup filesystem (default /sys/fs/cgroup)",
     )
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
 
 
 def main(args: argparse.Namespace) -> int:
+    require_modules("doctor", ("pynvml",))
     from ..doctor import render_json, render_text
     from ..doctor.gpus import nvml_checks
     from ..doctor.host import cgroup_check, kubelet_check, listen_check, peaks_check, token_check
 
     # The checks say everything; the GPU readers' own log lines (GPM warnings) would repeat them.
     logging.getLogger("mfu_agent").addHandler(logging.NullHandler())
-    try:
-        allow = args.allow_unauthenticated_reports
-        allow = env_switch("allow_unauthenticated_reports") if allow is None else allow
-    except BackendError as exc:
-        print(f"mfu-agent: error: {exc}", file=sys.stderr)
-        return 2
+    allow = bool(args.allow_unauthenticated_reports)
     peak_file, peaks = peaks_check(args.peak_flops_file)
     checks = nvml_checks(args.proc_root, peaks)
     checks += [

@@ -6,18 +6,18 @@ import argparse
 import logging
 import os
 import socket
-import sys
 import zlib
 
 from .. import __version__
+from ..logs import configure_logging
 from .options import (
     DEFAULT_LISTEN,
     BackendError,
+    ListenError,
     add_agent_flags,
-    env_default,
-    env_list,
-    env_switch,
+    format_listen,
     is_loopback,
+    require_modules,
 )
 
 SIMULATE_DEFAULT = "8xNVIDIA H100 80GB HBM3"
@@ -38,20 +38,21 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--backend",
         choices=["auto", "nvml", "simulated"],
-        default=env_default("backend", "auto"),
+        default="auto",
         help="where GPU readings come from (default auto: NVML; env MFU_AGENT_BACKEND)",
     )
     run.add_argument(
         "--simulate",
-        default=env_default("simulate", SIMULATE_DEFAULT),
-        help="simulated GPUs as COUNTxDEVICE NAME[,...]; COUNTxDEVICE NAME[mig=PROFILE,...] puts each "
-        "in MIG mode, e.g. 1xNVIDIA H100 80GB HBM3[mig=3g.40gb,2g.20gb,1g.10gb,1g.10gb] "
+        default=SIMULATE_DEFAULT,
+        help="simulated GPUs as COUNTxDEVICE NAME[,...], each a GPU model the peak table or "
+        "--peak-flops-file knows; COUNTxDEVICE NAME[mig=PROFILE,...] puts each in MIG mode, e.g. "
+        "1xNVIDIA H100 80GB HBM3[mig=3g.40gb,2g.20gb,1g.10gb,1g.10gb] "
         f"(default {SIMULATE_DEFAULT!r}; env MFU_AGENT_SIMULATE)",
     )
     run.add_argument(
         "--fault",
         action="append",
-        default=env_list("fault", []),
+        default=[],
         help="simulated fault, repeatable: lost:GPU, busy-idle:GPU, throttle:GPU, ecc:GPU, "
         "shared:GPU, xid:GPU:CODE, xid-storm:GPU (10,000 XID 79s and 10,000 distinct codes) "
         "(env MFU_AGENT_FAULT, comma-separated)",
@@ -66,25 +67,35 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    """Raises CommandError (one line, its exit status) for what stops the agent from starting: checked
+    in the order that costs least, so a busy port is found before NVML is initialised."""
+    require_modules(args.command)
+    configure_logging(args.log_level, args.log_format)
     if args.command == "demo":
         args.backend, args.simulate, args.fault = "simulated", DEMO_SPEC, list(DEMO_FAULTS)
+    token, overrides = read_config_files(args)
+    check_report_access(args, token)
+    args.node_name = args.node_name or socket.gethostname()
+    from ..server import listen_sockets
+
+    host, port = args.listen
     try:
-        for switch in ("allow_unauthenticated_reports", "docs"):
-            if getattr(args, switch) is None:
-                setattr(args, switch, env_switch(switch))
-        token, overrides = read_config_files(args)
-        check_report_access(args, token)
-        args.node_name = args.node_name or socket.gethostname()
+        sockets = listen_sockets(host, port)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise ListenError(f"cannot listen on {format_listen(host, port)}: {reason}") from None
+    try:
         backend = make_backend(
-            args.backend, args.simulate, args.fault, seed=zlib.crc32(args.node_name.encode())
+            args.backend,
+            args.simulate,
+            args.fault,
+            seed=zlib.crc32(args.node_name.encode()),
+            overrides=overrides,
         )
-    except BackendError as exc:
-        print(f"mfu-agent: error: {exc}", file=sys.stderr)
-        return 2
-    return serve(args, backend, token, overrides)
+        return serve(args, backend, token, overrides, sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def read_config_files(args: argparse.Namespace) -> tuple[str | None, dict[str, dict[str, float]]]:
@@ -113,7 +124,7 @@ def check_report_access(args: argparse.Namespace, token: str | None) -> None:
     host, port = args.listen
     if token is not None or is_loopback(host):
         return
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = format_listen(host, port)
     if args.allow_unauthenticated_reports:
         log.warning(
             "reports are accepted without a token from anyone who can reach %s "
@@ -128,12 +139,21 @@ def check_report_access(args: argparse.Namespace, token: str | None) -> None:
     )
 
 
-def make_backend(kind: str, simulate: str, faults: list[str], seed: int = 0):
+def make_backend(
+    kind: str,
+    simulate: str,
+    faults: list[str],
+    seed: int = 0,
+    overrides: dict[str, dict[str, float]] | None = None,
+):
+    """`overrides`: the --peak-flops-file entries, whose device names may be simulated too."""
     if kind == "simulated":
         from ..gpu.simulated import SimulatedBackend
+        from ..specs import PeakTable
 
         try:
-            backend = SimulatedBackend(simulate, seed=seed)  # the seed gives each node its own UUIDs
+            # The seed gives each node its own UUIDs; a model no peak is known for is refused.
+            backend = SimulatedBackend(simulate, seed=seed, peaks=PeakTable(overrides))
             for fault in faults:
                 backend.apply_fault(fault)
         except ValueError as exc:
@@ -156,7 +176,11 @@ def make_backend(kind: str, simulate: str, faults: list[str], seed: int = 0):
 
 
 def serve(
-    args: argparse.Namespace, backend, token: str | None, overrides: dict[str, dict[str, float]]
+    args: argparse.Namespace,
+    backend,
+    token: str | None,
+    overrides: dict[str, dict[str, float]],
+    sockets: list[socket.socket],
 ) -> int:
     from ..agent import Agent, AgentOptions
     from ..app import create_app
@@ -194,7 +218,9 @@ def serve(
     )
     limits = limits_for(raise_open_file_limit())
     log.debug("at most %d connections", limits.max_connections)
-    log.info("mfu-agent %s serving on http://%s:%d (backend %s)", __version__, host, port, backend.name)
+    log.info(
+        "mfu-agent %s serving on http://%s (backend %s)", __version__, format_listen(host, port), backend.name
+    )
     server = make_server(app, host, port, args.log_level, limits)
-    server.run()
+    server.run(sockets=sockets)
     return 0 if server.started else 1

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from .options import env_default, positive_float
+from .options import positive_float, require_modules
 
 RESIZE_CHECK_SECONDS = 0.25  # how soon a resized terminal is redrawn (between refreshes)
 
@@ -32,7 +32,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     top.add_argument(
         "--interval",
         type=positive_float(0.2),
-        default=env_default("interval", "1"),
+        default="1",
         help="seconds between refreshes, at least 0.2 (default 1; env MFU_AGENT_INTERVAL)",
     )
     top.add_argument(
@@ -51,11 +51,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        from rich.console import Console
-    except ImportError:
-        print("mfu-agent: error: top needs the rich package: pip install 'mfu-agent[agent]'", file=sys.stderr)
-        return 2
+    require_modules("top", ("rich",))
+    from rich.console import Console
+
     from ..top.fetch import default_url
 
     try:

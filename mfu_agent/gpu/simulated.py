@@ -10,7 +10,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..specs import match_model
+from ..specs import PeakTable, known_models, match_model
 from .model import GpuEvent, GpuIdentity, GpuProcess, GpuReading, MigIdentity, RemappedRows, SmActivity
 
 DEFAULT_SPEC = "8xNVIDIA H100 80GB HBM3"
@@ -137,9 +137,13 @@ def mig_profiles(name: str) -> dict[str, tuple[int, float]] | None:
     return _MIG_TABLES.get((model, profile_for(name).memory_gib)) if model else None
 
 
-def parse_spec(spec: str) -> list[GpuSpec]:
+def parse_spec(spec: str, peaks: PeakTable | None = None) -> list[GpuSpec]:
     """'8xNVIDIA H100 80GB HBM3', '2xNVIDIA L4,1xTesla T4' or, MIG mode on each of COUNT GPUs,
-    '1xNVIDIA H100 80GB HBM3[mig=3g.40gb,2g.20gb,1g.10gb,1g.10gb]' -> one GpuSpec per GPU."""
+    '1xNVIDIA H100 80GB HBM3[mig=3g.40gb,2g.20gb,1g.10gb,1g.10gb]' -> one GpuSpec per GPU.
+
+    With `peaks`, a device name that table does not know (built in, or added by an override) is
+    refused with the names it knows; without, any name goes (tests of what the agent does with a GPU
+    it has no peak for)."""
     gpus: list[GpuSpec] = []
     for part in _split_outside_brackets(spec):
         match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*([^\s\[\]][^\[\]]*?)\s*(?:\[([^\[\]]*)\]\s*)?", part)
@@ -156,6 +160,12 @@ def parse_spec(spec: str) -> list[GpuSpec]:
         if not 1 <= count <= 64:
             raise ValueError(f"bad --simulate spec {part.strip()!r}: COUNT must be 1..64")
         name = match.group(2)
+        if peaks is not None and peaks.match_model(name) is None:
+            raise ValueError(
+                f"bad --simulate spec {part.strip()!r}: unknown GPU model {name!r}: expected a name NVML "
+                f"reports, e.g. 'NVIDIA H100 80GB HBM3', for one of {', '.join(known_models())}, "
+                "or a device name --peak-flops-file adds"
+            )
         mig = _parse_mig(part.strip(), name, match.group(3)) if match.group(3) is not None else ()
         gpus += [GpuSpec(name, mig)] * count
     if len(gpus) > 64:
@@ -270,14 +280,17 @@ class SimulatedBackend:
     name = "simulated"
     unavailable_reason = ""  # simulated NVML never goes away
 
-    def __init__(self, spec: str = DEFAULT_SPEC, seed: int = 0, clock=time.time) -> None:
+    def __init__(
+        self, spec: str = DEFAULT_SPEC, seed: int = 0, clock=time.time, peaks: PeakTable | None = None
+    ) -> None:
+        """`peaks`: refuse device names this table does not know (parse_spec)."""
         self._clock = clock
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._events: deque[GpuEvent] = deque(maxlen=4 * STORM_EVENTS)  # a storm fits, undrained
         self._event_ready = threading.Condition(self._lock)
         self._closed = False
-        self._gpus = [self._make_gpu(i, gpu, seed) for i, gpu in enumerate(parse_spec(spec))]
+        self._gpus = [self._make_gpu(i, gpu, seed) for i, gpu in enumerate(parse_spec(spec, peaks))]
 
     def _make_gpu(self, index: int, spec: GpuSpec, seed: int) -> _SimGpu:
         profile = profile_for(spec.name)
