@@ -8,16 +8,20 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from datetime import date
 from pathlib import Path
 
 import pytest
+from fakenvml import FakeNvml
+from metrics_text import one, values
 from prometheus_client import generate_latest
 from prometheus_server import find_binary
 
 from mfu_agent.agent import Agent, AgentOptions
 from mfu_agent.events import XID_CATALOGUE, EventCounter
 from mfu_agent.gpu.model import GpuEvent, GpuIdentity, GpuReading, MigIdentity, RemappedRows, Snapshot
+from mfu_agent.gpu.nvml_backend import NvmlBackend
 from mfu_agent.gpu.simulated import SimulatedBackend
 from mfu_agent.health.catalogue import ACTIONS, CATALOGUE_ACTIONS, SEVERITY, load_catalogue, parse_catalogue
 from mfu_agent.health.state import SUSTAINED_SLOWDOWN_SECONDS as SUSTAINED
@@ -232,3 +236,28 @@ def test_the_agent_exports_the_health_state_per_gpu():
         [find_binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True
     )
     assert check.returncode == 0 and not re.search(r"health", check.stdout + check.stderr), check
+
+
+def test_xids_from_the_nvml_event_set_reach_the_health_state(fake_nvml: FakeNvml):
+    """Through the real NVML backend and event thread, on the fake driver library."""
+    backend = NvmlBackend()
+    backend.start()
+    agent = Agent(backend, AgentOptions(interval=1.0))
+    agent.start()
+    try:
+        fake_nvml.queue_xid(2, 79)
+        fake_nvml.queue_xid(6, 13)
+        deadline = time.monotonic() + 10
+        text = generate_latest(agent.registry).decode()
+        while len(values(text, "mfu_gpu_xid_errors_total")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+            text = generate_latest(agent.registry).decode()
+        uuid = fake_nvml.devices[2].uuid
+        assert (
+            one(text, "mfu_gpu_health_action", gpu="2", uuid=uuid, action="reboot_node", reason="xid_79") == 1
+        )
+        assert one(text, "mfu_gpu_health_action", gpu="6", action="restart_application", reason="xid_13") == 1
+        assert one(text, "mfu_gpu_health_severity", gpu="2") == 4
+        assert values(text, "mfu_gpu_health_action", action="none") == [1.0] * 6
+    finally:
+        agent.stop()
