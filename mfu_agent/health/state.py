@@ -71,7 +71,7 @@ class HealthTracker:
     def __init__(self, catalogue: XidCatalogue) -> None:
         self.catalogue = catalogue
         self._counts: dict[EventKey, int] = {}
-        self._xid_seen: dict[tuple[str, int | str], float] = {}  # (uuid, code) -> Unix time
+        self._xid_seen: dict[str, dict[int | str, float]] = {}  # uuid -> code -> Unix time its count rose
         self._slowdown_since: dict[tuple[str, str], float] = {}  # (uuid, reason) -> Unix time
         self._lock = threading.Lock()
 
@@ -88,14 +88,14 @@ class HealthTracker:
         for key, count in events.items():
             _, uuid, kind, code = key
             if kind == "xid" and code is not None and count > self._counts.get(key, 0):
-                self._xid_seen[(uuid, code)] = now
+                self._xid_seen.setdefault(uuid, {})[code] = now
             self._counts[key] = count
 
     def _health(self, gpu: GpuReading, now: float) -> GpuHealth | None:
         causes = []
-        for (uuid, code), seen in self._xid_seen.items():
+        for code, seen in self._xid_seen.get(gpu.uuid, {}).items():
             action = self.catalogue.action(code)
-            if uuid == gpu.uuid and (action in HELD_UNTIL_RESTART or now - seen <= XID_HOLD_SECONDS):
+            if action in HELD_UNTIL_RESTART or now - seen <= XID_HOLD_SECONDS:
                 causes.append(Cause(f"xid_{code}", action, seen))
         if gpu.up:
             causes += self._state_causes(gpu, now)
