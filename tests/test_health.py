@@ -163,6 +163,13 @@ def test_the_most_severe_cause_wins():
     assert [c.reason for c in one.causes] == ["row_remap_failure", "xid_79", "row_remap_pending"]
 
 
+def test_an_xid_that_calls_for_nothing_leaves_the_gpu_healthy_and_names_it():
+    tracker = HealthTracker(load_catalogue())
+    assert states(tracker, snap(gpu(0)), xids((0, 45)), T0) == {0: ("none", "xid_45")}
+    (health,) = tracker.update(snap(gpu(0)), xids((0, 45)), T0)
+    assert health.severity == 0
+
+
 def test_codes_the_catalogue_does_not_classify_are_unknown_never_guessed():
     tracker = HealthTracker(load_catalogue())
     unlisted = next(c for c in XID_CATALOGUE if c not in load_catalogue().entries)
