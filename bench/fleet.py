@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TextIO
 
 from mfu_agent.gpu.nvml import CLOCK_EVENT_REASONS
+from mfu_agent.health.catalogue import SEVERITY, load_catalogue
 from mfu_agent.specs import peaks_for
 
 SCRAPE_JOB = "mfu-agent"
@@ -557,6 +558,19 @@ class Fleet:
             "counter",
             ((gl(g, ("xid", x)), n, 0.0, NEVER) for g in up for x, n in g.xids.items()),
         )
+
+        def health(g: Gpu) -> tuple[str, str]:
+            """The agent's health state: the most severe of the GPU's XIDs and uncorrectable ECC."""
+            causes = [(load_catalogue().action(int(x)), f"xid_{x}") for x in g.xids]
+            causes += [("reset_gpu", "ecc_uncorrectable")] if g.ecc_uncorrected else []
+            return max(causes, key=lambda c: SEVERITY[c[0]], default=("none", "none"))
+
+        yield (
+            "mfu_gpu_health_action",
+            "gauge",
+            ((gl(g, ("action", a), ("reason", r)), 1.0, 0.0, NEVER) for g in up for a, r in [health(g)]),
+        )
+        yield "mfu_gpu_health_severity", "gauge", per_gpu(lambda g: float(SEVERITY[health(g)[0]]))
         yield (
             "mfu_gpu_process_memory_bytes",
             "gauge",

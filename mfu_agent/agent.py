@@ -17,12 +17,15 @@ from .attribution.cache import KubeletDevices
 from .attribution.owners import Attributed, Attribution
 from .events import EventCounter, EventWatcher
 from .gpu.model import GpuBackend, GpuReading, Snapshot
+from .health.catalogue import load_catalogue
+from .health.state import HealthTracker
 from .jobs.registry import DEFAULT_MAX_SERIES, JobRegistry, pid_alive
 from .jobs.state import StateStore
 from .metrics import MetricSource, make_registry
 from .metrics.agent import agent_families
 from .metrics.cardinality import node_series
 from .metrics.gpu import gpu_families
+from .metrics.health import health_families
 from .metrics.jobs import job_families, report_families
 from .metrics.kubelet import kubelet_families
 from .metrics.peaks import gpu_peak_families
@@ -70,6 +73,7 @@ class Agent:
         self.watcher = EventWatcher(backend, self.events)
         self.kubelet = KubeletDevices(self.options.kubelet_socket) if self.options.kubelet_socket else None
         self.attribution = Attribution(self.options.proc_root, self.kubelet)
+        self.health = HealthTracker(load_catalogue())
         self.peaks = PeakTable(self.options.peak_overrides)
         self.jobs = JobRegistry(
             self.peaks,
@@ -90,6 +94,7 @@ class Agent:
         self._outcomes_lock = threading.Lock()
         self.sources: list[MetricSource] = [
             self._gpu_metrics,
+            self._health_metrics,
             self._job_metrics,
             self._agent_metrics,
             *(extra_sources or []),
@@ -167,6 +172,10 @@ class Agent:
     def attributed(self) -> Attributed:
         """Who each GPU process and device of the latest snapshot belongs to (attribution/owners.py)."""
         return self.attribution.of(self.snapshot())
+
+    def _health_metrics(self) -> Iterable[Metric]:
+        now = self._clock()
+        return health_families(self.health.update(self.snapshot(now), self.events.snapshot(), now))
 
     def count_reports(self, outcome: str, count: int) -> None:
         with self._outcomes_lock:

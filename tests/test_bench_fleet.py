@@ -34,6 +34,7 @@ EXTRA = {
     "mfu_gpu_ecc_errors_total": GPU | {"type"},
     "mfu_gpu_remapped_rows_total": GPU | {"type"},
     "mfu_gpu_xid_errors_total": GPU | {"xid"},
+    "mfu_gpu_health_action": GPU | {"action", "reason"},
     "mfu_gpu_process_memory_bytes": GPU | {"pid"},
     "mfu_gpu_process_sm_utilization_ratio": GPU | {"pid"},
     "mfu_gpu_process_memory_utilization_ratio": GPU | {"pid"},

@@ -131,7 +131,8 @@ def cluster(tmp_path_factory):
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     agents = [
         start_agent(ports[0], "node-a", "busy-idle:3", "shared:0"),  # two processes time-share GPU 0
-        start_agent(ports[1], "node-b", "xid:1:79", "xid:1:13", "throttle:2", "ecc:0"),
+        # XID 79 (reboot the node) on GPU 1 and XID 13 (restart the application) on GPU 3.
+        start_agent(ports[1], "node-b", "xid:1:79", "xid:3:13", "throttle:2", "ecc:0"),
     ]
     job = None
     try:
@@ -208,6 +209,52 @@ def test_busy_but_idle_and_low_mfu_alerts_reach_prometheus(cluster):
     assert {a["labels"]["job_id"] for a in low} == {JOB_ID}
     xid = prom.wait_for(lambda: active("GpuXidCritical"), timeout=30, what="GpuXidCritical active")
     assert {a["labels"].get("xid") for a in xid} == {"79"}
+
+
+def test_gpu_health_reaches_prometheus(cluster):
+    """The agent's health state per GPU, as Prometheus scraped it, and the alerts by action of the shipped
+    rules: node b's XID 79 asks for a node reboot, its XID 13 only for an application restart, its
+    uncorrectable ECC error for a GPU reset; its throttled GPU is not (yet) sustained; node a is healthy."""
+    prom, _ = cluster
+    node_a, node_b = prom.scrape_targets
+
+    def states() -> dict[tuple[str, str], tuple[str, str]] | None:
+        got = {
+            (s["metric"]["instance"], s["metric"]["gpu"]): (s["metric"]["action"], s["metric"]["reason"])
+            for s in prom.query("mfu_gpu_health_action")
+        }
+        return got if len(got) == 2 * GPUS_PER_NODE else None
+
+    got = prom.wait_for(states, timeout=30, what="a health state for every GPU")
+    assert got == {
+        **{(node_a, str(i)): ("none", "none") for i in range(GPUS_PER_NODE)},
+        (node_b, "0"): ("reset_gpu", "ecc_uncorrectable"),
+        (node_b, "1"): ("reboot_node", "xid_79"),
+        (node_b, "2"): ("none", "none"),
+        (node_b, "3"): ("restart_application", "xid_13"),
+    }
+
+    def worst_per_node() -> dict[str, str] | None:
+        worst = prom.query("mfu:node_gpu_health_severity:max")
+        return {s["metric"]["instance"]: s["value"][1] for s in worst} if len(worst) == 2 else None
+
+    assert prom.wait_for(worst_per_node, what="the worst severity per node") == {node_a: "0", node_b: "4"}
+
+    def firing(name: str) -> list[tuple[str, str, str]] | None:
+        alerts = [
+            (a["labels"]["instance"], a["labels"]["gpu"], a["labels"]["reason"]) for a in prom.firing(name)
+        ]
+        return alerts or None
+
+    assert prom.wait_for(lambda: firing("GpuNeedsNodeReboot"), what="GpuNeedsNodeReboot") == [
+        (node_b, "1", "xid_79")
+    ]
+    assert firing("GpuNeedsAppRestart") == [(node_b, "3", "xid_13")]
+    assert firing("GpuNeedsReset") == [(node_b, "0", "ecc_uncorrectable")]
+    assert firing("GpuNeedsInspection") is None and firing("GpuXidUnclassified") is None
+    (reboot,) = prom.firing("GpuNeedsNodeReboot")
+    assert reboot["labels"]["severity"] == "critical"
+    assert reboot["annotations"]["summary"] == f"GPU 1 on {node_b} needs a node reboot (xid_79)"
 
 
 def test_every_dashboard_query_parses_and_returns_data(cluster):

@@ -8,6 +8,7 @@ from ..gpu.model import Snapshot
 from ..gpu.nvml import CLOCK_EVENT_REASONS
 from ..specs import DTYPES
 from .gpu import _GAUGES, MAX_PROCESSES_PER_GPU
+from .health import HEALTH_SERIES_PER_GPU
 
 PER_DEVICE = 3  # info, up, reading age: also for a device down or gone
 # MIG mode, a datasheet and a clock peak per dtype (or one "unknown"), the plain gauges, energy, the
@@ -25,9 +26,9 @@ def node_series(snapshot: Snapshot | None, labelled: int) -> int:
     total = AGENT_SERIES + labelled
     if snapshot is None:
         return total
-    total += PER_DEVICE * len(snapshot.vanished)
+    total += (PER_DEVICE + HEALTH_SERIES_PER_GPU) * len(snapshot.vanished)
     for gpu in snapshot.gpus:
-        total += PER_DEVICE
+        total += PER_DEVICE + (0 if gpu.is_mig else HEALTH_SERIES_PER_GPU)
         if gpu.up:
             total += PER_LIVE_DEVICE + PER_PROCESS * min(len(gpu.processes or ()), MAX_PROCESSES_PER_GPU)
     return total
