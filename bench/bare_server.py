@@ -1,5 +1,6 @@
 """The ingestion and standing-cost baseline: a bare FastAPI app that parses the same JSON and does
-nothing else, served by uvicorn with the same settings as `mfu-agent run` (mfu_agent/cli/run.py, mfu_agent/server.py).
+nothing else, served by uvicorn with the same settings as `mfu-agent run` (mfu_agent/cli/run.py,
+mfu_agent/server.py).
 
     python -m bench.bare_server --port 8470
 """

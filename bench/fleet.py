@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from mfu_agent.gpu.model import GPM_STATUSES
 from mfu_agent.gpu.nvml import CLOCK_EVENT_REASONS
 from mfu_agent.health.catalogue import SEVERITY, load_catalogue
 from mfu_agent.specs import peaks_for
@@ -445,6 +446,18 @@ class Fleet:
             ),
         )
         yield "mfu_agent_series_budget", "gauge", per_node(lambda n: (100_000.0, 0.0))
+        # every node runs on Kubernetes: the kubelet's PodResources List answers every 30 s
+        yield "mfu_agent_kubelet_up", "gauge", per_node(lambda n: (1.0, 0.0))
+        yield "mfu_agent_kubelet_last_success_timestamp_seconds", "gauge", per_node(lambda n: (-12.0, 1.0))
+        yield (
+            "mfu_agent_kubelet_errors_total",
+            "counter",
+            (
+                (_labels(_instance(n), ("error", "deadline_exceeded")), 1.0, 0.0, NEVER)
+                for n in nodes
+                if n % 50 == 7
+            ),
+        )
         yield "mfu_agent_series_estimate", "gauge", per_node(lambda n: (600.0 + 20.0 * ranks_on[n], 0.0))
         error = (("call", "nvmlDeviceGetPowerUsage"), ("error", "not_supported"))
         yield (
@@ -498,6 +511,17 @@ class Fleet:
             ),
         )
         yield "mfu_gpu_up", "gauge", per_gpu(lambda g: 1.0 if g.up else 0.0, self.gpus)
+        # GPM answers on Hopper and newer, NOT_SUPPORTED on the A100s: one series per status
+        yield (
+            "mfu_gpu_gpm_status",
+            "gauge",
+            (
+                (gl(g, ("status", status)), 1.0 if status == ("ok" if g.gpm else "not_supported") else 0.0)
+                + (0.0, NEVER)
+                for g in up
+                for status in GPM_STATUSES
+            ),
+        )
         # no GPU of the fleet is in MIG mode: the A100s and H100s say 0, the others have no MIG
         yield (
             "mfu_gpu_mig_mode",

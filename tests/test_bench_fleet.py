@@ -51,6 +51,8 @@ EXTRA = {
     "mfu_agent_nvml_errors_total": NODE | {"call", "error"},
     "mfu_agent_reports_total": NODE | {"outcome"},
     "mfu_agent_rank_evictions_total": NODE | {"reason"},
+    "mfu_agent_kubelet_errors_total": NODE | {"error"},
+    "mfu_gpu_gpm_status": GPU | {"status"},
     "up": NODE,
     **dict.fromkeys(
         (
