@@ -336,6 +336,42 @@ def test_the_published_schema_refuses_what_the_agent_refuses(report_schema, body
     assert not report_schema.is_valid(body)
 
 
+FULL = {
+    **GOOD,
+    "local_rank": 0,
+    "world_size": 8,
+    "pid": 4242,
+    "instance": "inst-1",
+    "interval": 5,
+    "dtype": "bf16",
+    "hardware_flops_total": 2e15,
+    "tokens_total": 100,
+    "samples_total": 4,
+    "step": 1,
+    "timestamp": 1.7e9,
+    "labels": {"pod": "p-0"},
+    "final": False,
+}
+ODD_VALUES = [None, True, 0, -1, 1.5, 2**70, "", "x", "GPU-x", [], [0, "GPU-x"], {}, {"bf16": 1}, {"pod": []}]
+
+
+def test_every_odd_value_in_every_field_is_taken_or_refused_naming_that_field(served):
+    """Each field of a full report (alone, and as the second report of a batch) given each of a set of
+    odd JSON values: the answer is 202 or 4xx, never 5xx, and a 422 names the field it was about."""
+    _, client = served
+    for name in FULL:
+        for value in ODD_VALUES:
+            for batch in (False, True):
+                report = {**FULL, name: value, "rank": 1 if name != "rank" else value}
+                body = [FULL, report] if batch else report
+                response = post(client, body)
+                assert response.status_code in (202, 409, 422), (name, value, response.text)
+                if response.status_code == 422:
+                    where = ("reports[1]." if batch else "") + name
+                    assert response.json()["field"].startswith(where), (name, value, response.text)
+                    assert response.json()["error"].startswith(where), (name, value, response.text)
+
+
 def test_strict_validation_still_takes_what_json_allows(served, report_schema):
     _, client = served
     timestamp = int(time.time()) - 10
