@@ -1,6 +1,6 @@
 """The ingestion and standing-cost baseline: a bare FastAPI app that parses the same JSON and does
-nothing else, served by uvicorn with the same settings as `mfu-agent run` (mfu_agent/cli/run.py,
-mfu_agent/server.py).
+nothing else, served by the same server as `mfu-agent run` (mfu_agent/server.py: uvicorn with h11, its
+connection guard, keep-alive and backlog settings), so that a ratio measures the endpoints alone.
 
     python -m bench.bare_server --port 8470
 """
@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+
+from mfu_agent.server import limits_for, make_server, raise_open_file_limit
 
 
 def create_app() -> FastAPI:
@@ -40,11 +41,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()
-    # The same uvicorn settings as mfu_agent.cli.run.serve.
-    config = uvicorn.Config(
-        create_app(), host="127.0.0.1", port=args.port, log_level=args.log_level, access_log=False
-    )
-    uvicorn.Server(config).run()
+    # The same server as mfu_agent.cli.run.serve.
+    limits = limits_for(raise_open_file_limit())
+    make_server(create_app(), "127.0.0.1", args.port, args.log_level, limits).run()
 
 
 if __name__ == "__main__":

@@ -66,9 +66,9 @@ def report_json(rank: int, t: float) -> dict:
 
 
 def _data(item: dict) -> ReportData:
-    from mfu_agent.api.reports import ReportIn
+    from mfu_agent.api.models import ONE, to_data
 
-    return ReportIn.model_validate(item).to_data()
+    return to_data(ONE.validate_python(item))
 
 
 def filled_agent() -> tuple[Agent, int]:

@@ -1,5 +1,9 @@
 """2. Report ingestion: reports/s one agent process sustains from a loopback load generator, against a
-bare FastAPI endpoint that parses the same JSON and does nothing, served the same way."""
+bare FastAPI endpoint that parses the same JSON and does nothing, served the same way.
+
+Beside the rates, each server's CPU time per report (utime + stime from /proc over the run, warm-up
+included): on a shared machine the rates move with whatever else runs, while the CPU a server spends
+per report moves much less, so the CPU ratio is the steadier reading of the same cost."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import time
 
 from mfu_agent.jobs.registry import JobRegistry
 
-from .common import ROOT, server
+from .common import ROOT, cpu_seconds, server
 from .fixtures import make_agent, report
 
 MODES = ((1, "single report per request"), (50, "batches of 50 reports"))
@@ -81,9 +85,16 @@ def run(quick: bool, log) -> dict:
                 # Alternate which server goes first, so drift in the machine's load favours neither.
                 order = (("bare", bare_port), ("agent", agent_port))
                 for name, port in order if i % 2 == 0 else order[::-1]:
-                    runs[name].append(_load(port, batch, seconds, warmup))
+                    pid = agent_proc.pid if name == "agent" else bare_proc.pid
+                    cpu_before = cpu_seconds(pid)
+                    result = _load(port, batch, seconds, warmup)
+                    served = result["reports"] + result["warmup_requests"] * batch
+                    result["server_cpu_us_per_report"] = (cpu_seconds(pid) - cpu_before) / served * 1e6
+                    runs[name].append(result)
             agent_rate = statistics.median(r["reports_per_s"] for r in runs["agent"])
             bare_rate = statistics.median(r["reports_per_s"] for r in runs["bare"])
+            agent_cpu = statistics.median(r["server_cpu_us_per_report"] for r in runs["agent"])
+            bare_cpu = statistics.median(r["server_cpu_us_per_report"] for r in runs["bare"])
             paired = [
                 a["reports_per_s"] / b["reports_per_s"]
                 for a, b in zip(runs["agent"], runs["bare"], strict=True)
@@ -95,6 +106,9 @@ def run(quick: bool, log) -> dict:
                 "bare_reports_per_s": bare_rate,
                 "ratio": agent_rate / bare_rate,
                 "paired_ratios": paired,
+                "agent_cpu_us_per_report": agent_cpu,
+                "bare_cpu_us_per_report": bare_cpu,
+                "cpu_ratio": bare_cpu / agent_cpu,
                 "agent_non2xx": sum(r["non2xx"] for r in runs["agent"]),
                 "agent_errors": sum(r["errors"] for r in runs["agent"]),
                 "bare_non2xx": sum(r["non2xx"] for r in runs["bare"]),
@@ -108,6 +122,8 @@ def run(quick: bool, log) -> dict:
             log(
                 f"  {label}: agent {agent_rate:,.0f} reports/s, bare {bare_rate:,.0f} reports/s, "
                 f"ratio {mode['ratio']:.2f} (paired {', '.join(f'{p:.2f}' for p in paired)}); "
+                f"server CPU per report: agent {agent_cpu:.1f} µs, bare {bare_cpu:.1f} µs, "
+                f"ratio {mode['cpu_ratio']:.2f}; "
                 f"agent non-2xx {mode['agent_non2xx']}, errors {mode['agent_errors']}"
             )
             results["modes"].append(mode)

@@ -13,6 +13,15 @@ def _ms(ns: float) -> str:
     return f"{ns / 1e6:.2f}"
 
 
+def _cpu_cell(mode: dict) -> str:
+    if "cpu_ratio" not in mode:  # a result from before the CPU time was measured
+        return "-"
+    return (
+        f"{mode['agent_cpu_us_per_report']:.1f} / {mode['bare_cpu_us_per_report']:.1f} "
+        f"({mode['cpu_ratio']:.2f})"
+    )
+
+
 def tables(r: dict) -> str:
     out: list[str] = []
     m = r["machine"]
@@ -91,16 +100,16 @@ def tables(r: dict) -> str:
         )
         out.append("")
         out.append(
-            "| load | agent reports/s | bare reports/s | ratio (per round) | agent p99 ms | bare p99 ms "
-            "| agent non-2xx / errors |"
+            "| load | agent reports/s | bare reports/s | ratio (per round) | server CPU µs per report, "
+            "agent / bare (ratio) | agent p99 ms | bare p99 ms | agent non-2xx / errors |"
         )
-        out.append("|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|")
         for mode in i["modes"]:
             paired = ", ".join(f"{p:.2f}" for p in mode["paired_ratios"])
             out.append(
                 f"| {mode['label']} | {mode['agent_reports_per_s']:,.0f} | "
                 f"{mode['bare_reports_per_s']:,.0f} | "
-                f"{mode['ratio']:.2f} ({paired}) | {mode['agent_latency_p99_ms']:.1f} | "
+                f"{mode['ratio']:.2f} ({paired}) | {_cpu_cell(mode)} | {mode['agent_latency_p99_ms']:.1f} | "
                 f"{mode['bare_latency_p99_ms']:.1f} | {mode['agent_non2xx']} / {mode['agent_errors']} |"
             )
         out.append("")

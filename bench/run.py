@@ -65,6 +65,14 @@ def targets(results: dict) -> list[dict]:
                 mode["ratio"] >= 0.6,
                 "x",
             )
+            if "cpu_ratio" in mode:
+                add(
+                    f"ingestion, {mode['label']} / bare FastAPI, server CPU per report",
+                    mode["cpu_ratio"],
+                    ">= 0.6",
+                    mode["cpu_ratio"] >= 0.6,
+                    "x",
+                )
             errors = mode["agent_non2xx"] + mode["agent_errors"]
             add(f"ingestion, {mode['label']}: non-2xx + errors", errors, "0", errors == 0)
     if "client" in results:

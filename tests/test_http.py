@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import jsonschema
 
 from mfu_agent.agent import Agent
 from mfu_agent.app import create_app
@@ -48,3 +49,34 @@ def test_openapi_lists_every_endpoint(served):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/metrics", "/healthz", "/readyz", "/v1/gpus", "/v1/reports", "/v1/jobs"} <= set(paths)
     assert "post" in paths["/v1/reports"]
+
+
+REPORT_FIELDS = {
+    "job_id", "rank", "local_rank", "world_size", "pid", "gpus", "instance", "interval", "dtype",
+    "model_flops_total", "hardware_flops_total", "tokens_total", "samples_total", "step", "timestamp",
+    "labels", "final",
+}  # fmt: skip
+
+
+def test_openapi_describes_the_report_body_and_its_example_is_accepted(served):
+    _, client = served
+    operation = client.get("/openapi.json").json()["paths"]["/v1/reports"]["post"]
+    assert operation["requestBody"]["required"] is True
+    media = operation["requestBody"]["content"]["application/json"]
+    schema = media["schema"]
+    jsonschema.Draft202012Validator.check_schema(schema)
+    report, batch = schema["anyOf"]  # one report, or a batch of them
+    assert set(report["properties"]) == REPORT_FIELDS
+    assert set(report["required"]) == {"job_id", "rank", "model_flops_total"}
+    assert report["additionalProperties"] is False
+    assert batch["type"] == "array" and batch["items"] == report
+    assert (batch["minItems"], batch["maxItems"]) == (1, 1000)
+    validator = jsonschema.Draft202012Validator(schema)
+    example = media["example"]
+    assert report["examples"] == [example]
+    validator.validate(example)
+    validator.validate([{**example, "rank": 1}, {**example, "rank": 2}])
+    # The published example is a report the agent takes, alone and in a batch.
+    assert client.post("/v1/reports", json=example).status_code == 202
+    response = client.post("/v1/reports", json=[{**example, "rank": 1}, {**example, "rank": 2}])
+    assert response.status_code == 202 and response.json() == {"accepted": 2}

@@ -6,7 +6,9 @@ The reporters post to a stdlib recording server (mfu_agent.client.testing.FakeAg
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import socket
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -740,3 +742,146 @@ def test_lightning_end_to_end_with_the_real_agent(served: Any) -> None:
     assert stats["final_report"] == "delivered", stats
     assert "lit-e2e" not in {j["job_id"] for j in client.get("/v1/jobs").json()["jobs"]}
     assert one(client.get("/metrics").text, "mfu_agent_rank_evictions_total", reason="final") == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Telemetry never stops training: each bad setting through a real (tiny, CPU) training run
+# --------------------------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed on leaving: connections to it are refused
+
+
+# (what is wrong, the environment that says it, words the one log line must hold: the setting, the fix)
+BAD_SETTINGS = [
+    ("url without a scheme", {"MFU_AGENT_URL": "127.0.0.1:8469"}, ["MFU_AGENT_URL", "http://127.0.0.1:8469"]),
+    ("job id with a space", {"MFU_JOB_ID": "my job"}, ["MFU_JOB_ID", "job_id=", "[A-Za-z0-9._:/-]"]),
+    ("SLURM job id unusable", {"MFU_JOB_ID": None, "SLURM_JOB_ID": "12 34"}, ["SLURM_JOB_ID", "MFU_JOB_ID"]),
+    ("no job id", {"MFU_JOB_ID": None}, ["no job id", "MFU_JOB_ID", "job_id="]),
+    ("token file missing", {"MFU_AGENT_TOKEN_FILE": "/nonexistent/mfu-token"}, ["MFU_AGENT_TOKEN_FILE"]),
+    ("token file empty", {"MFU_AGENT_TOKEN_FILE": os.devnull}, ["MFU_AGENT_TOKEN_FILE", "empty"]),
+    ("agent unreachable", {"MFU_AGENT_URL": "closed port"}, ["cannot reach the agent", "retrying"]),
+    ("CUDA_VISIBLE_DEVICES garbage", {"CUDA_VISIBLE_DEVICES": "garbage"}, ["CUDA_VISIBLE_DEVICES", "gpus="]),
+]
+STEPS = 3
+
+
+@pytest.fixture
+def bad_setting(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, fake: FakeAgent
+) -> list[str]:
+    """Applies one of BAD_SETTINGS over a working environment (a job id, the fake agent's URL)."""
+    from mfu_agent.client import _reporter
+
+    _name, env, words = request.param
+    monkeypatch.setenv("MFU_JOB_ID", "cb-job")
+    monkeypatch.setenv("MFU_AGENT_URL", fake.url)
+    monkeypatch.setattr(_reporter, "_visible_warning_logged", False)  # a once-per-process warning
+    for name, value in env.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(
+                name, f"http://127.0.0.1:{_closed_port()}" if value == "closed port" else value
+            )
+    return words
+
+
+def _logged_once(caplog: pytest.LogCaptureFixture, words: list[str]) -> None:
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("mfu_agent") and r.levelno >= logging.WARNING
+    ]
+    assert len(lines) == 1, lines
+    assert all(word in lines[0] for word in words), lines[0]
+
+
+class _FailingReporter(Reporter):
+    """A Reporter (the user's own, passed to the callback) whose step() raises."""
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("counter broke")
+
+
+def _params() -> Any:
+    return pytest.mark.parametrize(
+        "bad_setting", BAD_SETTINGS, ids=[case[0] for case in BAD_SETTINGS], indirect=True
+    )
+
+
+@_params()
+def test_lightning_training_goes_on_with_a_bad_setting(
+    bad_setting: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    pl = _lightning()
+    from mfu_agent.integrations.lightning import MfuCallback
+
+    callback = MfuCallback(flops_per_step=F, interval=60)
+    trainer = _trainer(pl, callback, max_steps=STEPS)
+    with caplog.at_level(logging.WARNING):
+        trainer.fit(_tiny_lightning_module(pl))
+    assert trainer.global_step == STEPS
+    _logged_once(caplog, bad_setting)
+
+
+def _hf_train(callback: Any, tmp_path: Any) -> Any:
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        report_to=[],
+        use_cpu=True,
+        max_steps=STEPS,
+        per_device_train_batch_size=2,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = transformers.Trainer(
+        model=_tiny_gpt2(), args=args, train_dataset=_tiny_lm_dataset(8), callbacks=[callback]
+    )
+    trainer.train()
+    return trainer
+
+
+@_params()
+def test_huggingface_training_goes_on_with_a_bad_setting(
+    bad_setting: list[str], caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    from mfu_agent.integrations.huggingface import MfuTrainerCallback
+
+    callback = MfuTrainerCallback(flops_per_step=F, interval=60)
+    with caplog.at_level(logging.WARNING):
+        trainer = _hf_train(callback, tmp_path)
+    assert trainer.state.global_step == STEPS
+    _logged_once(caplog, bad_setting)
+
+
+@pytest.mark.parametrize("framework", ["lightning", "huggingface"])
+def test_a_step_that_raises_is_logged_once_and_training_goes_on(
+    framework: str, fake: FakeAgent, caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    reporter = _FailingReporter(job_id="cb-failing", url=fake.url, interval=60, rank=0, world_size=1)
+    try:
+        with caplog.at_level(logging.WARNING):
+            if framework == "lightning":
+                pl = _lightning()
+                from mfu_agent.integrations.lightning import MfuCallback
+
+                trainer = _trainer(pl, MfuCallback(flops_per_step=F, reporter=reporter), max_steps=STEPS)
+                trainer.fit(_tiny_lightning_module(pl))
+                assert trainer.global_step == STEPS
+                hook = "on_train_batch_end"
+            else:
+                from mfu_agent.integrations.huggingface import MfuTrainerCallback
+
+                trainer = _hf_train(MfuTrainerCallback(flops_per_step=F, reporter=reporter), tmp_path)
+                assert trainer.state.global_step == STEPS
+                hook = "on_step_end"
+    finally:
+        reporter.close()
+    _logged_once(caplog, [hook, "RuntimeError: counter broke", "training goes on"])

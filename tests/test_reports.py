@@ -6,6 +6,7 @@ import json
 import time
 
 import httpx
+import jsonschema
 import pytest
 from conftest import serve
 from metrics_text import one, samples, values
@@ -37,6 +38,17 @@ def reports_at_rate(
         }
         for t in range(0, seconds + 1, every)
     ]
+
+
+@pytest.fixture(scope="module")
+def report_schema() -> jsonschema.Draft202012Validator:
+    """The request body's JSON schema as /openapi.json publishes it."""
+    agent = Agent(SimulatedBackend("1xNVIDIA H100 80GB HBM3"), AgentOptions())
+    with serve(agent) as url:
+        spec = httpx.get(url + "/openapi.json", timeout=30).json()
+    schema = spec["paths"]["/v1/reports"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
 
 
 def post(client: httpx.Client, body, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -249,6 +261,15 @@ BAD_INPUTS = [
     ),
     ("final as a string", {**GOOD, "final": "yes"}, 422, "final"),
     ("final as a number", {**GOOD, "final": 1}, 422, "final"),
+    ("rank as a float", {**GOOD, "rank": 1.0}, 422, "rank"),
+    ("step as a float", {**GOOD, "step": 3.5}, 422, "step"),
+    ("counter as bool", {**GOOD, "model_flops_total": True}, 422, "model_flops_total"),
+    ("amount in map as bool", {**GOOD, "model_flops_total": {"bf16": False}}, 422, "model_flops_total.bf16"),
+    ("tokens as string", {**GOOD, "tokens_total": "5"}, 422, "tokens_total"),
+    ("GPU given as bool", {**GOOD, "gpus": [True]}, 422, "gpus[0]"),
+    ("label value as number", {**GOOD, "labels": {"pod": 5}}, 422, "labels.pod"),
+    ("timestamp of zero", {**GOOD, "timestamp": 0}, 422, "timestamp"),
+    ("null rank", {**GOOD, "rank": None}, 422, "rank"),
     ("label value with spaces", {**GOOD, "labels": {"pod": "a b"}}, 422, "labels.pod"),
     ("empty batch", [], 422, "reports"),
     (
@@ -257,6 +278,13 @@ BAD_INPUTS = [
         422,
         "reports[1].model_flops_total",
     ),
+    (
+        "batch with a float rank",
+        [GOOD, {**GOOD, "rank": 1.5}, {**GOOD, "rank": 2}],
+        422,
+        "reports[1].rank",
+    ),
+    ("batch with a scalar", [GOOD, "x"], 422, "reports[1]"),
     ("batch over the cap", [GOOD] * 1001, 413, "reports"),
     ("body over 1 MiB", {**GOOD, "labels": {"pod": "p" * 200}, "pad": "x" * (1024 * 1024)}, 413, "bytes"),
 ]
@@ -281,6 +309,92 @@ def test_bad_input_is_refused_and_changes_nothing(served, body, status, names):
         outcome={413: "too_large"}.get(status, "invalid"),
     )
     assert rejected == 1
+
+
+# Refused by the agent for what the body's JSON schema (in /openapi.json) cannot say: which GPUs exist
+# on the node, the sum of the label values, a precision among the FLOPs' dtypes; and an integer written
+# as 1.0, which JSON Schema counts as an integer while the agent wants it written as one.
+SCHEMA_CANNOT_SAY = {
+    "rank as a float",
+    "precision not in map",
+    "GPU index that does not exist",
+    "GPU UUID that does not exist",
+    "local_rank past the GPUs",
+    "no way to attribute",
+    "label values over 512 in all",
+}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [case[1] for case in BAD_INPUTS if case[0] not in SCHEMA_CANNOT_SAY and not isinstance(case[1], bytes)],
+    ids=[
+        case[0] for case in BAD_INPUTS if case[0] not in SCHEMA_CANNOT_SAY and not isinstance(case[1], bytes)
+    ],
+)
+def test_the_published_schema_refuses_what_the_agent_refuses(report_schema, body):
+    assert not report_schema.is_valid(body)
+
+
+FULL = {
+    **GOOD,
+    "local_rank": 0,
+    "world_size": 8,
+    "pid": 4242,
+    "instance": "inst-1",
+    "interval": 5,
+    "dtype": "bf16",
+    "hardware_flops_total": 2e15,
+    "tokens_total": 100,
+    "samples_total": 4,
+    "step": 1,
+    "timestamp": 1.7e9,
+    "labels": {"pod": "p-0"},
+    "final": False,
+}
+ODD_VALUES = [None, True, 0, -1, 1.5, 2**70, "", "x", "GPU-x", [], [0, "GPU-x"], {}, {"bf16": 1}, {"pod": []}]
+
+
+def test_every_odd_value_in_every_field_is_taken_or_refused_naming_that_field(served):
+    """Each field of a full report (alone, and as the second report of a batch) given each of a set of
+    odd JSON values: the answer is 202 or 4xx, never 5xx, and a 422 names the field it was about."""
+    _, client = served
+    for name in FULL:
+        for value in ODD_VALUES:
+            for batch in (False, True):
+                report = {**FULL, name: value, "rank": 1 if name != "rank" else value}
+                body = [FULL, report] if batch else report
+                response = post(client, body)
+                assert response.status_code in (202, 409, 422), (name, value, response.text)
+                if response.status_code == 422:
+                    where = ("reports[1]." if batch else "") + name
+                    assert response.json()["field"].startswith(where), (name, value, response.text)
+                    assert response.json()["error"].startswith(where), (name, value, response.text)
+
+
+def test_strict_validation_still_takes_what_json_allows(served, report_schema):
+    _, client = served
+    timestamp = int(time.time()) - 10
+    bodies = [
+        # Integers where numbers are expected; nulls for optional fields.
+        {**GOOD, "rank": 0, "model_flops_total": 10**15, "timestamp": timestamp, "step": None, "pid": None},
+        {**GOOD, "rank": 1, "model_flops_total": {"fp8": 2 * 10**15, "bf16": 0}, "tokens_total": 7},
+    ]
+    for body in bodies:
+        assert report_schema.is_valid(body)
+        assert post(client, body).status_code == 202
+    # A batch after whitespace, and a body behind a UTF-8 byte-order mark (Python's parser takes both).
+    batch = b" \r\n\t" + json.dumps([{**GOOD, "rank": 2, "model_flops_total": 3}]).encode()
+    bom = b"\xef\xbb\xbf" + json.dumps({**GOOD, "rank": 3, "model_flops_total": 4}).encode()
+    for content in (batch, bom):
+        response = client.post("/v1/reports", content=content, headers={"content-type": "application/json"})
+        assert response.status_code == 202, response.text
+    text = client.get("/metrics").text
+    assert one(text, "mfu_job_model_flops_total", job_id="good-job", rank="0") == 1e15
+    assert one(text, "mfu_job_model_flops_total", job_id="good-job", rank="1", dtype="fp8") == 2e15
+    assert one(text, "mfu_job_model_flops_total", job_id="good-job", rank="2") == 3
+    assert one(text, "mfu_job_model_flops_total", job_id="good-job", rank="3") == 4
+    assert one(text, "mfu_job_tokens_total", job_id="good-job", rank="1") == 7
 
 
 def test_bearer_token(tmp_path, sim_backend):

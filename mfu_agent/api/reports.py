@@ -4,160 +4,27 @@ from __future__ import annotations
 
 import hmac
 import json
-import math
 import time
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StringConstraints,
-    ValidationError,
-    field_validator,
-)
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from starlette.requests import ClientDisconnect
 
 from ..attribution.owners import Attributed
-from ..jobs.registry import RankView, ReportData, ReportRejected
+from ..jobs.registry import RankView, ReportRejected
 from ..jobs.rollup import peak_weighted, per_gpu
 from ..metrics.jobs import rank_owner
-from ..specs import DTYPES
+from .models import BATCH, MAX_BATCH, ONE, Invalid, request_body_schema, to_data
 
 MAX_BODY_BYTES = 1024 * 1024
-MAX_BATCH = 1000
-MAX_GPUS = 16  # per report: no process drives more; each GPU adds series (docs/metrics.md#cardinality)
 # Report bodies read at once (each buffers up to MAX_BODY_BYTES); more get 429 with Retry-After.
 MAX_REPORTS_IN_FLIGHT = 32
-JOB_ID_PATTERN = r"^[A-Za-z0-9._:/-]{1,128}$"
-LABEL_KEYS = ("pod", "namespace", "slurm_job_id", "hostname")
-MAX_LABEL_CHARACTERS = 512  # all label values of a report together (Kubernetes names: 253 + 63 + ...)
+_JSON_WHITESPACE = b" \t\n\r"
 
 router = APIRouter()
-
-
-def _number(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("must be a number")
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an integer too large for a float
-        finite = False
-    if not finite:
-        raise ValueError("must be a finite number (NaN, infinity and numbers past 1.8e308 are refused)")
-    return value
-
-
-def _integer(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("must be a whole number")
-    return value
-
-
-Count = Annotated[float, BeforeValidator(_number), Field(ge=0, allow_inf_nan=False)]
-Index = Annotated[int, BeforeValidator(_integer), Field(ge=0, le=1_000_000)]
-Uuid = Annotated[str, StringConstraints(pattern=r"^(GPU|MIG)-[A-Za-z0-9-]{1,80}$")]
-LabelValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:/@+-]{1,253}$")]
-Dtype = Literal["fp8", "bf16", "fp16", "tf32", "fp32", "fp64", "int8"]
-FlopsByDtype = Annotated[dict[Dtype, Count], Field(min_length=1, max_length=7)]
-
-
-class ReportIn(BaseModel):
-    """One rank's cumulative counters. Unknown fields are refused, so a typo never goes unnoticed."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    job_id: Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)] = Field(
-        description="1..128 characters of [A-Za-z0-9._:/-]"
-    )
-    rank: Index
-    local_rank: Index | None = None
-    world_size: Annotated[int, BeforeValidator(_integer), Field(ge=1, le=1_000_000)] | None = None
-    pid: Annotated[int, BeforeValidator(_integer), Field(ge=1, le=2**32 - 1)] | None = None
-    gpus: (
-        Annotated[
-            list[Annotated[int, BeforeValidator(_integer), Field(ge=0, le=1023)] | Uuid],
-            Field(min_length=1, max_length=MAX_GPUS),
-        ]
-        | None
-    ) = None
-    instance: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = Field(
-        default=None, description="the sender's random per-Reporter id: who owns this (job_id, rank)"
-    )
-    interval: Annotated[float, BeforeValidator(_number), Field(gt=0, le=3600)] | None = Field(
-        default=None, description="seconds between the sender's reports (for rank hand-over)"
-    )
-    dtype: Dtype | None = Field(
-        default=None,
-        description="number form: the FLOPs' dtype (default bf16); object form: the rank's precision "
-        "(default: the first of fp8, bf16, fp16, tf32, fp32, fp64, int8 among its keys)",
-    )
-    model_flops_total: Count | FlopsByDtype
-    hardware_flops_total: Count | FlopsByDtype | None = None
-    tokens_total: Count | None = None
-    samples_total: Count | None = None
-    step: Annotated[int, BeforeValidator(_integer), Field(ge=0, le=2**63 - 1)] | None = Field(
-        default=None, description="last optimizer step, >= 0"
-    )
-    timestamp: Annotated[float, BeforeValidator(_number), Field(gt=0, allow_inf_nan=False)] | None = Field(
-        default=None, description="sender's Unix time (seconds) when the counters had these values"
-    )
-    labels: dict[Literal["pod", "namespace", "slurm_job_id", "hostname"], LabelValue] | None = None
-    final: StrictBool | None = Field(
-        default=None,
-        description="true on the sender's last report (Reporter.close()): its counters are applied, then "
-        "the rank is dropped at once",
-    )
-
-    @field_validator("labels")
-    @classmethod
-    def _labels_size(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
-        size = sum(len(value) for value in (labels or {}).values())
-        if size > MAX_LABEL_CHARACTERS:
-            raise ValueError(
-                f"the label values add up to {size} characters; at most {MAX_LABEL_CHARACTERS} in all"
-            )
-        return labels
-
-    def to_data(self) -> ReportData:
-        """Raises ValueError (a message naming the field) for a dtype that contradicts the FLOPs."""
-        if isinstance(self.model_flops_total, dict):
-            model = dict(self.model_flops_total)
-            precision = self.dtype or next(d for d in DTYPES if d in model)  # fastest first
-            if precision not in model:
-                raise ValueError(
-                    f"dtype: {precision!r} is not one of the dtypes in model_flops_total "
-                    f"({', '.join(sorted(model))}); the precision must be one the rank computes in"
-                )
-        else:
-            precision = self.dtype or "bf16"
-            model = {precision: self.model_flops_total}
-        hardware = self.hardware_flops_total
-        return ReportData(
-            job_id=self.job_id,
-            rank=self.rank,
-            model_flops=model,
-            dtype=precision,
-            hardware_flops=(dict(hardware) if isinstance(hardware, dict) else {precision: hardware})
-            if hardware is not None
-            else None,
-            local_rank=self.local_rank,
-            world_size=self.world_size,
-            pid=self.pid,
-            instance=self.instance,
-            interval=self.interval,
-            gpus=tuple(self.gpus) if self.gpus is not None else None,
-            tokens_total=self.tokens_total,
-            samples_total=self.samples_total,
-            step=self.step,
-            timestamp=self.timestamp,
-            labels=tuple(sorted((self.labels or {}).items())),
-            final=bool(self.final),
-        )
 
 
 def _error(
@@ -184,17 +51,29 @@ def _is_type_tag(part: str) -> bool:
     return part.startswith(_TYPE_TAG_PREFIXES) or part in _TYPE_TAGS
 
 
-def _field_path(loc: tuple[Any, ...], prefix: str) -> str:
-    path = prefix
+def _field_path(loc: tuple[Any, ...], batch: bool) -> str:
+    path = "reports" if batch else ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
         elif not (isinstance(part, str) and _is_type_tag(part)):
             path += ("." if path else "") + str(part)
-    return path
+    return path or "body"
 
 
-@router.post("/v1/reports", status_code=202, summary="Report cumulative FLOPs of one rank, or a batch")
+def _message(error: ErrorDetails, batch: bool) -> str:
+    where = _field_path(error["loc"], batch)
+    if error["type"] == "model_type" and len(error["loc"]) <= 1:
+        return f"{where}: a report must be a JSON object"
+    return f"{where}: {error['msg']}"
+
+
+@router.post(
+    "/v1/reports",
+    status_code=202,
+    summary="Report cumulative FLOPs of one rank, or a batch",
+    openapi_extra={"requestBody": request_body_schema()},
+)
 async def post_reports(request: Request) -> JSONResponse:
     agent = request.app.state.agent
     token = agent.report_token
@@ -230,41 +109,34 @@ async def post_reports(request: Request) -> JSONResponse:
         state.reports_in_flight -= 1
     if body is None:
         return _error(413, "too_large", agent, f"body over {MAX_BODY_BYTES} bytes")
+    batch = body.lstrip(_JSON_WHITESPACE)[:1] == b"["
     try:
-        payload = json.loads(body)
-    except RecursionError:
-        return _error(
-            400, "invalid", agent, "body is nested too deeply: a report nests JSON arrays and objects 3 deep"
-        )
-    except (ValueError, UnicodeDecodeError) as exc:
-        return _error(400, "invalid", agent, f"body is not valid JSON: {exc}")
-    batch = isinstance(payload, list)
-    items = payload if batch else [payload]
-    if batch and not items:
-        return _error(422, "invalid", agent, "empty batch: send at least one report", "reports")
-    if len(items) > MAX_BATCH:
-        return _error(
-            413, "too_large", agent, f"batch of {len(items)} reports; at most {MAX_BATCH}", "reports"
-        )
+        # pydantic-core parses and validates the bytes in one pass: the fast path for good reports.
+        items = BATCH.validate_json(body) if batch else [ONE.validate_json(body)]
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if errors[0]["type"] != "json_invalid":
+            return _refusal(agent, batch, errors)
+        # Python's parser takes what pydantic-core's refuses only for its form (nested past 200 levels,
+        # a byte-order mark, UTF-16), or says in its own words why the body is not JSON.
+        try:
+            payload = json.loads(body)
+        except RecursionError:
+            message = "body is nested too deeply: a report nests JSON arrays and objects 3 deep"
+            return _error(400, "invalid", agent, message)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(400, "invalid", agent, f"body is not valid JSON: {exc}")
+        batch = isinstance(payload, list)
+        try:
+            items = BATCH.validate_python(payload) if batch else [ONE.validate_python(payload)]
+        except ValidationError as exc:
+            return _refusal(agent, batch, exc.errors(include_url=False, include_input=False))
     reports = []
     for i, item in enumerate(items):
-        prefix = f"reports[{i}]" if batch else ""
-        if not isinstance(item, dict):
-            return _error(
-                422, "invalid", agent, f"{prefix or 'body'}: a report must be a JSON object", prefix or "body"
-            )
         try:
-            report = ReportIn.model_validate(item)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = _field_path(first["loc"], prefix)
-            messages = "; ".join(f"{_field_path(e['loc'], prefix)}: {e['msg']}" for e in exc.errors())
-            return _error(422, "invalid", agent, messages, field)
-        try:
-            reports.append(report.to_data())
-        except ValueError as exc:
-            where = f"{prefix}." if prefix else ""
-            return _error(422, "invalid", agent, f"{where}{exc}", f"{where}dtype")
+            reports.append(to_data(item, f"reports[{i}]" if batch else ""))
+        except Invalid as exc:
+            return _error(422, "invalid", agent, str(exc), exc.field)
     try:
         accepted = agent.jobs.apply(reports, agent.sampler.latest)
     except ReportRejected as exc:
@@ -272,6 +144,19 @@ async def post_reports(request: Request) -> JSONResponse:
         return _error(exc.status, outcome, agent, exc.message, exc.field)
     agent.count_reports("accepted", accepted)
     return JSONResponse({"accepted": accepted}, status_code=202)
+
+
+def _refusal(agent: Any, batch: bool, errors: list[ErrorDetails]) -> JSONResponse:
+    """413 for a batch over MAX_BATCH, else 422 naming every field that is wrong, the first in `field`
+    (`reports[3].model_flops_total: Input should be greater than or equal to 0`)."""
+    whole = [e for e in errors if not e["loc"]]
+    if batch and whole and whole[0]["type"] == "too_short":
+        return _error(422, "invalid", agent, "empty batch: send at least one report", "reports")
+    if batch and whole and whole[0]["type"] == "too_long":
+        count = whole[0].get("ctx", {}).get("actual_length", "more")
+        return _error(413, "too_large", agent, f"batch of {count} reports; at most {MAX_BATCH}", "reports")
+    message = "; ".join(_message(e, batch) for e in errors)
+    return _error(422, "invalid", agent, message, _field_path(errors[0]["loc"], batch))
 
 
 async def _read_body(request: Request) -> bytearray | None:

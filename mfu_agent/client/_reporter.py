@@ -52,7 +52,7 @@ REPORTS_PATH = "/v1/reports"
 DTYPES = ("fp8", "bf16", "fp16", "tf32", "fp32", "fp64", "int8")
 LABEL_KEYS = ("pod", "namespace", "slurm_job_id", "hostname")
 JOB_ID_RE = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
-# What the agent accepts (mfu_agent.api.reports); checked here so a report is never refused forever.
+# What the agent accepts (mfu_agent.api.models); checked here so a report is never refused forever.
 LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9._:/@+-]{1,253}")
 GPU_UUID_RE = re.compile(r"(GPU|MIG)-[A-Za-z0-9-]{1,80}")
 MAX_INDEX = 1_000_000

@@ -11,11 +11,11 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mfu_agent.client import Reporter, normalize_dtype
-from mfu_agent.client._reporter import GPU_UUID_RE, _parse_agent_url
+from mfu_agent.client._reporter import GPU_UUID_RE, JOB_ID_RE, _env, _env_job_id, _parse_agent_url
 
 __all__ = ["MfuCallback", "MfuTrainerCallback", "cuda_gpu_uuids"]
 
@@ -175,10 +175,22 @@ class _ReporterOwner:
         ]
 
     def refuse(self, message: str) -> None:
-        """Report nothing for this run: log ``message`` once as an error; training goes on."""
+        """Report nothing (more) for this run: log ``message`` once as an error; training goes on. A
+        Reporter already created is still closed (or flushed) at the end: what it counted is sent."""
         if not self.refused:
             logger.error("%s", message)
         self.refused = True
+
+    def guarded(self, hook: str, action: Callable[[], None]) -> None:
+        """Runs a hook's work. Telemetry never stops training: an exception is logged once (the first;
+        later hooks do nothing more) and reporting stops for this run."""
+        try:
+            action()
+        except Exception as exc:
+            self.refuse(
+                f"{self.who}.{hook} failed: {type(exc).__name__}: {exc}. Reporting nothing more for "
+                "this run; training goes on"
+            )
 
     def ensure(self, defaults: dict[str, Any]) -> Reporter | None:
         """Create the Reporter if needed (None once :meth:`refuse` was called). Explicit
@@ -196,7 +208,10 @@ class _ReporterOwner:
         try:
             reporter = Reporter(**kwargs)
         except Exception as exc:  # never let telemetry stop a training run that is starting
-            self.refuse(f"{self.who}: cannot report for this run: {exc}. Reporting nothing; training goes on")
+            hint = _job_id_hint() if "job_id" not in kwargs else ""
+            self.refuse(
+                f"{self.who}: cannot report for this run: {exc}{hint}. Reporting nothing; training goes on"
+            )
             return None
         self.reporter = reporter
         self.owned = True
@@ -204,7 +219,7 @@ class _ReporterOwner:
 
     def step(self) -> None:
         reporter = self.reporter
-        if reporter is None:
+        if reporter is None or self.refused:
             return
         if self.owned:
             reporter.step()  # the per-step amounts are the reporter's defaults
@@ -215,10 +230,22 @@ class _ReporterOwner:
         reporter = self.reporter
         if reporter is None:
             return
-        try:
-            if self.owned:
-                reporter.close()
-            else:
-                reporter.flush()
-        except Exception as exc:  # pragma: no cover - close/flush never raise; belt and braces
-            logger.warning("%s: final report failed: %r", self.who, exc)
+        if self.owned:
+            reporter.close()
+        else:
+            reporter.flush()
+
+
+_JOB_ID_VARS = ("MFU_JOB_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
+
+
+def _job_id_hint() -> str:
+    """Which environment variable an unusable job id came from, and the fix; "" when it is not that."""
+    job_id = _env_job_id()
+    if job_id is None or JOB_ID_RE.fullmatch(job_id):
+        return ""
+    source = next((name for name in _JOB_ID_VARS if _env(name) == job_id), "MFU_JOB_ID")
+    return (
+        f" (the job id comes from the environment variable {source}: set MFU_JOB_ID to 1..128 characters "
+        "of [A-Za-z0-9._:/-], or pass job_id=... to the callback)"
+    )

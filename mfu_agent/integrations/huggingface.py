@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -14,8 +13,6 @@ from mfu_agent.client import Reporter
 from mfu_agent.integrations import Flops, _ReporterOwner, cuda_gpu_uuids
 
 __all__ = ["MfuTrainerCallback", "training_args_dtype"]
-
-logger = logging.getLogger("mfu_agent.client")
 
 
 def training_args_dtype(args: TrainingArguments) -> str:
@@ -84,9 +81,14 @@ class MfuTrainerCallback(TrainerCallback):
     def reporter(self) -> Reporter | None:
         return self._owner.reporter
 
+    # Every hook runs through _ReporterOwner.guarded: an error is logged once and reporting stops for
+    # the run; training goes on.
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        self._owner.guarded("on_train_begin", lambda: self._start(args))
+
+    def _start(self, args: TrainingArguments) -> None:
         self._owner.ensure(
             {
                 "rank": getattr(args, "process_index", None),
@@ -100,12 +102,9 @@ class MfuTrainerCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        try:
-            self._owner.step()
-        except Exception as exc:  # pragma: no cover - never break training
-            logger.warning("MfuTrainerCallback: step not counted: %r", exc)
+        self._owner.guarded("on_step_end", self._owner.step)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self._owner.finish()
+        self._owner.guarded("on_train_end", self._owner.finish)

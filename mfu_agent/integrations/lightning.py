@@ -6,7 +6,6 @@ Works with the ``lightning`` package (``lightning.pytorch``) and falls back to t
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 try:
@@ -23,8 +22,6 @@ from mfu_agent.client import Reporter
 from mfu_agent.integrations import Flops, _ReporterOwner, cuda_gpu_uuids
 
 __all__ = ["MfuCallback", "precision_to_dtype", "transformer_engine_other_dtype"]
-
-logger = logging.getLogger("mfu_agent.client")
 
 
 def precision_to_dtype(precision: object) -> str:
@@ -107,9 +104,13 @@ class MfuCallback(pl.Callback):
     def reporter(self) -> Reporter | None:
         return self._owner.reporter
 
+    # Every hook runs through _ReporterOwner.guarded: an error is logged once and reporting stops for
+    # the run; training goes on.
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+        if stage == "fit":
+            self._owner.guarded("setup", lambda: self._start(trainer))
+
+    def _start(self, trainer: pl.Trainer) -> None:
         if self._cannot_split(trainer.precision):
             return
         self._owner.ensure(
@@ -142,30 +143,28 @@ class MfuCallback(pl.Callback):
         return True
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._owner.reporter is None or (self._owner.owned and self._owner.reporter.closed):
+        owner = self._owner
+        if owner.reporter is None or (owner.owned and owner.reporter.closed):
             self.setup(trainer, pl_module, "fit")
         self._last_global_step = trainer.global_step  # resumed runs do not count restored steps
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        try:
-            global_step = trainer.global_step
-            last = self._last_global_step
-            self._last_global_step = global_step
-            if last is not None and global_step > last:
-                self._owner.step()
-        except Exception as exc:  # pragma: no cover - never break training
-            logger.warning("MfuCallback: step not counted: %r", exc)
+        global_step = trainer.global_step
+        last = self._last_global_step
+        self._last_global_step = global_step
+        if last is not None and global_step > last:
+            self._owner.guarded("on_train_batch_end", self._owner.step)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._owner.finish()
+        self._owner.guarded("on_train_end", self._owner.finish)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        self._owner.finish()
+        self._owner.guarded("on_exception", self._owner.finish)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._owner.finish()
+            self._owner.guarded("teardown", self._owner.finish)

@@ -25,7 +25,9 @@ COUNTERS = (*FLOP_COUNTERS, *PLAIN_COUNTERS)
 CounterKey = tuple[str, str]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each of its 18 fields through object.__setattr__, which made building
+# one cost more than validating the report's JSON (bench/ingest.py). Nothing changes a report once built.
+@dataclass(slots=True)
 class ReportData:
     job_id: str
     rank: int
