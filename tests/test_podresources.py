@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from pathlib import Path
 
 import grpc
@@ -250,6 +251,12 @@ def named_agent(tmp_path_factory: pytest.TempPathFactory):
             tmp=tmp,
         )
         with agent:
+            # The kubelet is asked in the agent's own thread and joined per snapshot: wait until the
+            # first answer is in the exported names (a loaded machine can take a few seconds).
+            deadline = time.monotonic() + 30
+            while not agent.series("mfu_gpu_process_info", gpu="0", pid="38810", pod="llama-0"):
+                assert time.monotonic() < deadline, agent.series("mfu_gpu_process_info", gpu="0")
+                time.sleep(0.2)
             yield agent, server
 
 
