@@ -67,6 +67,39 @@ def test_the_done_when_codes_and_unlisted_codes():
     assert catalogue.action(None) == "unknown"
 
 
+def test_the_reviewed_codes_follow_the_catalogues_immediate_action():
+    """The codes the retired GpuXidCritical / GpuXidApplication alerts listed, as NVIDIA's catalogue
+    classifies them (column "Resolution Bucket (Immediate Action)"): 61 is unused on Ampere and newer,
+    so it stays unknown; 64 deviates, saying why."""
+    catalogue = load_catalogue()
+    doc = json.loads(DATA_FILE.read_text())
+    buckets = {item["xid"]: item["bucket"] for item in doc["xids"]}
+    expected = {
+        13: ("RESTART_APP", "restart_application"),
+        31: ("RESTART_APP", "restart_application"),
+        43: ("IGNORE", "none"),
+        45: ("WORKFLOW_XID_45", "none"),
+        48: ("WORKFLOW_XID_48", "reset_gpu"),
+        62: ("RESET_GPU", "reset_gpu"),
+        63: ("IGNORE", "none"),
+        64: ("RESET_GPU", "inspect_hardware"),
+        74: ("WORKFLOW_NVLINK_ERR", "reset_gpu"),
+        79: ("RESTART_BM", "reboot_node"),
+        92: ("IGNORE", "none"),
+        94: ("RESTART_APP", "restart_application"),
+        95: ("RESET_GPU", "reset_gpu"),
+        119: ("RESET_GPU", "reset_gpu"),
+        120: ("RESET_GPU", "reset_gpu"),
+        121: ("IGNORE", "none"),
+        140: ("RESET_GPU", "reset_gpu"),
+    }
+    assert {code: (buckets.get(code), catalogue.action(code)) for code in expected} == expected
+    assert catalogue.action(61) == "unknown"
+    deviating = {item["xid"] for item in doc["xids"] if item["action"] != doc["mapping"][item["bucket"]]}
+    assert deviating == {64}
+    assert all(item["deviation"].strip() for item in doc["xids"] if item["xid"] in deviating)
+
+
 def test_actions_are_ordered_by_severity():
     assert ACTIONS[0] == "none" and ACTIONS[-1] == "inspect_hardware"
     assert SEVERITY["restart_application"] < SEVERITY["reset_gpu"] < SEVERITY["reboot_node"]
@@ -82,6 +115,11 @@ def test_actions_are_ordered_by_severity():
         (lambda d: d["xids"][1].update(xid=d["xids"][0]["xid"]), r"xids\[1\]\.xid: \d+ listed twice"),
         (lambda d: d["xids"][0].update(xid="79"), r"xids\[0\]\.xid"),
         (lambda d: d["xids"][0].update(description=""), r"xids\[0\]\.description"),
+        (lambda d: d["mapping"].update(IGNORE="ignore"), "`mapping`"),
+        (lambda d: d["xids"][0].update(bucket="RESTART"), r"xids\[0\]\.bucket: 'RESTART'"),
+        # An action other than its bucket's mapping, without a deviation saying why (XID 13 RESTART_APP).
+        (lambda d: d["xids"][2].update(action="reset_gpu"), r"xids\[2\]\.action: .*no `deviation`"),
+        (lambda d: d["xids"][2].update(deviation=""), r"xids\[2\]\.deviation"),
     ],
 )
 def test_a_malformed_catalogue_is_refused_naming_the_field(change, field):

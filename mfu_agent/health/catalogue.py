@@ -1,5 +1,7 @@
 """NVIDIA's XID catalogue as this project classifies it: one data file, xid_catalogue.json, maps each
-listed XID code to the action it calls for. A code the file does not list is "unknown", never guessed."""
+listed XID code to the action it calls for. Each entry keeps the catalogue's immediate action as written
+(`bucket`); its `action` is that bucket's `mapping`, or differs with a `deviation` saying why. A code the
+file does not list is "unknown", never guessed."""
 
 from __future__ import annotations
 
@@ -44,6 +46,9 @@ def parse_catalogue(doc: Any) -> XidCatalogue:
     for key in ("source", "reviewed"):
         if not isinstance(doc.get(key), str) or not doc[key]:
             raise ValueError(f"XID catalogue: `{key}` must be a non-empty string")
+    mapping = doc.get("mapping")
+    if not isinstance(mapping, dict) or not mapping or not set(mapping.values()) <= CATALOGUE_ACTIONS:
+        raise ValueError(f"XID catalogue: `mapping` must map buckets to {sorted(CATALOGUE_ACTIONS)}")
     if not isinstance(doc.get("xids"), list) or not doc["xids"]:
         raise ValueError("XID catalogue: `xids` must be a non-empty list")
     entries: dict[int, XidEntry] = {}
@@ -61,6 +66,17 @@ def parse_catalogue(doc: Any) -> XidCatalogue:
             raise ValueError(f"{where}.action: {action!r} is not one of {sorted(CATALOGUE_ACTIONS)}")
         if not isinstance(item.get("description"), str) or not item["description"]:
             raise ValueError(f"{where}.description: must be a non-empty string")
+        bucket = item.get("bucket")
+        if bucket not in mapping:
+            raise ValueError(f"{where}.bucket: {bucket!r} is not one of the `mapping` keys")
+        deviation = item.get("deviation")
+        if deviation is not None and (not isinstance(deviation, str) or not deviation):
+            raise ValueError(f"{where}.deviation: must be a non-empty string")
+        if action != mapping[bucket] and deviation is None:
+            raise ValueError(
+                f"{where}.action: {action!r} is not {mapping[bucket]!r}, the mapping of bucket {bucket!r}, "
+                "and no `deviation` says why"
+            )
         entries[code] = XidEntry(code, item["description"], action)
     return XidCatalogue(doc["source"], doc["reviewed"], entries)
 
