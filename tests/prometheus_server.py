@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from mfu_agent.health.catalogue import SEVERITY
+
 T = TypeVar("T")
 
 # Talks to 127.0.0.1 only: never through an HTTP proxy from the environment.
@@ -554,6 +556,11 @@ def fake_agent_metrics(elapsed: float, mig: bool = False) -> str:
         if bad:
             m("mfu_gpu_xid_errors_total", {**g, "xid": "79"}, 1 + int(t))
             m("mfu_gpu_xid_errors_total", {**g, "xid": "13"}, 1)
+        # The agent's health state (docs/metrics.md, GPU health): GPU 2's worst cause is its XID 79 (its
+        # thermal slowdown is not sustained for the 10 minutes that would make it one).
+        action, reason = ("reboot_node", "xid_79") if bad else ("none", "none")
+        m("mfu_gpu_health_action", {**g, "action": action, "reason": reason}, 1)
+        m("mfu_gpu_health_severity", g, SEVERITY[action])
         pid = str(1000 + gpu)
         m("mfu_gpu_process_memory_bytes", {**g, "pid": pid}, 59e9)
         m("mfu_gpu_process_sm_utilization_ratio", {**g, "pid": pid}, 0.7)
@@ -658,6 +665,8 @@ def _fake_mig_gpu(m: Callable[[str, dict[str, str], float], None], t: float, sta
     m("mfu_gpu_info", {**parent, "model": model, **info, "sm_activity_source": "none"}, 1)
     m("mfu_gpu_up", parent, 1)
     m("mfu_gpu_mig_mode", parent, 1)
+    m("mfu_gpu_health_action", {**parent, "action": "none", "reason": "none"}, 1)
+    m("mfu_gpu_health_severity", parent, 0)
     m("mfu_gpu_memory_used_bytes", parent, 12e9)
     m("mfu_gpu_memory_total_bytes", parent, 80e9)
     m("mfu_gpu_power_watts", parent, 300.0)

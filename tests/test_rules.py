@@ -138,8 +138,11 @@ def test_required_alerts_exist():
         "MfuDropped",
         "GpuBusyButIdle",
         "TrainingJobStalled",
-        "GpuXidCritical",
-        "GpuXidApplication",
+        "GpuNeedsNodeReboot",
+        "GpuNeedsReset",
+        "GpuNeedsInspection",
+        "GpuNeedsAppRestart",
+        "GpuXidUnclassified",
         "GpuEccUncorrectable",
         "GpuRowRemapFailure",
         "GpuThermalOrPowerThrottling",
@@ -163,7 +166,22 @@ def test_required_alerts_exist():
             assert r["labels"]["severity"] == split[0]["labels"]["severity"], name
     assert required <= set(names), required - set(names)
     critical = {r["alert"] for r in alerts() if r["labels"]["severity"] == "critical"}
-    assert {"GpuXidCritical", "GpuEccUncorrectable", "GpuRowRemapFailure"} <= critical
+    assert {"GpuNeedsNodeReboot", "GpuNeedsReset", "GpuEccUncorrectable", "GpuRowRemapFailure"} <= critical
+
+
+def test_no_rule_classifies_xid_codes_itself():
+    """XIDs are classified in one place, the agent's catalogue file (mfu_agent/health/xid_catalogue.json),
+    and reach the rules as mfu_gpu_health_action{action}: no rule selects XID codes of its own (the
+    retired GpuXidCritical / GpuXidApplication did, and disagreed with the catalogue)."""
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                name = rule.get("alert") or rule.get("record")
+                expr = rule["expr"]
+                assert not re.search(r"\bxid\s*(=~|!~|=|!=)", expr), f"{path.name} {name}: {expr}"
+                assert not re.search(r'\breason\s*(=~|!~|=|!=)\s*"[^"]*xid', expr), (
+                    f"{path.name} {name}: {expr}"
+                )
 
 
 def unit_test_coverage() -> tuple[dict[str, int], dict[str, int]]:
@@ -292,7 +310,7 @@ def test_rules_use_only_contract_metrics_and_recording_rules():
         assert not unknown, f"{rule.get('alert') or rule.get('record')}: unknown metrics {unknown}"
         used |= names
     # The extraction found the metrics the rules are built on (the check above is not vacuous).
-    assert {"mfu_job_node_mfu_ratio", "mfu_gpu_mfu_ratio", "mfu_gpu_xid_errors_total"} <= used
+    assert {"mfu_job_node_mfu_ratio", "mfu_gpu_mfu_ratio", "mfu_gpu_health_action"} <= used
 
 
 def test_recording_rules_come_after_the_rules_they_use_within_a_group():
@@ -415,8 +433,7 @@ def test_real_prometheus_fires_alerts_on_agent_shaped_data(tmp_path):
     fast = rules_with_short_for(RULE_FILES, tmp_path / "rules", for_="1s", rate_window="10s")
     start = time.time()
     expected = {
-        ("GpuXidCritical", "2"),
-        ("GpuXidApplication", "2"),
+        ("GpuNeedsNodeReboot", "2"),
         ("GpuBusyButIdle", "2"),
         ("GpuThermalOrPowerThrottling", "2"),
         ("GpuEccUncorrectable", "2"),
@@ -446,8 +463,8 @@ def test_real_prometheus_fires_alerts_on_agent_shaped_data(tmp_path):
         prom.wait_for(mfu_low_jobs, timeout=30, what="MfuLow for the slow job only")
         got = {(a["labels"]["alertname"], a["labels"].get("gpu")) for a in prom.firing()}
         assert got == expected, got ^ expected
-        (xid,) = prom.firing("GpuXidCritical")
-        assert xid["labels"]["xid"] == "79" and xid["labels"]["severity"] == "critical"
+        (reboot,) = prom.firing("GpuNeedsNodeReboot")
+        assert reboot["labels"]["reason"] == "xid_79" and reboot["labels"]["severity"] == "critical"
         (unknown,) = prom.firing("MfuPeakUnknown")
         assert unknown["labels"]["model"] == "NVIDIA Future GPU"
         assert "--peak-flops-file" in unknown["annotations"]["description"]
