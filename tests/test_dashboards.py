@@ -264,6 +264,15 @@ def test_exprs_use_only_contract_metrics_and_recording_rules():
     } <= used
 
 
+def test_no_panel_classifies_xid_codes_itself():
+    """Which XIDs are faults is the agent's catalogue file's to say (mfu_gpu_health_action and
+    mfu_gpu_health_severity carry it): no query selects XID codes of its own. (The fleet dashboard's
+    hardware XID column once did, with a list that disagreed with the catalogue.)"""
+    for name, where, expr in all_exprs():
+        assert not re.search(r"\bxid\s*(=~|!~|=|!=)", expr), f"{name} {where}: {expr}"
+        assert not re.search(r'\breason\s*(=~|!~|=|!=)\s*"[^"]*xid', expr), f"{name} {where}: {expr}"
+
+
 def test_substitution_leaves_no_variables():
     for name, where, expr in all_exprs():
         assert "$" not in substitute(expr), f"{name} {where}"
