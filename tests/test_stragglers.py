@@ -215,6 +215,8 @@ def test_one_slow_rank_of_eight_on_two_nodes_makes_rank_straggler_pending_for_it
     assert uuid in alert["annotations"]["description"]
     assert float(alert["value"]) == pytest.approx(0.8, abs=0.05)
 
+    # One thread steps every rank, so a late wake-up on a busy machine delays them all alike: the ratios
+    # hold where the absolute rates (the median) move a little.
     ratios = {
         s["metric"]["rank"]: float(s["value"][1])
         for s in prom.query(f'mfu:job_rank_steps_per_second:ratio_to_median{{job_id="{JOB_ID}"}}')
@@ -222,4 +224,4 @@ def test_one_slow_rank_of_eight_on_two_nodes_makes_rank_straggler_pending_for_it
     assert ratios.pop(str(SLOW_RANK)) == pytest.approx(0.8, abs=0.05)
     assert ratios == {str(r): pytest.approx(1.0, abs=0.05) for r in range(8) if r != SLOW_RANK}
     (median,) = prom.query(f'mfu:job_steps_per_second:median{{job_id="{JOB_ID}"}}')
-    assert float(median["value"][1]) == pytest.approx(1 / STEP_SECONDS, rel=0.05)
+    assert float(median["value"][1]) == pytest.approx(1 / STEP_SECONDS, rel=0.1)
