@@ -6,7 +6,7 @@ two things are measured against bare prometheus_client serving the very same ser
   limit, and a process serving the same series with prometheus_client's own HTTP server.
 
 The ranks are the costly kind the budget allows: each on all 8 GPUs of the node, FP8 and BF16 model and
-hardware FLOPs, tokens, samples and a step (140 series a rank), job ids of 126 characters and label
+hardware FLOPs, tokens, samples and a step (141 series a rank), job ids of 126 characters and label
 values of 390 characters (pod 253, namespace 63, hostname 64, Slurm job id 10), 8 ranks a job; they are
 added until the agent refuses one with 429.
 

@@ -93,6 +93,7 @@ CORE_FAMILIES = frozenset(
         "mfu_job_rank_hfu_ratio",
         "mfu_job_rank_last_progress_timestamp_seconds",
         "mfu_job_rank_last_report_timestamp_seconds",
+        "mfu_job_rank_steps_per_second",
         "mfu_job_node_peak_flops",
         "mfu_job_node_mfu_ratio",
         "mfu_job_node_hfu_ratio",
@@ -766,6 +767,11 @@ class Fleet:
             "mfu_job_rank_last_report_timestamp_seconds",
             "gauge",
             ((rl(r), -2.5, 1.0, born(r)) for r in ranks),
+        )
+        yield (
+            "mfu_job_rank_steps_per_second",
+            "gauge",
+            ((rl(r), 1 / r.job.step_seconds, 0.0, born(r)) for r in ranks),
         )
 
         # Per job on a node and GPU model (labels job_id, model), and per job on a node (job_id).

@@ -60,6 +60,7 @@ EXTRA = {
             "mfu_job_rank_hfu_ratio",
             "mfu_job_rank_last_progress_timestamp_seconds",
             "mfu_job_rank_last_report_timestamp_seconds",
+            "mfu_job_rank_steps_per_second",
         ),
         RANK_ONLY,
     ),

@@ -180,7 +180,7 @@ def test_the_series_estimate_matches_a_real_render():
         agent.events.add(GpuEvent(0, "GPU-a", "xid", code))
     agent.events.add(GpuEvent(1, "GPU-b", "double_bit_ecc"))
     snapshot = agent.sampler.sample_once()
-    for t in (100.0, 110.0):
+    for t in (100.0, 160.0):  # a whole window (60 s) of steps apart: the ranks have a step rate too
         agent.jobs.apply(
             [full_report(0, t, (0, 1)), full_report(1, t, (1,)), full_report(0, t, (0,), job_id="other")],
             snapshot,

@@ -13,7 +13,8 @@ Per rank, on each GPU it uses now: `mfu_job_info`, `_last_report_timestamp_secon
 `_tokens_per_second` once it sent tokens, one `mfu_job_peak_flops` or `_peak_flops_unknown` per dtype
 it reports, one `mfu_job_mfu_ratio` per dtype of its model FLOPs and one `mfu_job_hfu_ratio` per dtype
 of its hardware FLOPs; one counter series per (GPU it has counters on, counter and dtype); and
-PER_RANK rollups, plus `mfu_job_rank_hfu_ratio` once it sent hardware FLOPs. Per job on the node:
+PER_RANK rollups, plus `mfu_job_rank_hfu_ratio` once it sent hardware FLOPs and
+`mfu_job_rank_steps_per_second` once it sent a step. Per job on the node:
 PER_JOB, plus PER_JOB_MODEL per GPU model its ranks use here.
 """
 
@@ -54,7 +55,9 @@ def footprint(
     """`gpu_counters`: the (GPU, counter, dtype) triples the rank has counters for; `step`, `tokens`:
     whether it has sent a step, tokens."""
     per_gpu = PER_RANK_GPU + model_dtypes + hardware_dtypes + step + tokens
-    series = sum(per_gpu + len(g.peaks) for g in gpus) + gpu_counters + PER_RANK + (hardware_dtypes > 0)
+    series = (
+        sum(per_gpu + len(g.peaks) for g in gpus) + gpu_counters + PER_RANK + (hardware_dtypes > 0) + step
+    )
     return Footprint(series, frozenset(g.model for g in gpus))
 
 

@@ -84,6 +84,7 @@ class GpuShare:
 class Point:
     t: float
     values: tuple[float, ...]  # accumulated totals at t, in the order of RankState.totals
+    step: int | None = None  # the step the sender reported at t (None: it sent none)
 
 
 @dataclass
@@ -145,13 +146,13 @@ class RankState:
                 gk = (g.uuid, key)
                 gpu_totals[gk] = gpu_totals.get(gk, 0.0) + part
 
-    def add_point(self, t: float, now: float, window: float) -> None:
-        point = Point(t, tuple(self.totals.values()))
+    def add_point(self, t: float, now: float, window: float, step: int | None = None) -> None:
+        point = Point(t, tuple(self.totals.values()), step)
         history = self.history
         if history and t <= history[-1].t:
             # The same step time again (a stalled job re-posting), or a sender clock that went back:
             # keep the point's time, take the new values.
-            history[-1] = Point(history[-1].t, point.values)
+            history[-1] = Point(history[-1].t, point.values, step)
             return
         self.last_progress = now
         if len(history) >= 2 and t - history[-2].t < window / (HISTORY_SLOTS - 2):
@@ -174,19 +175,22 @@ class Rates:
         return self.values.get(key, 0.0)
 
 
+def _stalled(s: RankState, now: float, window: float) -> bool:
+    """Its work has not moved on for longer than the window and twice its latest spacing between
+    reports (silent, or stalled and re-posting the same step time): a stale figure would look healthy."""
+    history = s.history
+    return now - s.last_progress > max(window, 2.0 * (history[-1].t - history[-2].t))
+
+
 def rates_of(s: RankState, now: float, window: float) -> Rates | None:
     """Rates over the window; when no two points fall inside it, over the newest two points.
 
-    None while the rank has fewer than two points, or when its work has not moved on for longer than
-    the window and twice its latest spacing between reports (silent, or stalled and re-posting the same
-    step time): a stale figure would look healthy.
+    None while the rank has fewer than two points, or when it is stalled (`_stalled`).
     """
     history = s.history
-    if len(history) < 2:
+    if len(history) < 2 or _stalled(s, now, window):
         return None
     last, before = history[-1], history[-2]
-    if now - s.last_progress > max(window, 2.0 * (last.t - before.t)):
-        return None
     first, basis = before, "last_two_reports"
     for p in history:
         if p.t >= last.t - window:
@@ -202,3 +206,36 @@ def rates_of(s: RankState, now: float, window: float) -> Rates | None:
         for i, (k, v) in enumerate(zip(s.totals, last.values, strict=False))
     }
     return Rates(values, span, basis)
+
+
+def step_rate_of(s: RankState, now: float, window: float) -> float | None:
+    """Steps per second over the window, by the sender's step times; over the newest two points when
+    they are further apart than the window.
+
+    Only once the rank's steps cover the whole window (a point at or before its start), counted from
+    the rank's first report with a step or from the last time its step went back (a restore from a
+    checkpoint): ranks are compared with each other on this figure (RankStraggler), so a young rank's
+    first steps, or a rate across a restore, must not stand for its pace. None before that, without a
+    step in the newest report, and while the rank is stalled (`_stalled`), like the rates.
+    """
+    history = s.history
+    if len(history) < 2 or _stalled(s, now, window):
+        return None
+    last = history[-1]
+    if last.step is None:
+        return None
+    start = last.t - window
+    first: Point | None = None
+    later = last
+    for i in range(len(history) - 2, -1, -1):
+        p = history[i]
+        if p.step is None or p.step > later.step:
+            return None  # no step sent, or a restore after p: the steps since do not cover the window
+        if p.t <= start:
+            if first is None or p.t == start:
+                first = p  # the newest two points straddle the window, or p is at its very start
+            break
+        first = later = p
+    else:
+        return None  # every point is inside the window: the rank is younger than it
+    return (last.step - first.step) / (last.t - first.t)

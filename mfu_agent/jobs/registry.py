@@ -27,7 +27,7 @@ from .budget import NOTHING, Footprint, SeriesLedger, footprint
 from .errors import ReportRejected
 from .ownership import DEFAULT_INTERVAL, SILENT_INTERVALS, conflict_message, same_sender, takeover_reason
 from .placement import place
-from .rank import COUNTERS, CounterKey, GpuShare, RankState, Rates, ReportData, rates_of
+from .rank import COUNTERS, CounterKey, GpuShare, RankState, Rates, ReportData, rates_of, step_rate_of
 
 __all__ = ["COUNTERS", "GpuShare", "JobRegistry", "RankView", "ReportData", "ReportRejected"]
 
@@ -64,6 +64,7 @@ class RankView:
     totals: dict[CounterKey, float]
     gpu_totals: dict[tuple[str, CounterKey], float]
     rates: Rates | None  # None until two points, and while stalled
+    step_rate: float | None  # steps/s over a whole window of steps (rank.step_rate_of), else None
     first_received: float
     last_received: float
     last_progress: float
@@ -478,7 +479,9 @@ class JobRegistry:
         state.last_received = now
         if now < self._oldest_received:
             self._oldest_received = now
-        state.add_point(report.timestamp if report.timestamp is not None else now, now, self.window)
+        state.add_point(
+            report.timestamp if report.timestamp is not None else now, now, self.window, report.step
+        )
         if earlier:
             self._schedule(state)
 
@@ -525,6 +528,7 @@ class JobRegistry:
             totals=dict(s.totals),
             gpu_totals=dict(s.gpu_totals),
             rates=rates_of(s, now, self.window),
+            step_rate=step_rate_of(s, now, self.window),
             first_received=s.first_received,
             last_received=s.last_received,
             last_progress=s.last_progress,

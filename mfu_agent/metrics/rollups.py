@@ -68,6 +68,12 @@ def rank_rollup_families(views: list[RankView]) -> Iterator[Metric]:
         "Unix time the agent last heard from the rank.",
         labels=RANK,
     )
+    steps = GaugeMetricFamily(
+        "mfu_job_rank_steps_per_second",
+        "Steps per second of the rank over the agent's window, by the sender's step times; only once its "
+        "steps cover the whole window (since its first step or a restore).",
+        labels=RANK,
+    )
     for v in views:
         labels = [v.job_id, str(v.rank)]
         for family, counter in ((mfu, "model_flops"), (hfu, "hardware_flops")):
@@ -77,7 +83,9 @@ def rank_rollup_families(views: list[RankView]) -> Iterator[Metric]:
         if v.last_progress:
             progress.add_metric(labels, v.last_progress)
         last.add_metric(labels, v.last_received)
-    yield from (mfu, hfu, progress, last)
+        if v.step_rate is not None:
+            steps.add_metric(labels, v.step_rate)
+    yield from (mfu, hfu, progress, last, steps)
 
 
 def job_node_families(views: list[RankView]) -> Iterator[Metric]:
