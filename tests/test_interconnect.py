@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pynvml
 import pytest
 from agent_process import AgentProcess
@@ -228,6 +229,11 @@ def test_the_real_agent_exports_the_fakes_values(tmp_path: Path):
         while not agent.series("mfu_gpu_pcie_bytes_per_second", gpu="1") and time.monotonic() < deadline:
             time.sleep(0.1)
         text = agent.metrics()
+        gpus = httpx.get(agent.url + "/v1/gpus", timeout=10).json()["gpus"]
+    assert gpus[0]["nvlink_links"] == 18 and gpus[0]["nvlink_errors"]["replay"] == 171
+    assert gpus[0]["activity"]["pcie_rx_bytes_per_second"] == 4096.5 * MIB
+    assert gpus[1]["nvlink_links"] == 0 and gpus[1]["nvlink_errors"] is None
+    assert gpus[1]["activity"]["nvlink_rx_bytes_per_second"] is None
     assert one(text, "mfu_gpu_pcie_bytes_per_second", gpu="0", direction="rx") == 4096.5 * MIB
     assert one(text, "mfu_gpu_pcie_bytes_per_second", gpu="1", direction="rx") == (
         FakeDevice().pcie_rx_mib_per_second * MIB
