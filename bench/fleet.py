@@ -561,6 +561,46 @@ class Fleet:
         }
         for name, value in gauges.items():
             yield name, "gauge", per_gpu(value)
+
+        def nvlink(g: Gpu) -> float:
+            """NVLink bytes/s into the GPU: busiest where its job's MFU is lowest (communication-bound)."""
+            if not g.ranks or g.busy_but_idle:
+                return 0.0
+            return round(4e10 + 3.6e11 * max(0.0, 1.0 - load(g) / 0.5))
+
+        # GPM throughput (absent without GPM); every board of the fleet has NVLink
+        traffic = {
+            "mfu_gpu_pcie_bytes_per_second": lambda g, d: 3.2e9 if d == "rx" and g.ranks else 6.4e8,
+            "mfu_gpu_nvlink_bytes_per_second": lambda g, d: (
+                nvlink(g) if d == "rx" else round(0.98 * nvlink(g))
+            ),
+        }
+        for name, rate in traffic.items():
+            yield (
+                name,
+                "gauge",
+                [
+                    (gl(g, ("direction", d)), rate(g, d), 0.0, NEVER)
+                    for g in up
+                    if g.gpm
+                    for d in ("rx", "tx")
+                ],
+            )
+        # NVLink errors: a few GPUs replay (a marginal link), the rest count none
+        yield (
+            "mfu_gpu_nvlink_errors_total",
+            "counter",
+            (
+                (
+                    gl(g, ("type", t)),
+                    0.0,
+                    0.5 if t == "replay" and g.node % 25 == 3 and g.index == 5 else 0.0,
+                    NEVER,
+                )
+                for g in up
+                for t in ("replay", "recovery", "crc_flit", "crc_data")
+            ),
+        )
         yield "mfu_gpu_energy_joules_total", "counter", ((gl(g), 0.0, power(g), NEVER) for g in up)
         yield (
             "mfu_gpu_clock_event_active",

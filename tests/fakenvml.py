@@ -21,6 +21,14 @@ arrays, opaque POINTER handles), writes its results into them as the driver woul
   per-device symbol; it is valid while its FakeMigDevice object is in the parent's ``mig_devices``
   and the parent is in MIG mode, NVML_ERROR_INVALID_ARGUMENT after. The parent in MIG mode has no
   utilization rates or process utilization; its memory and processes aggregate its MIG devices'.
+* Interconnect: a whole GPU's GPM samples carry its PCIe throughput and, with NVLink links
+  (``nvlink_links`` > 0), its NVLink throughput summed over links, in MiB/s as nvml.h specifies; GPU
+  instances (nvmlGpmMigSampleGet) carry neither. ``nvlink_errors`` holds each link's error counters
+  (NVML_NVLINK_ERROR_DL_*), read per link by nvmlDeviceGetNvLinkErrorCounter and summed over links by
+  the NVML_FI_DEV_NVLINK_*_ERROR_COUNT_TOTAL fields of nvmlDeviceGetFieldValues (which answers each
+  field's own nvmlReturn: NOT_SUPPORTED for NVLink fields on a GPU without NVLink, for the fields in
+  ``unsupported_fields`` and for every field this fake does not model). Without NVLink the per-link
+  symbols answer NOT_SUPPORTED; a link index past the GPU's links, INVALID_ARGUMENT.
 * GPM refusals: a device's ``gpm_error`` (NVML_ERROR_NO_PERMISSION, NVML_ERROR_IN_USE) is what its
   GPM sample calls answer while nvmlGpmQueryDeviceSupport still says yes, as a driver that restricts
   profiling to administrators, or whose counters another profiler holds, does.
@@ -53,6 +61,7 @@ import pytest
 
 __all__ = [
     "DEFAULT_GPM_PERCENT",
+    "NVLINK_TOTAL_FIELDS",
     "H100_MIG_PROFILES",
     "MAX_MIG_DEVICES",
     "MEM_CLOCK_MHZ",
@@ -77,6 +86,15 @@ DEFAULT_GPM_PERCENT: dict[int, float] = {
     pynvml.NVML_GPM_METRIC_FP32_UTIL: 6.75,
     pynvml.NVML_GPM_METRIC_FP16_UTIL: 1.5,
 }
+
+# The nvmlDeviceGetFieldValues fields that sum one NVLink error counter over every link.
+NVLINK_TOTAL_FIELDS: dict[int, int] = {
+    pynvml.NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL: pynvml.NVML_NVLINK_ERROR_DL_REPLAY,
+    pynvml.NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL: pynvml.NVML_NVLINK_ERROR_DL_RECOVERY,
+    pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL: pynvml.NVML_NVLINK_ERROR_DL_CRC_FLIT,
+    pynvml.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL: pynvml.NVML_NVLINK_ERROR_DL_CRC_DATA,
+}
+_GPM_TRAFFIC_UNIT = b"MiB/sec"
 
 # Event types every fake device supports (nvmlDeviceGetSupportedEventTypes).
 SUPPORTED_EVENT_TYPES: int = (
@@ -136,7 +154,21 @@ _GPM_METRIC_NAMES: dict[int, str] = {
     pynvml.NVML_GPM_METRIC_FP64_UTIL: "fp64_util",
     pynvml.NVML_GPM_METRIC_FP32_UTIL: "fp32_util",
     pynvml.NVML_GPM_METRIC_FP16_UTIL: "fp16_util",
+    pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC: "pcie_tx_per_sec",
+    pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC: "pcie_rx_per_sec",
+    pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC: "nvlink_total_rx_per_sec",
+    pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC: "nvlink_total_tx_per_sec",
 }
+
+
+_GPM_TRAFFIC_IDS = frozenset(
+    {
+        pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC,
+        pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC,
+        pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC,
+        pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC,
+    }
+)
 
 
 def default_uuid(index: int) -> str:
@@ -249,6 +281,16 @@ class FakeDevice:
     # profiling to administrators: NVreg_RestrictProfilingToAdminUsers=1 and no CAP_SYS_ADMIN) or
     # NVML_ERROR_IN_USE (another tool holds the performance counters). None: samples are given.
     gpm_error: int | None = None
+    # GPM interconnect throughput in MiB/s (NVML_GPM_METRIC_PCIE_{RX,TX}_PER_SEC and, with NVLink,
+    # NVML_GPM_METRIC_NVLINK_TOTAL_{RX,TX}_PER_SEC): rx into the GPU, tx out of it.
+    pcie_rx_mib_per_second: float = 3276.75
+    pcie_tx_mib_per_second: float = 1536.5
+    nvlink_rx_mib_per_second: float = 145000.25
+    nvlink_tx_mib_per_second: float = 143500.5
+    nvlink_links: int = 18  # an H100 SXM's; 0: no NVLink
+    # nvlink_errors[link][NVML_NVLINK_ERROR_DL_*]: each link's error counters; missing ones read 0.
+    nvlink_errors: list[list[int]] = field(default_factory=list)
+    unsupported_fields: set[int] = field(default_factory=set)  # field ids answering NOT_SUPPORTED
     not_supported: set[str] = field(default_factory=set)  # symbols returning NVML_ERROR_NOT_SUPPORTED
     lost: bool = False  # every per-device symbol returns NVML_ERROR_GPU_IS_LOST
     unknown_error: set[str] = field(default_factory=set)  # symbols returning NVML_ERROR_UNKNOWN
@@ -1255,8 +1297,19 @@ class FakeNvml:
             return pynvml.NVML_ERROR_NOT_SUPPORTED
         if dev.gpm_error is not None:
             return dev.gpm_error
-        self._take_gpm_sample(record, index, None, dev.gpm_percent)
+        self._take_gpm_sample(record, index, None, {**dev.gpm_percent, **self._gpm_traffic(dev)})
         return pynvml.NVML_SUCCESS
+
+    @staticmethod
+    def _gpm_traffic(dev: FakeDevice) -> dict[int, float]:
+        traffic = {
+            pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC: dev.pcie_rx_mib_per_second,
+            pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC: dev.pcie_tx_mib_per_second,
+        }
+        if dev.nvlink_links > 0:
+            traffic[pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC] = dev.nvlink_rx_mib_per_second
+            traffic[pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC] = dev.nvlink_tx_mib_per_second
+        return traffic
 
     @staticmethod
     def _gpu_instance(dev: FakeDevice, gpu_instance_id: int) -> FakeMigDevice | None:
@@ -1321,7 +1374,69 @@ class FakeNvml:
             short = _GPM_METRIC_NAMES.get(mid, f"metric_{mid}").encode()
             metric.metricInfo.shortName = short
             metric.metricInfo.longName = short
-            metric.metricInfo.unit = b"%"
+            metric.metricInfo.unit = _GPM_TRAFFIC_UNIT if mid in _GPM_TRAFFIC_IDS else b"%"
+        return pynvml.NVML_SUCCESS
+
+    # ----------------------------------------------------------------- C symbols: NVLink and fields
+
+    @staticmethod
+    def _nvlink_error(dev: FakeDevice, link: int, counter: int) -> int:
+        counts = dev.nvlink_errors[link] if link < len(dev.nvlink_errors) else []
+        return counts[counter] if counter < len(counts) else 0
+
+    @staticmethod
+    def _check_link(dev: FakeDevice, link: Any) -> int:
+        if dev.nvlink_links <= 0:
+            raise _Ret(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        index = _int(link)
+        if not 0 <= index < min(dev.nvlink_links, pynvml.NVML_NVLINK_MAX_LINKS):
+            raise _Ret(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return index
+
+    def _c_nvmlDeviceGetNvLinkState(self, handle: Any, link: Any, out: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetNvLinkState", handle)
+        self._check_link(dev, link)
+        _target(out).value = pynvml.NVML_FEATURE_ENABLED
+        return pynvml.NVML_SUCCESS
+
+    def _c_nvmlDeviceGetNvLinkErrorCounter(self, handle: Any, link: Any, counter: Any, out: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetNvLinkErrorCounter", handle)
+        index = self._check_link(dev, link)
+        kind = _int(counter)
+        if not 0 <= kind < pynvml.NVML_NVLINK_ERROR_COUNT:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        _target(out).value = self._nvlink_error(dev, index, kind)
+        return pynvml.NVML_SUCCESS
+
+    def _field_value(self, dev: FakeDevice, field_id: int) -> tuple[int, int, str, int]:
+        """(nvmlReturn, valueType, c_nvmlValue_t member, value) of one field."""
+        not_supported = (pynvml.NVML_ERROR_NOT_SUPPORTED, 0, "", 0)
+        if field_id in dev.unsupported_fields or dev.nvlink_links <= 0:
+            return not_supported
+        if field_id == pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT:
+            return pynvml.NVML_SUCCESS, pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, "uiVal", dev.nvlink_links
+        counter = NVLINK_TOTAL_FIELDS.get(field_id)
+        if counter is None:
+            return not_supported  # a field this fake does not model
+        total = sum(self._nvlink_error(dev, link, counter) for link in range(dev.nvlink_links))
+        return pynvml.NVML_SUCCESS, pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, "ullVal", total
+
+    def _c_nvmlDeviceGetFieldValues(self, handle: Any, count: Any, values: Any) -> int:
+        _, dev = self._device("nvmlDeviceGetFieldValues", handle)
+        n = _int(count)
+        if n <= 0:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        array = _target(values)
+        now_us = int(time.time() * 1_000_000)
+        for i in range(n):
+            value = array[i]
+            ret, value_type, member, number = self._field_value(dev, int(value.fieldId))
+            value.timestamp = now_us
+            value.latencyUsec = 0
+            value.nvmlReturn = ret
+            if ret == pynvml.NVML_SUCCESS:
+                value.valueType = value_type
+                setattr(value.value, member, number)
         return pynvml.NVML_SUCCESS
 
 

@@ -53,6 +53,9 @@ EXTRA = {
     "mfu_agent_rank_evictions_total": NODE | {"reason"},
     "mfu_agent_kubelet_errors_total": NODE | {"error"},
     "mfu_gpu_gpm_status": GPU | {"status"},
+    "mfu_gpu_pcie_bytes_per_second": GPU | {"direction"},
+    "mfu_gpu_nvlink_bytes_per_second": GPU | {"direction"},
+    "mfu_gpu_nvlink_errors_total": GPU | {"type"},
     "up": NODE,
     **dict.fromkeys(
         (

@@ -255,6 +255,29 @@ def test_gpu_health_reaches_prometheus(cluster):
     assert reboot["annotations"]["summary"] == f"GPU 1 on {node_b} needs a node reboot (xid_79)"
 
 
+def test_the_jobs_nvlink_traffic_is_summed_over_its_gpus(cluster):
+    """mfu-interconnect.yml: the job's NVLink bytes/s (rx + tx) over the GPUs its ranks run on, from the
+    agents' GPM series (the simulated H100s have NVLink), beside its MFU."""
+    prom, _ = cluster
+    job = f'job_id="{JOB_ID}"'
+    (total,) = prom.query(f"mfu:job_nvlink_bytes_per_second:sum{{{job}}}")
+    (mean,) = prom.query(f"mfu:job_gpu_nvlink_bytes_per_second:avg{{{job}}}")
+    (gpus,) = prom.query(
+        f"count(mfu:gpu_nvlink_bytes_per_second:sum and on (instance, uuid) group by (instance, uuid) "
+        f"(mfu_job_info{{{job}}}))"
+    )
+    (raw,) = prom.query(
+        f"sum(mfu_gpu_nvlink_bytes_per_second and on (instance, uuid) group by (instance, uuid) "
+        f"(mfu_job_info{{{job}}}))"
+    )
+    assert float(gpus["value"][1]) == 2 * GPUS_PER_NODE
+    assert float(total["value"][1]) > 0
+    # The rule and the raw query may be a scrape apart; the simulated traffic moves little in one.
+    assert float(total["value"][1]) == pytest.approx(float(raw["value"][1]), rel=0.1)
+    assert float(mean["value"][1]) == pytest.approx(float(total["value"][1]) / (2 * GPUS_PER_NODE), rel=0.1)
+    assert prom.query(f"mfu:job_pcie_bytes_per_second:sum{{{job}}}")
+
+
 def test_every_dashboard_query_parses_and_returns_data(cluster):
     prom, _ = cluster
     errors, empty = [], []

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .model import GpmStatus, SmActivity
-from .nvml import ABSENT, GPM_REFUSALS, GpuKey, NvmlGateway
+from .nvml import ABSENT, GPM_METRICS, GPM_REFUSALS, GPM_TRAFFIC_METRICS, GpuKey, NvmlGateway
 
 log = logging.getLogger(__name__)
 
 GPM_MIN_GAP_SECONDS = 0.1  # NVML needs GPM samples more than 100 ms apart
 GPM_REFUSAL_RETRY_SECONDS = 300.0  # a refused GPM sample is asked for again after this long
+MIB = 1024**2  # GPM gives interconnect throughput in MiB/s
 
 # What each refusal means and how to lift it (also in docs/deploy.md, troubleshooting).
 GPM_FIXES: dict[str, str] = {
@@ -56,14 +57,16 @@ class GpmPairs:
         self._clock = clock
         self._warned: set[str] = set()  # the refusals warned about (until some GPU answers again)
 
-    def new(self, key: GpuKey, take_sample: TakeSample) -> GpmState | None:
+    def new(self, key: GpuKey, take_sample: TakeSample, traffic: bool = True) -> GpmState | None:
+        """`traffic`: also ask for PCIe and NVLink throughput (whole GPUs; not GPU instances, whose
+        links are the physical GPU's)."""
         samples = [self.gateway.gpm_sample_alloc(key) for _ in range(2)]
         if any(s is ABSENT for s in samples):
             for s in samples:
                 if s is not ABSENT:
                     self.gateway.gpm_sample_free(key, s)
             return None
-        state = GpmState(samples=samples, request=self.gateway.gpm_request())
+        state = GpmState(samples=samples, request=self.gateway.gpm_request(traffic))
         # Take a first sample now, so the first tick ~1 s later already has activity to report.
         if self._take(state, key, take_sample, 0):
             state.older, state.older_at = 0, self._clock()
@@ -84,12 +87,10 @@ class GpmPairs:
             state.older, state.last = -1, None
             return None
         if state.older >= 0:
-            percent = self.gateway.gpm_metrics(
+            values = self.gateway.gpm_metrics(
                 key, state.request, state.samples[state.older], state.samples[newer]
             )
-            state.last = (
-                SmActivity(**{name: ratio(value) for name, value in percent.items()}) if percent else None
-            )
+            state.last = activity_of(values) if values else None
         state.older, state.older_at = newer, now
         return state.last
 
@@ -120,6 +121,15 @@ def status_of(state: GpmState | None, without: GpmStatus) -> GpmStatus:
     """What GPM answers for a device: its state's last answer; `without` a state (no GPM, or buffers
     that could not be allocated)."""
     return state.status if state is not None else without
+
+
+def activity_of(values: dict[str, float]) -> SmActivity:
+    """GPM metrics in NVML's units (percent; MiB/s) as an SmActivity in ratios and bytes per second."""
+    fields = {name: ratio(value) for name, value in values.items() if name in GPM_METRICS}
+    for name, value in values.items():
+        if name in GPM_TRAFFIC_METRICS:
+            fields[f"{name}_bytes_per_second"] = max(value, 0.0) * MIB
+    return SmActivity(**fields)
 
 
 def ratio(percent: float) -> float:

@@ -137,7 +137,8 @@ class MigReader:
         )
         mig = MigDevice(key, handle, identity)
         if gpu.gpm is not None:  # GPM per GPU instance, through the parent
-            mig.gpm = self._gpm.new(key, self._sampler(gpu, key, ids.gpu_instance_id))
+            # Without PCIe and NVLink throughput: the links are the physical GPU's, not the instance's.
+            mig.gpm = self._gpm.new(key, self._sampler(gpu, key, ids.gpu_instance_id), traffic=False)
             mig.gpm_status = status_of(mig.gpm, "error")
         else:
             mig.gpm_status = gpu.gpm_status

@@ -27,7 +27,10 @@ class GpuProcess:
 
 @dataclass(frozen=True, slots=True)
 class SmActivity:
-    """GPM metrics as ratios 0..1; a field is None when that metric could not be read."""
+    """GPM metrics: activity as ratios 0..1 and, for a whole GPU, its interconnect throughput in bytes
+    per second (rx: into the GPU, tx: out of it; NVLink summed over its links). A field is None when
+    that metric could not be read or does not apply (throughput on a MIG device, NVLink on a GPU
+    without it)."""
 
     sm_active: float | None = None
     sm_occupancy: float | None = None
@@ -36,6 +39,21 @@ class SmActivity:
     fp16_active: float | None = None
     fp32_active: float | None = None
     fp64_active: float | None = None
+    pcie_rx_bytes_per_second: float | None = None
+    pcie_tx_bytes_per_second: float | None = None
+    nvlink_rx_bytes_per_second: float | None = None
+    nvlink_tx_bytes_per_second: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NvlinkErrors:
+    """A GPU's NVLink error counters summed over its links, since the driver loaded (or the counters
+    were reset); None for a counter the driver does not give."""
+
+    replay: int | None = None
+    recovery: int | None = None
+    crc_flit: int | None = None
+    crc_data: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +121,9 @@ class GpuReading:
     remapped_rows: RemappedRows | None = None
     processes: tuple[GpuProcess, ...] | None = None
     activity: SmActivity | None = None
+    # A whole GPU's NVLink links (0: none) and error counters, read every few ticks; None where unknown.
+    nvlink_links: int | None = None
+    nvlink_errors: NvlinkErrors | None = None
 
     @property
     def index(self) -> int:

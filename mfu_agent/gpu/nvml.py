@@ -117,6 +117,34 @@ GPM_METRICS = {
     "fp32_active": pynvml.NVML_GPM_METRIC_FP32_UTIL,
     "fp64_active": pynvml.NVML_GPM_METRIC_FP64_UTIL,
 }
+# Interconnect throughput, per physical GPU, in MiB/s (nvml.h: "PCIe traffic from this GPU in MiB/sec",
+# "NvLink read bandwidth for all links in MiB/sec"). Asked of whole GPUs only, not of GPU instances.
+GPM_TRAFFIC_METRICS = {
+    "pcie_rx": pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC,
+    "pcie_tx": pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC,
+    "nvlink_rx": pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC,
+    "nvlink_tx": pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC,
+}
+_GPM_KEYS = {metric_id: key for key, metric_id in {**GPM_METRICS, **GPM_TRAFFIC_METRICS}.items()}
+
+# NVLink error counters summed over the GPU's links by the driver (one nvmlDeviceGetFieldValues call
+# for all), and the number of links, which says whether the GPU has NVLink at all.
+NVLINK_ERROR_FIELDS = {
+    "replay": pynvml.NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL,
+    "recovery": pynvml.NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL,
+    "crc_flit": pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
+    "crc_data": pynvml.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL,
+}
+NVLINK_LINK_COUNT_FIELD = pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT
+_FIELD_VALUE = {
+    pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+}
 
 XID_EVENT = pynvml.nvmlEventTypeXidCriticalError
 DOUBLE_BIT_ECC_EVENT = pynvml.nvmlEventTypeDoubleBitEccError
@@ -169,6 +197,16 @@ def _mig_handle_or_none(handle: Any, slot: int) -> Any:
         return pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
     except pynvml.NVMLError_NotFound:
         return None  # an empty slot: the normal case on a GPU not fully partitioned
+
+
+@dataclass(frozen=True, slots=True)
+class NvlinkCounts:
+    """What nvmlDeviceGetFieldValues said about a GPU's NVLink: its links (0 without NVLink), and its
+    error counters summed over links, by NVLINK_ERROR_FIELDS key (a counter the driver did not give is
+    left out)."""
+
+    links: int
+    errors: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,26 +556,53 @@ class NvmlGateway:
         return gpm_status(error)
 
     def gpm_metrics(self, gpu: GpuKey, request: Any, older: Any, newer: Any) -> dict[str, float]:
-        """GPM metrics between two samples, in NVML's percent 0..100, keyed as GPM_METRICS."""
+        """The request's GPM metrics between two samples, in NVML's units (percent 0..100 for
+        GPM_METRICS, MiB/s for GPM_TRAFFIC_METRICS), keyed as those; a metric NVML did not give is
+        left out."""
         request.sample1 = older
         request.sample2 = newer
         if self.call(gpu, "nvmlGpmMetricsGet", pynvml.nvmlGpmMetricsGet, request) is ABSENT:
             return {}
         values = {}
-        for i, key in enumerate(GPM_METRICS):
+        for i in range(request.numMetrics):
             metric = request.metrics[i]
             if metric.nvmlReturn == pynvml.NVML_SUCCESS:
-                values[key] = float(metric.value)
+                values[_GPM_KEYS[metric.metricId]] = float(metric.value)
         return values
 
     @staticmethod
-    def gpm_request() -> Any:
+    def gpm_request(traffic: bool = True) -> Any:
+        """A metrics-get request for GPM_METRICS and, with `traffic` (whole GPUs), GPM_TRAFFIC_METRICS."""
+        metric_ids = [*GPM_METRICS.values(), *(GPM_TRAFFIC_METRICS.values() if traffic else ())]
         request = pynvml.c_nvmlGpmMetricsGet_t()
         request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
-        request.numMetrics = len(GPM_METRICS)
-        for i, metric_id in enumerate(GPM_METRICS.values()):
+        request.numMetrics = len(metric_ids)
+        for i, metric_id in enumerate(metric_ids):
             request.metrics[i].metricId = metric_id
         return request
+
+    # -- NVLink -------------------------------------------------------------------------------
+    def nvlink_counts(self, gpu: GpuKey, handle: Any) -> NvlinkCounts | None:
+        """The GPU's NVLink links and error counters (since the driver loaded or the counters were
+        reset), in one nvmlDeviceGetFieldValues call; None when the call failed or is not supported.
+        A field the driver does not give (NotSupported: no NVLink) reads as 0 links or leaves that
+        counter out; any other per-field failure is counted in `errors` as this call's."""
+        name = "nvmlDeviceGetFieldValues"
+        field_ids = [NVLINK_LINK_COUNT_FIELD, *NVLINK_ERROR_FIELDS.values()]
+        values = self.call(gpu, name, pynvml.nvmlDeviceGetFieldValues, handle, field_ids)
+        if values is ABSENT:
+            return None
+        read: dict[int, int] = {}
+        for value in values:
+            if value.nvmlReturn == pynvml.NVML_SUCCESS:
+                member = _FIELD_VALUE.get(value.valueType)
+                if member is not None:  # a value type this pynvml does not know: left out
+                    read[int(value.fieldId)] = int(getattr(value.value, member))
+            elif value.nvmlReturn != pynvml.NVML_ERROR_NOT_SUPPORTED:
+                self._count(name, pynvml.NVMLError(value.nvmlReturn))
+        links = read.get(NVLINK_LINK_COUNT_FIELD, 0)
+        errors = {key: read[field] for key, field in NVLINK_ERROR_FIELDS.items() if field in read}
+        return NvlinkCounts(links, errors if links > 0 else {})
 
     # -- events -------------------------------------------------------------------------------
     def event_set_create(self) -> Any:

@@ -27,12 +27,13 @@ from typing import Any
 
 from .gpm import GpmPairs, GpmState, ratio, status_of
 from .mig import MigDevice, MigReader
-from .model import GpmStatus, GpuEvent, GpuIdentity, GpuProcess, GpuReading, RemappedRows
+from .model import GpmStatus, GpuEvent, GpuIdentity, GpuProcess, GpuReading, NvlinkErrors, RemappedRows
 from .nvml import (
     ABSENT,
     DOUBLE_BIT_ECC_EVENT,
     XID_EVENT,
     GpuDown,
+    NvlinkCounts,
     NvmlGateway,
     NvmlUnavailable,
     handle_key,
@@ -46,6 +47,9 @@ PROCESS_UTILIZATION_HOLD_TICKS = 3
 RETRY_FIRST_SECONDS = 1.0  # the first re-initialisation after NVML became unusable; then doubling ...
 RETRY_MAX_SECONDS = 30.0  # ... up to this
 RESCAN_EVERY_TICKS = 5  # nvmlDeviceGetCount is compared with the GPUs known every this many reads
+# A GPU's NVLink links and error counters (one nvmlDeviceGetFieldValues call, which makes the driver
+# query every link) are read at its first read and then every this many reads, held in between.
+NVLINK_READ_EVERY_TICKS = 10
 VANISHED_HOLD_SECONDS = 600.0  # a GPU gone from the device list is exported as down this long
 CLOSE_TIMEOUT_SECONDS = 1.0  # how long close() waits for a read in progress before skipping clean-up
 EVENT_LOCK_TIMEOUT_SECONDS = 2.0  # how long re-enumeration waits for the event thread's wait to end
@@ -68,6 +72,8 @@ class _Gpu:
     mig_mode: bool | None = None  # None until read, and for a GPU without MIG
     migs: dict[int, MigDevice] = field(default_factory=dict)  # MIG slot -> device, while in MIG mode
     mig_rescan_in: int = 0  # ticks until the MIG slots are enumerated again (0: this tick)
+    nvlink: NvlinkCounts | None = None  # the last NVLink links and error counters read; None if unknown
+    nvlink_read_in: int = 0  # reads until they are read again (0: this read)
 
 
 @dataclass
@@ -526,6 +532,13 @@ class NvmlBackend:
         rows = gw.remapped_rows(i, h)
         processes = gw.compute_processes(i, h) if not mig_mode else None
         temperature = gw.temperature_c(i, h)
+        nvlink = self._nvlink(gpu)
+        activity = (
+            self._gpm.activity(gpu.gpm, i, self._whole_gpu_sampler(gpu)) if gpu.gpm and not mig_mode else None
+        )
+        if activity is not None and not (nvlink and nvlink.links):
+            # No NVLink throughput for a GPU NVML does not say has NVLink links (GPM may answer 0).
+            activity = replace(activity, nvlink_rx_bytes_per_second=None, nvlink_tx_bytes_per_second=None)
         return GpuReading(
             identity=gpu.identity,
             up=True,
@@ -547,10 +560,19 @@ class NvmlBackend:
             ecc_uncorrected_total=ecc[1] if ecc else None,
             remapped_rows=RemappedRows(rows[0], rows[1], bool(rows[2]), bool(rows[3])) if rows else None,
             processes=self._processes(gpu, processes) if processes is not None else None,
-            activity=self._gpm.activity(gpu.gpm, i, self._whole_gpu_sampler(gpu))
-            if gpu.gpm and not mig_mode
-            else None,
+            activity=activity,
+            nvlink_links=nvlink.links if nvlink else None,
+            nvlink_errors=NvlinkErrors(**nvlink.errors) if nvlink and nvlink.links else None,
         )
+
+    def _nvlink(self, gpu: _Gpu) -> NvlinkCounts | None:
+        """The GPU's NVLink links and error counters, read every NVLINK_READ_EVERY_TICKS reads (a failed
+        read is tried again at the next)."""
+        if gpu.nvlink_read_in <= 0:
+            gpu.nvlink = self.gateway.nvlink_counts(gpu.index, gpu.handle)
+            gpu.nvlink_read_in = NVLINK_READ_EVERY_TICKS if gpu.nvlink is not None else 1
+        gpu.nvlink_read_in -= 1
+        return gpu.nvlink
 
     def _processes(self, gpu: _Gpu, processes: list[tuple[int, int | None]]) -> tuple[GpuProcess, ...]:
         """The compute processes with their own SM and memory utilisation where NVML samples them."""

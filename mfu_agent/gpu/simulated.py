@@ -8,10 +8,19 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..specs import PeakTable, known_models, match_model
-from .model import GpuEvent, GpuIdentity, GpuProcess, GpuReading, MigIdentity, RemappedRows, SmActivity
+from .model import (
+    GpuEvent,
+    GpuIdentity,
+    GpuProcess,
+    GpuReading,
+    MigIdentity,
+    NvlinkErrors,
+    RemappedRows,
+    SmActivity,
+)
 
 DEFAULT_SPEC = "8xNVIDIA H100 80GB HBM3"
 FAULT_KINDS = ("lost", "busy-idle", "throttle", "xid", "ecc")
@@ -58,6 +67,11 @@ _PROFILES: list[tuple[re.Pattern[str], _Profile]] = [
     ]
 ]
 _FALLBACK = _Profile("unknown", 16, 250, 30, 1500, False)
+# Boards without NVLink in the simulator (PCIe cards; the NVL boards' bridges count as NVLink).
+_NO_NVLINK = re.compile(r"PCI|\bL4\b|\bL40S?\b|\bA10G\b|\bT4\b|\bRTX\b", re.IGNORECASE)
+SIM_NVLINK_LINKS = 18  # an H100 SXM's
+SIM_NVLINK_BYTES_PER_SECOND = 450e9  # per direction, summed over links (H100 SXM: 900 GB/s both ways)
+SIM_PCIE_BYTES_PER_SECOND = 64e9  # per direction (PCIe 5.0 x16)
 
 
 def profile_for(name: str) -> _Profile:
@@ -260,6 +274,22 @@ class _Work:
     wave: float
     slow: float
     noise: float
+
+    def traffic(self, nvlink: bool) -> dict[str, float | None]:
+        """A whole GPU's interconnect throughput: NVLink busiest while the SMs wait on it (a
+        communication-bound phase), near idle in a stalled collective (busy-idle); PCIe a trickle of
+        input data."""
+        stalled = self.sm_active < 0.2 and self.tensor < 0.05
+        link = 0.002 if stalled else _clip(0.12 + 0.55 * (1.0 - self.sm_active) + self.noise)
+        pcie = SIM_PCIE_BYTES_PER_SECOND
+        return {
+            "pcie_rx_bytes_per_second": round(pcie * _clip(0.05 + 0.03 * self.slow), 1),
+            "pcie_tx_bytes_per_second": round(pcie * 0.01, 1),
+            "nvlink_rx_bytes_per_second": round(SIM_NVLINK_BYTES_PER_SECOND * link, 1) if nvlink else None,
+            "nvlink_tx_bytes_per_second": round(SIM_NVLINK_BYTES_PER_SECOND * link * 0.98, 1)
+            if nvlink
+            else None,
+        }
 
     def activity(self) -> SmActivity:
         return SmActivity(
@@ -503,8 +533,11 @@ class SimulatedBackend:
                     memory_used_bytes=used,
                     memory_total_bytes=total,
                     processes=processes,
-                    activity=work.activity() if prof.gpm else None,
+                    activity=replace(work.activity(), **work.traffic(self._nvlink(gpu)))
+                    if prof.gpm
+                    else None,
                     **self._board(gpu, now, work.sm_active),
+                    **self._links(gpu),
                 )
             ]
         works = [self._work(s.phase, now, gpu.busy_idle, s.level) for s in gpu.slices]
@@ -538,6 +571,7 @@ class SimulatedBackend:
             memory_total_bytes=prof.memory_gib * 1024**3,
             processes=None,
             **self._board(gpu, now, sm_active / mig_sms),
+            **self._links(gpu),
         )
         return [parent, *slices]
 
@@ -557,6 +591,16 @@ class SimulatedBackend:
             slow=slow,
             noise=noise,
         )
+
+    @staticmethod
+    def _nvlink(gpu: _SimGpu) -> bool:
+        return not _NO_NVLINK.search(gpu.identity.name)
+
+    def _links(self, gpu: _SimGpu) -> dict:
+        """A whole GPU's NVLink links and error counters (none ever, in the simulator)."""
+        if not self._nvlink(gpu):
+            return {"nvlink_links": 0}
+        return {"nvlink_links": SIM_NVLINK_LINKS, "nvlink_errors": NvlinkErrors(0, 0, 0, 0)}
 
     def _board(self, gpu: _SimGpu, now: float, sm_active: float) -> dict:
         """Power, energy, temperature, clocks, throttle reasons, ECC and rows, for this SM activity."""

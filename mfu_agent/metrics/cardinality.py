@@ -9,11 +9,23 @@ from ..gpu.nvml import CLOCK_EVENT_REASONS
 from ..specs import DTYPES
 from .gpu import _GAUGES, MAX_PROCESSES_PER_GPU
 from .health import HEALTH_SERIES_PER_GPU
+from .interconnect import INTERCONNECT_SERIES_PER_GPU
 
 PER_DEVICE = 3  # info, up, reading age: also for a device down or gone
 # MIG mode, a datasheet and a clock peak per dtype (or one "unknown"), the plain gauges, energy, the
-# clock event reasons, ECC and row-remapping counters, and the GPU's MFU and reporting ranks.
-PER_LIVE_DEVICE = 1 + 2 * len(DTYPES) + len(_GAUGES) + 1 + len(CLOCK_EVENT_REASONS) + 2 + 2 + 2
+# clock event reasons, ECC and row-remapping counters, the GPU's MFU and reporting ranks, and its PCIe
+# and NVLink throughput and NVLink error counters.
+PER_LIVE_DEVICE = (
+    1
+    + 2 * len(DTYPES)
+    + len(_GAUGES)
+    + 1
+    + len(CLOCK_EVENT_REASONS)
+    + 2
+    + 2
+    + 2
+    + INTERCONNECT_SERIES_PER_GPU
+)
 PER_PROCESS = 4  # memory, SM and memory utilisation, info
 # build, samples, failures, NVML up, sample duration, last sample, tracked ranks, the series budget
 # and estimate

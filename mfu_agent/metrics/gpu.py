@@ -10,6 +10,7 @@ from ..attribution.owners import Attributed
 from ..events import EventKey
 from ..gpu.model import GPM_STATUSES, GpuReading, Snapshot
 from ..gpu.nvml import CLOCK_EVENT_REASONS
+from .interconnect import interconnect_families
 from .labels import add_sample, device_labels
 
 GPU_LABELS = ["gpu", "uuid"]
@@ -232,6 +233,7 @@ def gpu_families(
                 owner = owners.process(g.uuid, proc.pid).as_dict() if owners else _NOBODY
                 add_sample(process_info, {**by_pid, **owner}, 1)
     yield from (energy, gpm, reasons, ecc, rows, memory, process_sm, process_memory, process_info)
+    yield from interconnect_families(live)
 
     xid = CounterMetricFamily(
         "mfu_gpu_xid_errors",
