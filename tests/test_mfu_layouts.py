@@ -204,12 +204,13 @@ def test_sparse_steps_get_an_mfu_over_the_newest_two_reports(gaps):
         while proc.poll() is None and time.monotonic() < deadline:
             rank = rank_of(agent, "sparse")
             if rank is not None and rank["step"] is not None and rank["step"] >= 2:
-                seen.append((rank["mfu"], rank["rate_span_seconds"]))
+                seen.append((rank["step"], rank["mfu"], rank["rate_span_seconds"]))
             time.sleep(0.05)
         finish_client(proc)
-        assert len(seen) > 10
-        assert all(mfu is not None for mfu, _ in seen), "MFU must not flicker away between sparse steps"
-        for mfu, span in seen:
+        # Read between several pairs of steps (how often depends on the machine's load, not the count).
+        assert len({step for step, _, _ in seen}) >= 3, seen
+        assert all(mfu is not None for _, mfu, _ in seen), "MFU must not flicker away between sparse steps"
+        for _, mfu, span in seen:
             # One step's span (sleeps overrun a little on a busy machine, and the sender's clock is 140x).
             assert any(0.98 * gap <= span <= 1.3 * gap for gap in gaps), span
             assert mfu == pytest.approx(0.35 * 60 / span, rel=0.02)
