@@ -1,0 +1,371 @@
+"""Goodput per rank: where the wall time since a rank's first report went, and the work a restore threw away.
+
+Every report's interval (the agent's receive time of this report minus that of the rank's previous
+one) goes to exactly one place, so the parts add up to the rank's wall time (docs/goodput.md):
+
+* a restart (the sender changed, or its counters went down): the whole interval is restart downtime,
+  less the phase seconds the new sender reports in it;
+* otherwise the phase seconds the sender marked in the interval (``phase_seconds_total`` increases,
+  at most the interval), and the rest is productive when the step advanced (or, for a sender that sends
+  no step, when its model FLOPs grew), else stalled.
+
+Lost work: a new sender that says where it resumed (``start_step``, the step of the checkpoint it
+restored) below the highest step reached since the last restore redoes the steps in between. Their
+FLOPs, tokens and productive seconds are those steps times the per-step averages of the sender that
+reached the highest step (from its first report with a step to its last).
+
+The entries live apart from the registry's ranks and survive a rank's final report, so a job that
+closes its reporter and comes back from a checkpoint keeps its accounting; an entry goes when its rank
+is evicted, or once silent for the rank TTL. Per report: a few comparisons and additions (O(1)).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..logs import RepeatedLog
+
+if TYPE_CHECKING:
+    from .rank import ReportData
+
+log = logging.getLogger(__name__)
+
+BUILTIN_PHASES = ("checkpoint", "eval", "data_wait")
+OTHER_PHASE = "other"
+MAX_USER_PHASES = 4  # per rank: further names count as "other"
+MAX_PHASES = len(BUILTIN_PHASES) + 1 + MAX_USER_PHASES  # what one report may carry, and one rank export
+PHASE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+RESTART_CAUSES = ("new_process", "counter_reset")
+SECONDS = ("wall", "productive", "stall", "restart_downtime")
+LOST = ("steps", "flops", "tokens", "seconds")
+# Per rank on /metrics: the seconds, the lost work, the restarts by cause, and MAX_PHASES phases at most.
+SERIES_PER_RANK = len(SECONDS) + len(LOST) + len(RESTART_CAUSES) + MAX_PHASES
+
+
+@dataclass(slots=True)
+class Sample:
+    """Where a sender was at one report: its step and its own cumulative counters, and the rank's
+    productive seconds then."""
+
+    step: int
+    flops: float
+    tokens: float
+    productive: float
+
+
+@dataclass(slots=True)
+class Goodput:
+    """One rank's accounting. Counters only ever grow."""
+
+    first_received: float
+    last_received: float
+    sender: str | None = None
+    flops: float = 0.0  # the sender's cumulative model FLOPs (all dtypes) and tokens at its last report
+    tokens: float = 0.0
+    step: int | None = None
+    max_step: int | None = None  # highest step reached since the last restore
+    instance_start: Sample | None = None  # the current sender's first report with a step
+    per_step: tuple[float, float, float] | None = None  # FLOPs, tokens, productive s per step, last known
+    phase_raw: dict[str, float] = field(default_factory=dict)  # the sender's cumulative seconds per name
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SECONDS, 0.0))
+    lost: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOST, 0.0))
+    restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESTART_CAUSES, 0))
+    phases: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys((*BUILTIN_PHASES, OTHER_PHASE), 0.0)
+    )
+
+    def phase_name(self, name: str) -> str:
+        """The exported name of a phase: itself while the rank has room for it, else "other"."""
+        if name in self.phases:
+            return name
+        if len(self.phases) < MAX_PHASES:
+            self.phases[name] = 0.0
+            return name
+        return OTHER_PHASE
+
+    def copy(self) -> Goodput:
+        return Goodput(
+            first_received=self.first_received,
+            last_received=self.last_received,
+            sender=self.sender,
+            flops=self.flops,
+            tokens=self.tokens,
+            step=self.step,
+            max_step=self.max_step,
+            instance_start=self.instance_start,
+            per_step=self.per_step,
+            phase_raw=dict(self.phase_raw),
+            seconds=dict(self.seconds),
+            lost=dict(self.lost),
+            restarts=dict(self.restarts),
+            phases=dict(self.phases),
+        )
+
+
+def sender_of(report: ReportData) -> str | None:
+    if report.instance is not None:
+        return report.instance
+    return f"pid:{report.pid}" if report.pid is not None else None
+
+
+class GoodputLedger:
+    """Not thread-safe: the registry's lock guards it."""
+
+    def __init__(self, ttl: float, max_entries: int, repeated: RepeatedLog | None = None) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.entries: dict[tuple[str, int], Goodput] = {}
+        self._log = repeated or RepeatedLog(log)
+
+    def apply(self, report: ReportData, now: float) -> None:
+        key = (report.job_id, report.rank)
+        e = self.entries.get(key)
+        flops = sum(report.model_flops.values())
+        tokens = report.tokens_total or 0.0
+        sender = sender_of(report)
+        if e is None:
+            if len(self.entries) >= self.max_entries:
+                self._drop_oldest()
+            e = self.entries[key] = Goodput(first_received=now, last_received=now, sender=sender)
+            self._start_instance(e, report, flops, tokens)
+            e.phase_raw = dict(report.phase_seconds or {})  # before the first report: outside the wall time
+            self._note(e, report, flops, tokens)
+            return
+        interval = max(0.0, now - e.last_received)
+        e.last_received = now
+        seconds = e.seconds
+        seconds["wall"] += interval
+        cause = None
+        if sender != e.sender:
+            cause = "new_process"
+        elif flops < e.flops or tokens < e.tokens:
+            cause = "counter_reset"
+        if cause is not None:
+            e.restarts[cause] += 1
+            e.phase_raw = {}  # the new sender's phase counters start from zero
+            rest = interval - self._phases(e, report.phase_seconds, interval)
+            seconds["restart_downtime"] += rest
+            self._restored(e, report, key)
+            e.sender = sender
+            e.max_step = None  # from here: the highest step since this restart
+            self._start_instance(e, report, flops, tokens)
+        else:
+            rest = interval - self._phases(e, report.phase_seconds, interval)
+            if report.step is not None and e.step is not None:
+                advanced = report.step > e.step
+            else:
+                advanced = flops > e.flops
+            seconds["productive" if advanced else "stall"] += rest
+            if e.instance_start is None:
+                self._start_instance(e, report, flops, tokens)
+        self._note(e, report, flops, tokens)
+
+    def _phases(self, e: Goodput, reported: dict[str, float] | None, interval: float) -> float:
+        """Adds the phase seconds of this interval (scaled down to the interval if they exceed it:
+        the sender's clock and the receive times differ by a little); returns their sum."""
+        if not reported:
+            return 0.0
+        raw = e.phase_raw
+        deltas: dict[str, float] = {}
+        for name, value in reported.items():
+            previous = raw.get(name, 0.0)
+            raw[name] = value
+            if value > previous:
+                deltas[name] = value - previous
+        total = sum(deltas.values())
+        if total <= 0.0:
+            return 0.0
+        scale = interval / total if total > interval else 1.0
+        phases = e.phases
+        for name, delta in deltas.items():
+            exported = e.phase_name(name)
+            if exported != name and name not in BUILTIN_PHASES:
+                self._log.log(
+                    ("phases", name),
+                    logging.WARNING,
+                    "phase %r counted as %r: a rank may mark at most %d phase names of its own",
+                    name,
+                    OTHER_PHASE,
+                    MAX_USER_PHASES,
+                    repeat="phase names counted as 'other'",
+                )
+            phases[exported] += delta * scale
+        return min(total, interval)
+
+    def _restored(self, e: Goodput, report: ReportData, key: tuple[str, int]) -> None:
+        """A new sender: counts the work it throws away when it resumed below the highest step."""
+        start = e.instance_start
+        if start is not None and e.step is not None and e.step > start.step:
+            n = e.step - start.step
+            e.per_step = (
+                (e.flops - start.flops) / n,
+                (e.tokens - start.tokens) / n,
+                (e.seconds["productive"] - start.productive) / n,
+            )
+        resumed = report.start_step
+        if e.max_step is None or report.step is None:
+            return
+        if resumed is None:
+            if report.step < e.max_step:
+                self._log.log(
+                    ("no_start_step", key[0]),
+                    logging.INFO,
+                    "job %s rank %d restarted at step %d, below the highest step %d, without saying where it "
+                    "resumed (start_step): no lost work counted",
+                    key[0],
+                    key[1],
+                    report.step,
+                    e.max_step,
+                    repeat=f"job {key[0]}: restarts without start_step",
+                )
+            return
+        if resumed >= e.max_step:
+            return
+        lost = e.max_step - resumed
+        e.lost["steps"] += lost
+        if e.per_step is None:
+            self._log.log(
+                ("no_per_step", key[0]),
+                logging.WARNING,
+                "job %s rank %d resumed %d steps back, but no earlier sender reported two different steps: "
+                "lost FLOPs, tokens and seconds not counted (mfu_job_lost_work_steps_total is)",
+                key[0],
+                key[1],
+                lost,
+                repeat=f"job {key[0]}: lost work without a per-step figure",
+            )
+            return
+        flops, tokens, productive = e.per_step
+        e.lost["flops"] += lost * flops
+        e.lost["tokens"] += lost * tokens
+        e.lost["seconds"] += lost * productive
+
+    def _start_instance(self, e: Goodput, report: ReportData, flops: float, tokens: float) -> None:
+        e.step = None
+        e.instance_start = (
+            Sample(report.step, flops, tokens, e.seconds["productive"]) if report.step is not None else None
+        )
+
+    @staticmethod
+    def _note(e: Goodput, report: ReportData, flops: float, tokens: float) -> None:
+        e.flops, e.tokens = flops, tokens
+        if report.step is not None:
+            e.step = report.step
+            if e.max_step is None or report.step > e.max_step:
+                e.max_step = report.step
+
+    def _drop_oldest(self) -> None:
+        oldest = min(self.entries, key=lambda k: self.entries[k].last_received)
+        del self.entries[oldest]
+
+    def forget(self, key: tuple[str, int]) -> None:
+        self.entries.pop(key, None)
+
+    def expire(self, now: float, keep: Iterable[tuple[str, int]]) -> None:
+        """Drops the entries silent past the TTL, but never those of ranks still tracked (`keep`)."""
+        kept = set(keep)
+        for key in [k for k, e in self.entries.items() if now - e.last_received > self.ttl and k not in kept]:
+            del self.entries[key]
+
+    def view(self, key: tuple[str, int]) -> Goodput | None:
+        e = self.entries.get(key)
+        return e.copy() if e is not None else None
+
+    # -- persistence -------------------------------------------------------------------------
+    def export(self) -> list[dict[str, Any]]:
+        return [encode(key, e) for key, e in self.entries.items()]
+
+    def restore(self, entries: Iterable[tuple[tuple[str, int], Goodput]], now: float) -> int:
+        restored = 0
+        for key, e in entries:
+            if now - e.last_received > self.ttl or key in self.entries:
+                continue
+            self.entries[key] = e
+            restored += 1
+        return restored
+
+
+def encode(key: tuple[str, int], e: Goodput) -> dict[str, Any]:
+    start = e.instance_start
+    return {
+        "job_id": key[0],
+        "rank": key[1],
+        "first_received": e.first_received,
+        "last_received": e.last_received,
+        "sender": e.sender,
+        "flops": e.flops,
+        "tokens": e.tokens,
+        "step": e.step,
+        "max_step": e.max_step,
+        "instance_start": [start.step, start.flops, start.tokens, start.productive] if start else None,
+        "per_step": list(e.per_step) if e.per_step is not None else None,
+        "phase_raw": e.phase_raw,
+        "seconds": e.seconds,
+        "lost": e.lost,
+        "restarts": e.restarts,
+        "phases": e.phases,
+    }
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value < 0:
+        raise ValueError(f"{what}: expected a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _step(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what}: expected a step >= 0, got {value!r}")
+    return value
+
+
+def _numbers(value: Any, names: Iterable[str] | None, what: str) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: expected an object")
+    out = {str(k): _number(v, f"{what}.{k}") for k, v in value.items()}
+    for name in names or ():
+        out.setdefault(name, 0.0)
+    return out
+
+
+def decode(item: Any, where: str) -> tuple[tuple[str, int], Goodput]:
+    """Raises ValueError naming the field when `item` is not an entry written by encode()."""
+    if not isinstance(item, dict) or not isinstance(item.get("job_id"), str):
+        raise ValueError(f"{where}: not a goodput entry")
+    rank = _step(item.get("rank"), f"{where}.rank")
+    if rank is None:
+        raise ValueError(f"{where}.rank missing")
+    start = item.get("instance_start")
+    per_step = item.get("per_step")
+    phases = _numbers(item.get("phases") or {}, (*BUILTIN_PHASES, OTHER_PHASE), f"{where}.phases")
+    if len(phases) > MAX_PHASES:
+        raise ValueError(f"{where}.phases: more than {MAX_PHASES} phases")
+    e = Goodput(
+        first_received=_number(item.get("first_received"), f"{where}.first_received"),
+        last_received=_number(item.get("last_received"), f"{where}.last_received"),
+        sender=item.get("sender") if isinstance(item.get("sender"), str) else None,
+        flops=_number(item.get("flops", 0), f"{where}.flops"),
+        tokens=_number(item.get("tokens", 0), f"{where}.tokens"),
+        step=_step(item.get("step"), f"{where}.step"),
+        max_step=_step(item.get("max_step"), f"{where}.max_step"),
+        instance_start=Sample(
+            _step(start[0], f"{where}.instance_start") or 0,
+            *(_number(v, f"{where}.instance_start") for v in start[1:4]),
+        )
+        if isinstance(start, list) and len(start) == 4
+        else None,
+        per_step=tuple(_number(v, f"{where}.per_step") for v in per_step)  # type: ignore[arg-type]
+        if isinstance(per_step, list) and len(per_step) == 3
+        else None,
+        phase_raw=_numbers(item.get("phase_raw") or {}, None, f"{where}.phase_raw"),
+        seconds=_numbers(item.get("seconds") or {}, SECONDS, f"{where}.seconds"),
+        lost=_numbers(item.get("lost") or {}, LOST, f"{where}.lost"),
+        restarts={k: int(v) for k, v in _numbers(item.get("restarts") or {}, RESTART_CAUSES, where).items()},
+        phases=phases,
+    )
+    return (item["job_id"], rank), e
