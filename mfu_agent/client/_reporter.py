@@ -1065,8 +1065,9 @@ class Reporter:
 
         ``name``: ``"checkpoint"``, ``"eval"``, ``"data_wait"``, or up to 4 names of your own
         (``[a-z][a-z0-9_]``, at most 32 characters); any other name is logged once and counted as
-        ``"other"``. Never raises. Nested phases: the time counts to the innermost one. The seconds are sent, as cumulative counters,
-        with the next report (a phase still open counts up to the moment of the report).
+        ``"other"``. Never raises. Nested phases: the time counts to the innermost one. The seconds are
+        sent, as cumulative counters, with the next report (a phase still open counts up to the moment of
+        the report).
         """
         try:
             return _Phase(self, self._phase_name(name))
