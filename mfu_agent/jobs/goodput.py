@@ -37,6 +37,7 @@ BUILTIN_PHASES = ("checkpoint", "eval", "data_wait")
 OTHER_PHASE = "other"
 MAX_USER_PHASES = 4  # per rank: further names count as "other"
 MAX_PHASES = len(BUILTIN_PHASES) + 1 + MAX_USER_PHASES  # what one report may carry, and one rank export
+MAX_PHASE_NAMES_SEEN = 4 * MAX_PHASES  # a sender's names the agent follows (what "other" adds up)
 PHASE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 RESTART_CAUSES = ("new_process", "counter_reset")
 SECONDS = ("wall", "productive", "stall", "restart_downtime")
@@ -131,7 +132,10 @@ class GoodputLedger:
                 self._drop_oldest()
             e = self.entries[key] = Goodput(first_received=now, last_received=now, sender=sender)
             self._start_instance(e, report, flops, tokens)
-            e.phase_raw = dict(report.phase_seconds or {})  # before the first report: outside the wall time
+            # Phase seconds before the first report fall outside the wall time: only the names count.
+            e.phase_raw = dict(report.phase_seconds or {})
+            for name in e.phase_raw:
+                self._exported(e, name)
             self._note(e, report, flops, tokens)
             return
         interval = max(0.0, now - e.last_received)
@@ -171,29 +175,35 @@ class GoodputLedger:
         raw = e.phase_raw
         deltas: dict[str, float] = {}
         for name, value in reported.items():
+            if name not in raw and len(raw) >= MAX_PHASE_NAMES_SEEN:
+                continue  # a sender inventing names in every report: bounded, their time goes uncounted
+            exported = self._exported(e, name)
             previous = raw.get(name, 0.0)
             raw[name] = value
             if value > previous:
-                deltas[name] = value - previous
+                deltas[exported] = deltas.get(exported, 0.0) + value - previous
         total = sum(deltas.values())
         if total <= 0.0:
             return 0.0
         scale = interval / total if total > interval else 1.0
         phases = e.phases
-        for name, delta in deltas.items():
-            exported = e.phase_name(name)
-            if exported != name and name not in BUILTIN_PHASES:
-                self._log.log(
-                    ("phases", name),
-                    logging.WARNING,
-                    "phase %r counted as %r: a rank may mark at most %d phase names of its own",
-                    name,
-                    OTHER_PHASE,
-                    MAX_USER_PHASES,
-                    repeat="phase names counted as 'other'",
-                )
+        for exported, delta in deltas.items():
             phases[exported] += delta * scale
         return min(total, interval)
+
+    def _exported(self, e: Goodput, name: str) -> str:
+        exported = e.phase_name(name)
+        if exported != name:
+            self._log.log(
+                ("phases", name),
+                logging.WARNING,
+                "phase %r counted as %r: a rank may mark at most %d phase names of its own",
+                name,
+                OTHER_PHASE,
+                MAX_USER_PHASES,
+                repeat="phase names counted as 'other'",
+            )
+        return exported
 
     def _restored(self, e: Goodput, report: ReportData, key: tuple[str, int]) -> None:
         """A new sender: counts the work it throws away when it resumed below the highest step."""
