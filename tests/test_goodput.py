@@ -403,7 +403,7 @@ def test_the_agent_refuses_a_start_step_past_the_step_and_a_bad_phase_name(agent
     answer = httpx.post(agent.url + "/v1/reports", json={**body, "step": 5, "start_step": 6}, timeout=10)
     assert answer.status_code == 422 and answer.json()["field"] == "start_step"
     answer = httpx.post(agent.url + "/v1/reports", json={**body, "start_step": 0}, timeout=10)
-    assert answer.status_code == 422 and answer.json()["field"] == "start_step"
+    assert answer.status_code == 422 and answer.json()["field"] == "step"
     answer = httpx.post(
         agent.url + "/v1/reports", json={**body, "phase_seconds_total": {"Check Point": 1.0}}, timeout=10
     )

@@ -153,10 +153,16 @@ def to_data(report: ReportIn, prefix: str = "") -> ReportData:
     if hardware is not None and type(hardware) is not dict:
         hardware = {precision: hardware}
     start_step = report.start_step
-    if start_step is not None and (report.step is None or start_step > report.step):
+    if start_step is not None and report.step is None:
+        raise Invalid(
+            f"{prefix}.step" if prefix else "step",
+            f"missing: a report with start_step ({start_step}) must carry its step",
+        )
+    if start_step is not None and start_step > report.step:  # type: ignore[operator]
         raise Invalid(
             f"{prefix}.start_step" if prefix else "start_step",
-            f"start_step {start_step} needs a step at or after it (step: {report.step})",
+            f"{start_step} is past the step ({report.step}): the step a sender resumed from comes before "
+            "the steps it reports",
         )
     return ReportData(
         job_id=report.job_id,
