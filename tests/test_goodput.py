@@ -429,3 +429,36 @@ def test_the_worked_example_of_docs_goodput_md(snapshot):
     assert g.lost == pytest.approx({"steps": 20, "flops": 6e16, "tokens": 81_920, "seconds": 18.67}, abs=0.01)
     effective = g.seconds["productive"] - g.lost["seconds"]
     assert effective / g.seconds["wall"] == pytest.approx(0.498, abs=0.001)
+
+
+def test_a_closed_rank_s_accounting_expires_with_the_rank_ttl_and_makes_room_first(snapshot):
+    clock = Clock()
+    registry = JobRegistry(clock=clock, rank_ttl_seconds=100, max_ranks=2)
+    registry.apply([report(0, "a")], snapshot)
+    clock.now += 10
+    registry.apply([report(10, "a", final=True)], snapshot)
+    clock.now += 101
+    assert registry.views() == []
+    registry.apply([report(40, "b", start=40)], snapshot)
+    g = goodput(registry)
+    assert g.restarts["new_process"] == 0 and g.seconds["wall"] == 0 and g.lost["steps"] == 0
+    # At most 2 x --max-ranks entries: a new rank makes room by dropping the oldest closed one, never
+    # the accounting of a rank still tracked.
+    for rank in range(1, 5):
+        registry.apply([report(0, "x", rank=rank, final=True)], snapshot)
+        clock.now += 1
+    assert set(registry.goodput.entries) == {("j", 0), ("j", 2), ("j", 3), ("j", 4)}
+
+
+def test_a_sender_that_stops_sending_tokens_has_not_restarted(snapshot):
+    clock = Clock()
+    registry = JobRegistry(clock=clock)
+    registry.apply([report(0)], snapshot)
+    clock.now += 10
+    registry.apply([report(10)], snapshot)
+    clock.now += 10
+    registry.apply(
+        [ReportData(job_id="j", rank=0, model_flops={"bf16": 20 * F}, gpus=(0,), instance="a", step=20)],
+        snapshot,
+    )
+    assert goodput(registry).restarts == {"new_process": 0, "counter_reset": 0}

@@ -65,6 +65,7 @@ class Goodput:
     last_received: float
     sender: str | None = None
     flops: float = 0.0  # the sender's cumulative model FLOPs (all dtypes) and tokens at its last report
+    model: dict[str, float] = field(default_factory=dict)  # its model FLOPs per dtype then
     tokens: float = 0.0
     step: int | None = None
     max_step: int | None = None  # highest step reached since the last restore
@@ -93,6 +94,7 @@ class Goodput:
             last_received=self.last_received,
             sender=self.sender,
             flops=self.flops,
+            model=self.model,
             tokens=self.tokens,
             step=self.step,
             max_step=self.max_step,
@@ -119,6 +121,9 @@ class GoodputLedger:
         self.ttl = ttl
         self.max_entries = max_entries
         self.entries: dict[tuple[str, int], Goodput] = {}
+        # Entries of ranks the registry dropped on a final report, oldest first: the only ones that
+        # expire here or make room (the registry's live ranks go through forget()).
+        self._closed: dict[tuple[str, int], None] = {}
         self._log = repeated or RepeatedLog(log)
 
     def apply(self, report: ReportData, now: float) -> None:
@@ -128,8 +133,10 @@ class GoodputLedger:
         tokens = report.tokens_total or 0.0
         sender = sender_of(report)
         if e is None:
-            if len(self.entries) >= self.max_entries:
-                self._drop_oldest()
+            if len(self.entries) >= self.max_entries and self._closed:
+                oldest = next(iter(self._closed))
+                del self._closed[oldest]
+                del self.entries[oldest]
             e = self.entries[key] = Goodput(first_received=now, last_received=now, sender=sender)
             self._start_instance(e, report, flops, tokens)
             # Phase seconds before the first report fall outside the wall time: only the names count.
@@ -138,6 +145,8 @@ class GoodputLedger:
                 self._exported(e, name)
             self._note(e, report, flops, tokens)
             return
+        if self._closed:
+            self._closed.pop(key, None)
         interval = max(0.0, now - e.last_received)
         e.last_received = now
         seconds = e.seconds
@@ -145,8 +154,8 @@ class GoodputLedger:
         cause = None
         if sender != e.sender:
             cause = "new_process"
-        elif flops < e.flops or tokens < e.tokens:
-            cause = "counter_reset"
+        elif any(value < e.model.get(dtype, 0.0) for dtype, value in report.model_flops.items()):
+            cause = "counter_reset"  # as the registry sees a restart: a model FLOP counter went down
         if cause is not None:
             e.restarts[cause] += 1
             e.phase_raw = {}  # the new sender's phase counters start from zero
@@ -261,23 +270,30 @@ class GoodputLedger:
 
     @staticmethod
     def _note(e: Goodput, report: ReportData, flops: float, tokens: float) -> None:
-        e.flops, e.tokens = flops, tokens
+        e.flops, e.tokens, e.model = flops, tokens, report.model_flops  # a report is never changed
         if report.step is not None:
             e.step = report.step
             if e.max_step is None or report.step > e.max_step:
                 e.max_step = report.step
 
-    def _drop_oldest(self) -> None:
-        oldest = min(self.entries, key=lambda k: self.entries[k].last_received)
-        del self.entries[oldest]
-
     def forget(self, key: tuple[str, int]) -> None:
+        """The registry dropped the rank for good (silent past the TTL, or evicted)."""
         self.entries.pop(key, None)
+        self._closed.pop(key, None)
 
-    def expire(self, now: float, keep: Iterable[tuple[str, int]]) -> None:
-        """Drops the entries silent past the TTL, but never those of ranks still tracked (`keep`)."""
-        kept = set(keep)
-        for key in [k for k, e in self.entries.items() if now - e.last_received > self.ttl and k not in kept]:
+    def closed(self, key: tuple[str, int]) -> None:
+        """The registry dropped the rank on its final report: kept until the TTL for a next sender."""
+        if key in self.entries:
+            self._closed.pop(key, None)
+            self._closed[key] = None
+
+    def expire(self, now: float) -> None:
+        """Drops the closed entries silent past the TTL (oldest first: O(what expires))."""
+        while self._closed:
+            key = next(iter(self._closed))
+            if now - self.entries[key].last_received <= self.ttl:
+                break
+            del self._closed[key]
             del self.entries[key]
 
     def view(self, key: tuple[str, int]) -> Goodput | None:
@@ -288,12 +304,19 @@ class GoodputLedger:
     def export(self) -> list[dict[str, Any]]:
         return [encode(key, e) for key, e in self.entries.items()]
 
-    def restore(self, entries: Iterable[tuple[tuple[str, int], Goodput]], now: float) -> int:
+    def restore(
+        self, entries: Iterable[tuple[tuple[str, int], Goodput]], now: float, live: Iterable[tuple[str, int]]
+    ) -> int:
+        """Adds entries read from the state file; those of ranks not among `live` (the ranks restored)
+        had closed."""
+        live = set(live)
         restored = 0
-        for key, e in entries:
+        for key, e in sorted(entries, key=lambda item: item[1].last_received):
             if now - e.last_received > self.ttl or key in self.entries:
                 continue
             self.entries[key] = e
+            if key not in live:
+                self._closed[key] = None
             restored += 1
         return restored
 
@@ -307,6 +330,7 @@ def encode(key: tuple[str, int], e: Goodput) -> dict[str, Any]:
         "last_received": e.last_received,
         "sender": e.sender,
         "flops": e.flops,
+        "model": e.model,
         "tokens": e.tokens,
         "step": e.step,
         "max_step": e.max_step,
@@ -360,6 +384,7 @@ def decode(item: Any, where: str) -> tuple[tuple[str, int], Goodput]:
         last_received=_number(item.get("last_received"), f"{where}.last_received"),
         sender=item.get("sender") if isinstance(item.get("sender"), str) else None,
         flops=_number(item.get("flops", 0), f"{where}.flops"),
+        model=_numbers(item.get("model") or {}, None, f"{where}.model"),
         tokens=_number(item.get("tokens", 0), f"{where}.tokens"),
         step=_step(item.get("step"), f"{where}.step"),
         max_step=_step(item.get("max_step"), f"{where}.max_step"),

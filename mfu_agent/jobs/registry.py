@@ -382,7 +382,9 @@ class JobRegistry:
         if state.footprint is not None:
             self.ledger.change(key[0], state.footprint, None)
         self._evictable_at.pop(key, None)
-        if reason != "final":  # a job that closed its reporter may come back from a checkpoint
+        if reason == "final":  # a job that closed its reporter may come back from a checkpoint
+            self.goodput.closed(key)
+        else:
             self.goodput.forget(key)
         self.removed[reason] += 1
         self.changes += 1
@@ -508,7 +510,7 @@ class JobRegistry:
         self._log.flush()
         with self._lock:
             self._expire(now)
-            self.goodput.expire(now, self._ranks)
+            self.goodput.expire(now)
             return [self._view(s, now) for s in sorted(self._ranks.values(), key=lambda s: s.key)]
 
     def __len__(self) -> int:
@@ -552,7 +554,7 @@ class JobRegistry:
 
     def restore_goodput(self, entries: Iterable[tuple[tuple[str, int], Goodput]]) -> int:
         with self._lock:
-            return self.goodput.restore(entries, self._clock())
+            return self.goodput.restore(entries, self._clock(), self._ranks)
 
     def restore(self, ranks: Iterable[RankState]) -> int:
         """Adds ranks read from the state file (before any report arrives). Returns how many."""
