@@ -72,6 +72,7 @@ class Goodput:
     instance_start: Sample | None = None  # the current sender's first report with a step
     per_step: tuple[float, float, float] | None = None  # FLOPs, tokens, productive s per step, last known
     phase_raw: dict[str, float] = field(default_factory=dict)  # the sender's cumulative seconds per name
+    phase_names: dict[str, str] = field(default_factory=dict)  # a reported name -> its exported name
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SECONDS, 0.0))
     lost: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOST, 0.0))
     restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESTART_CAUSES, 0))
@@ -108,12 +109,6 @@ class Goodput:
         )
 
 
-def sender_of(report: ReportData) -> str | None:
-    if report.instance is not None:
-        return report.instance
-    return f"pid:{report.pid}" if report.pid is not None else None
-
-
 class GoodputLedger:
     """Not thread-safe: the registry's lock guards it."""
 
@@ -127,81 +122,111 @@ class GoodputLedger:
         self._log = repeated or RepeatedLog(log)
 
     def apply(self, report: ReportData, now: float) -> None:
+        """Accounts one applied report (on the ingest path: kept to a few dict operations)."""
         key = (report.job_id, report.rank)
         e = self.entries.get(key)
-        flops = sum(report.model_flops.values())
+        model = report.model_flops
+        flops = sum(model.values())
         tokens = report.tokens_total or 0.0
-        sender = sender_of(report)
+        sender = report.instance
+        if sender is None and report.pid is not None:
+            sender = f"pid:{report.pid}"
         if e is None:
-            if len(self.entries) >= self.max_entries and self._closed:
-                oldest = next(iter(self._closed))
-                del self._closed[oldest]
-                del self.entries[oldest]
-            e = self.entries[key] = Goodput(first_received=now, last_received=now, sender=sender)
-            self._start_instance(e, report, flops, tokens)
-            # Phase seconds before the first report fall outside the wall time: only the names count.
-            e.phase_raw = dict(report.phase_seconds or {})
-            for name in e.phase_raw:
-                self._exported(e, name)
-            self._note(e, report, flops, tokens)
+            self._first(key, report, now, sender, flops, tokens)
             return
         if self._closed:
             self._closed.pop(key, None)
-        interval = max(0.0, now - e.last_received)
+        interval = now - e.last_received
+        if interval < 0.0:
+            interval = 0.0
         e.last_received = now
         seconds = e.seconds
         seconds["wall"] += interval
         cause = None
         if sender != e.sender:
             cause = "new_process"
-        elif any(value < e.model.get(dtype, 0.0) for dtype, value in report.model_flops.items()):
-            cause = "counter_reset"  # as the registry sees a restart: a model FLOP counter went down
+        else:
+            last = e.model
+            for dtype, value in model.items():
+                if value < last.get(dtype, 0.0):  # as the registry sees a restart: a model FLOP counter fell
+                    cause = "counter_reset"
+                    break
+        phases = report.phase_seconds
         if cause is not None:
             e.restarts[cause] += 1
             e.phase_raw = {}  # the new sender's phase counters start from zero
-            rest = interval - self._phases(e, report.phase_seconds, interval)
-            seconds["restart_downtime"] += rest
+            marked = self._phases(e, phases, interval) if phases else 0.0
+            seconds["restart_downtime"] += interval - marked
             self._restored(e, report, key)
             e.sender = sender
             e.max_step = None  # from here: the highest step since this restart
             self._start_instance(e, report, flops, tokens)
         else:
-            rest = interval - self._phases(e, report.phase_seconds, interval)
-            if report.step is not None and e.step is not None:
-                advanced = report.step > e.step
-            else:
-                advanced = flops > e.flops
-            seconds["productive" if advanced else "stall"] += rest
+            marked = self._phases(e, phases, interval) if phases and phases != e.phase_raw else 0.0
+            step, last_step = report.step, e.step
+            advanced = step > last_step if step is not None and last_step is not None else flops > e.flops
+            seconds["productive" if advanced else "stall"] += interval - marked
             if e.instance_start is None:
                 self._start_instance(e, report, flops, tokens)
-        self._note(e, report, flops, tokens)
+        e.flops, e.tokens, e.model = flops, tokens, model  # a report is never changed once built
+        step = report.step
+        if step is not None:
+            e.step = step
+            if e.max_step is None or step > e.max_step:
+                e.max_step = step
 
-    def _phases(self, e: Goodput, reported: dict[str, float] | None, interval: float) -> float:
+    def _first(
+        self,
+        key: tuple[str, int],
+        report: ReportData,
+        now: float,
+        sender: str | None,
+        flops: float,
+        tokens: float,
+    ) -> None:
+        if len(self.entries) >= self.max_entries and self._closed:
+            oldest = next(iter(self._closed))
+            del self._closed[oldest]
+            del self.entries[oldest]
+        e = self.entries[key] = Goodput(first_received=now, last_received=now, sender=sender)
+        self._start_instance(e, report, flops, tokens)
+        # Phase seconds before the first report fall outside the wall time: only the names count.
+        e.phase_raw = dict(report.phase_seconds or {})
+        for name in e.phase_raw:
+            self._exported(e, name)
+        e.flops, e.tokens, e.model = flops, tokens, report.model_flops
+        e.step = e.max_step = report.step
+
+    def _phases(self, e: Goodput, reported: dict[str, float], interval: float) -> float:
         """Adds the phase seconds of this interval (scaled down to the interval if they exceed it:
         the sender's clock and the receive times differ by a little); returns their sum."""
-        if not reported:
-            return 0.0
         raw = e.phase_raw
-        deltas: dict[str, float] = {}
+        grown: list[tuple[str, float]] = []
+        total = 0.0
         for name, value in reported.items():
-            if name not in raw and len(raw) >= MAX_PHASE_NAMES_SEEN:
-                continue  # a sender inventing names in every report: bounded, their time goes uncounted
-            exported = self._exported(e, name)
-            previous = raw.get(name, 0.0)
+            previous = raw.get(name)
+            if previous is None:
+                if len(raw) >= MAX_PHASE_NAMES_SEEN:
+                    continue  # a sender inventing names in every report: bounded, their time uncounted
+                previous = 0.0
+                self._exported(e, name)  # a new name takes its place now, even at 0 seconds
             raw[name] = value
             if value > previous:
-                deltas[exported] = deltas.get(exported, 0.0) + value - previous
-        total = sum(deltas.values())
+                grown.append((name, value - previous))
+                total += value - previous
         if total <= 0.0:
             return 0.0
         scale = interval / total if total > interval else 1.0
-        phases = e.phases
-        for exported, delta in deltas.items():
-            phases[exported] += delta * scale
+        phases, names = e.phases, e.phase_names
+        for name, delta in grown:
+            phases[names.get(name) or self._exported(e, name)] += delta * scale
         return min(total, interval)
 
     def _exported(self, e: Goodput, name: str) -> str:
-        exported = e.phase_name(name)
+        exported = e.phase_names.get(name)
+        if exported is not None:
+            return exported
+        exported = e.phase_names[name] = e.phase_name(name)
         if exported != name:
             self._log.log(
                 ("phases", name),
@@ -267,14 +292,6 @@ class GoodputLedger:
         e.instance_start = (
             Sample(report.step, flops, tokens, e.seconds["productive"]) if report.step is not None else None
         )
-
-    @staticmethod
-    def _note(e: Goodput, report: ReportData, flops: float, tokens: float) -> None:
-        e.flops, e.tokens, e.model = flops, tokens, report.model_flops  # a report is never changed
-        if report.step is not None:
-            e.step = report.step
-            if e.max_step is None or report.step > e.max_step:
-                e.max_step = report.step
 
     def forget(self, key: tuple[str, int]) -> None:
         """The registry dropped the rank for good (silent past the TTL, or evicted)."""
