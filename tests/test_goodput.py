@@ -462,3 +462,64 @@ def test_a_sender_that_stops_sending_tokens_has_not_restarted(snapshot):
         snapshot,
     )
     assert goodput(registry).restarts == {"new_process": 0, "counter_reset": 0}
+
+
+def test_goodput_counters_survive_a_real_agent_restart_with_state_dir(tmp_path):
+    body = {"job_id": "kept", "rank": 0, "gpus": [0], "interval": 0.1, "tokens_total": 0}
+
+    def post(url: str, step: int, instance: str, start: int = 0, **extra) -> None:
+        done = step - start
+        report = {
+            **body,
+            "instance": instance,
+            "step": step,
+            "start_step": start,
+            "model_flops_total": F * done,
+        }
+        answer = httpx.post(
+            url + "/v1/reports", json={**report, "tokens_total": T * done, **extra}, timeout=10
+        )
+        assert answer.status_code == 202, answer.text
+
+    def goodput_series(agent: AgentProcess) -> dict[tuple[str, str], float]:
+        found = samples(agent.metrics())
+        return {
+            (name, dict(labels).get("phase", dict(labels).get("cause", ""))): value
+            for (name, labels), value in found.items()
+            if dict(labels).get("job_id") == "kept" and name in GOODPUT_FAMILIES
+        }
+
+    with AgentProcess("--state-dir", str(tmp_path)) as first:
+        post(first.url, 0, "a")
+        time.sleep(0.2)
+        post(first.url, 10, "a", phase_seconds_total={"checkpoint": 0.05})
+        time.sleep(0.5)  # a is silent past 3 of its intervals: b may take the rank over
+        post(first.url, 5, "b", start=5)
+        before = goodput_series(first)
+    assert before[("mfu_job_lost_work_steps_total", "")] == 5
+    assert before[("mfu_job_lost_work_flops_total", "")] == 5 * F
+    assert before[("mfu_job_restarts_total", "new_process")] == 1
+    assert before[("mfu_job_productive_seconds_total", "")] > 0
+    with AgentProcess("--state-dir", str(tmp_path)) as second:
+        assert goodput_series(second) == before, "restored as saved"
+        time.sleep(0.1)
+        post(second.url, 15, "b", start=5)
+        after = goodput_series(second)
+    assert after.keys() == before.keys()
+    assert all(after[k] >= before[k] for k in before), "no counter went down"
+    assert after[("mfu_job_productive_seconds_total", "")] > before[("mfu_job_productive_seconds_total", "")]
+    assert after[("mfu_job_restarts_total", "new_process")] == 1, "the same sender after the agent's restart"
+
+
+GOODPUT_FAMILIES = {
+    "mfu_job_wall_seconds_total",
+    "mfu_job_productive_seconds_total",
+    "mfu_job_stall_seconds_total",
+    "mfu_job_restart_downtime_seconds_total",
+    "mfu_job_phase_seconds_total",
+    "mfu_job_restarts_total",
+    "mfu_job_lost_work_steps_total",
+    "mfu_job_lost_work_flops_total",
+    "mfu_job_lost_work_tokens_total",
+    "mfu_job_lost_work_seconds_total",
+}
