@@ -814,6 +814,49 @@ class Fleet:
             ((rl(r), 1 / r.job.step_seconds, 0.0, born(r)) for r in ranks),
         )
 
+        # Goodput per rank (labels job_id, rank): wall time since its first report, 95% of it
+        # productive, 1% stalled, the rest marked phases (3% checkpoint, 1% eval); no restarts.
+        def share(part: float) -> Iterator[Series]:
+            return ((rl(r), -part * born(r), part, born(r)) for r in ranks)
+
+        def zero() -> Iterator[Series]:
+            return ((rl(r), 0.0, 0.0, born(r)) for r in ranks)
+
+        yield "mfu_job_wall_seconds_total", "counter", share(1.0)
+        yield "mfu_job_productive_seconds_total", "counter", share(0.95)
+        yield "mfu_job_stall_seconds_total", "counter", share(0.01)
+        yield "mfu_job_restart_downtime_seconds_total", "counter", zero()
+        yield (
+            "mfu_job_phase_seconds_total",
+            "counter",
+            (
+                (
+                    _labels(r.gpu.instance, ("job_id", r.job.job_id), ("rank", r.rank), ("phase", phase)),
+                    -part * born(r),
+                    part,
+                    born(r),
+                )
+                for r in ranks
+                for phase, part in (("checkpoint", 0.03), ("eval", 0.01), ("data_wait", 0.0), ("other", 0.0))
+            ),
+        )
+        yield (
+            "mfu_job_restarts_total",
+            "counter",
+            (
+                (
+                    _labels(r.gpu.instance, ("job_id", r.job.job_id), ("rank", r.rank), ("cause", cause)),
+                    0.0,
+                    0.0,
+                    born(r),
+                )
+                for r in ranks
+                for cause in ("new_process", "counter_reset")
+            ),
+        )
+        for lost in ("steps", "flops", "tokens", "seconds"):
+            yield f"mfu_job_lost_work_{lost}_total", "counter", zero()
+
         # Per job on a node and GPU model (labels job_id, model), and per job on a node (job_id).
         node_rows = self.job_node()
         jobs = {j.job_id: j for j in self.jobs}

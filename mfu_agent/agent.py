@@ -24,6 +24,7 @@ from .jobs.state import StateStore
 from .metrics import MetricSource, make_registry
 from .metrics.agent import agent_families
 from .metrics.cardinality import node_series
+from .metrics.goodput import goodput_families
 from .metrics.gpu import gpu_families
 from .metrics.health import health_families
 from .metrics.jobs import job_families, report_families
@@ -198,6 +199,7 @@ class Agent:
         snapshot = self.snapshot()
         yield from job_families(views, self.attribution.of(snapshot))
         yield from rank_rollup_families(views)
+        yield from goodput_families(views)
         yield from job_node_families(views)
         yield from gpu_rollup_families(views, snapshot)
         yield from gpu_peak_families(snapshot, self.peaks)

@@ -47,7 +47,7 @@ def report(rank: int, flops: float = 1e15, job_id: str = "j", **kw) -> ReportDat
 
 def full_report(rank: int, t: float, gpus: tuple[int, ...], job_id: str = "full") -> ReportData:
     """A rank with every series there is: mixed precision, hardware FLOPs, tokens, samples, a step,
-    labels, two GPUs."""
+    labels, two GPUs, every phase a rank may mark (the built-in ones and 4 of its own)."""
     return report(
         rank,
         job_id=job_id,
@@ -59,6 +59,7 @@ def full_report(rank: int, t: float, gpus: tuple[int, ...], job_id: str = "full"
         timestamp=t,
         gpus=gpus,
         labels=(("hostname", "node-1"), ("pod", f"trainer-{rank}")),
+        phase_seconds={"checkpoint": t / 10, "eval": t / 20, **{f"mine_{i}": t / 40 for i in range(4)}},
     )
 
 

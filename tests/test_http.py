@@ -54,7 +54,7 @@ def test_openapi_lists_every_endpoint(served):
 REPORT_FIELDS = {
     "job_id", "rank", "local_rank", "world_size", "pid", "gpus", "instance", "interval", "dtype",
     "model_flops_total", "hardware_flops_total", "tokens_total", "samples_total", "step", "timestamp",
-    "labels", "final",
+    "labels", "final", "start_step", "phase_seconds_total",
 }  # fmt: skip
 
 

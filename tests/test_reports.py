@@ -351,6 +351,8 @@ FULL = {
     "timestamp": 1.7e9,
     "labels": {"pod": "p-0"},
     "final": False,
+    "start_step": 0,
+    "phase_seconds_total": {"checkpoint": 1.5, "own_phase": 0},
 }
 ODD_VALUES = [None, True, 0, -1, 1.5, 2**70, "", "x", "GPU-x", [], [0, "GPU-x"], {}, {"bf16": 1}, {"pod": []}]
 

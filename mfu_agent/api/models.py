@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
+from ..jobs.goodput import MAX_PHASES, PHASE_NAME_PATTERN
 from ..jobs.registry import ReportData
 from ..specs import DTYPES
 
@@ -28,6 +29,8 @@ LabelKey = Literal["pod", "namespace", "slurm_job_id", "hostname"]
 LabelValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:/@+-]{1,253}$")]
 Dtype = Literal["fp8", "bf16", "fp16", "tf32", "fp32", "fp64", "int8"]
 FlopsByDtype = Annotated[dict[Dtype, Count], Field(min_length=1, max_length=7)]
+PhaseName = Annotated[str, StringConstraints(pattern=PHASE_NAME_PATTERN)]
+Step = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 EXAMPLE = {
     "job_id": "llama-70b-run7",
@@ -85,8 +88,16 @@ class ReportIn(BaseModel):
     )
     tokens_total: Count | None = None
     samples_total: Count | None = None
-    step: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = Field(
-        default=None, description="last optimizer step, >= 0"
+    step: Step | None = Field(default=None, description="last optimizer step, >= 0")
+    start_step: Step | None = Field(
+        default=None,
+        description="the step this sender resumed from (the checkpoint it restored; 0 for a fresh start); "
+        "needs step, at most step. A new sender resuming below the highest step counts lost work",
+    )
+    phase_seconds_total: Annotated[dict[PhaseName, Count], Field(max_length=MAX_PHASES)] | None = Field(
+        default=None,
+        description="seconds the sender spent in each phase it marked, since it started: checkpoint, eval, "
+        f"data_wait, other, or names of its own ({PHASE_NAME_PATTERN}); at most {MAX_PHASES} names",
     )
     timestamp: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         default=None, description="sender's Unix time (seconds) when the counters had these values"
@@ -141,6 +152,18 @@ def to_data(report: ReportIn, prefix: str = "") -> ReportData:
         model = {precision: flops}
     if hardware is not None and type(hardware) is not dict:
         hardware = {precision: hardware}
+    start_step = report.start_step
+    if start_step is not None and report.step is None:
+        raise Invalid(
+            f"{prefix}.step" if prefix else "step",
+            f"missing: a report with start_step ({start_step}) must carry its step",
+        )
+    if start_step is not None and start_step > report.step:  # type: ignore[operator]
+        raise Invalid(
+            f"{prefix}.start_step" if prefix else "start_step",
+            f"{start_step} is past the step ({report.step}): the step a sender resumed from comes before "
+            "the steps it reports",
+        )
     return ReportData(
         job_id=report.job_id,
         rank=report.rank,
@@ -159,6 +182,8 @@ def to_data(report: ReportIn, prefix: str = "") -> ReportData:
         timestamp=report.timestamp,
         labels=label_pairs,
         final=report.final is True,
+        start_step=start_step,
+        phase_seconds=report.phase_seconds_total,
     )
 
 

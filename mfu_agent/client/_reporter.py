@@ -59,6 +59,12 @@ MAX_INDEX = 1_000_000
 MAX_GPU_INDEX = 1023
 MAX_GPUS = 16  # the agent's bound per report (docs/api.md)
 MAX_LABEL_CHARACTERS = 512  # the agent's bound on all label values of a report together
+# Phases a training loop marks with ``with reporter.phase(name):`` (the agent's bound: 8 names a rank).
+PHASES = ("checkpoint", "eval", "data_wait")
+OTHER_PHASE = "other"
+MAX_USER_PHASES = 4
+PHASE_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+MAX_STEP = 2**63 - 1
 
 # Spellings people (and frameworks) use for the dtypes the agent knows.
 _DTYPE_ALIASES = {
@@ -754,6 +760,7 @@ class Reporter:
         max_backoff: float = 60.0,
         job_flops_per_step: float | Mapping[str, float] | None = None,
         job_tokens_per_step: float | None = None,
+        start_step: int | None = None,
     ) -> None:
         # --- configuration (the only place that raises) ---------------------------------------
         if job_id is None:
@@ -794,6 +801,9 @@ class Reporter:
         if rank_value is None and world_size_value != 1:
             _warn_no_rank()
 
+        start_step_value = None
+        if start_step is not None:
+            start_step_value = _int_arg("start_step", start_step, (), 0, MAX_STEP)
         for name, value in (("interval", interval), ("timeout", timeout), ("max_backoff", max_backoff)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
                 raise ValueError(
@@ -886,7 +896,12 @@ class Reporter:
             static["gpus"] = list(self.gpus)
         if self.labels:
             static["labels"] = dict(self.labels)
+        #: The step training resumed from (a checkpoint's), or None: reported steps count on from it.
+        self.start_step: int | None = start_step_value
+        if start_step_value is not None:
+            static["start_step"] = start_step_value
         self._static = static
+        self._step_base = start_step_value or 0
 
         # --- hot-path state: plain numbers behind one short lock --------------------------------
         self._lock = threading.Lock()
@@ -904,6 +919,9 @@ class Reporter:
         self._add_hw = tuple((self._d_hw or {}).items())
         self._add_tokens = self._d_tokens or 0.0
         self._add_samples = self._d_samples or 0.0
+        # Phases (guarded by _lock): seconds per phase name, and the open phases, innermost last.
+        self._phase_seconds: dict[str, float] = {}
+        self._open_phases: list[list[Any]] = []  # [name, time.monotonic() it started or resumed]
 
         # --- sender state (guarded by _send_lock) ---------------------------------------------
         self._send_lock = threading.Lock()
@@ -1040,6 +1058,77 @@ class Reporter:
             pass
 
     # ------------------------------------------------------------------------------------------
+    # phases
+    # ------------------------------------------------------------------------------------------
+    def phase(self, name: str) -> _Phase:
+        """``with reporter.phase("checkpoint"):`` marks the time inside as that phase, not training.
+
+        ``name``: ``"checkpoint"``, ``"eval"``, ``"data_wait"``, or up to 4 names of your own
+        (``[a-z][a-z0-9_]``, at most 32 characters); any other name is logged once and counted as
+        ``"other"``. Never raises. Nested phases: the time counts to the innermost one. The seconds are
+        sent, as cumulative counters, with the next report (a phase still open counts up to the moment of
+        the report).
+        """
+        try:
+            return _Phase(self, self._phase_name(name))
+        except Exception as exc:  # pragma: no cover - defensive: never raise into training
+            self._log_arg_once("phase", f"mfu_agent.client: phase() failed: {exc!r}")
+            return _Phase(self, OTHER_PHASE)
+
+    def _phase_name(self, name: object) -> str:
+        if name in PHASES or name == OTHER_PHASE:
+            return name  # type: ignore[return-value]
+        if not isinstance(name, str) or not PHASE_NAME_RE.fullmatch(name):
+            self._log_arg_once(
+                f"phase:{name!r}"[:80],
+                f"mfu_agent.client: phase name {name!r} is not 1..32 characters of [a-z0-9_] starting with a "
+                f"letter; counted as {OTHER_PHASE!r}",
+            )
+            return OTHER_PHASE
+        with self._lock:
+            if name in self._phase_seconds:
+                return name
+            own = sum(1 for n in self._phase_seconds if n not in PHASES and n != OTHER_PHASE)
+            if own < MAX_USER_PHASES:
+                self._phase_seconds[name] = 0.0
+                return name
+        self._log_arg_once(
+            "phase:too_many",
+            f"mfu_agent.client: phase {name!r} counted as {OTHER_PHASE!r}: at most {MAX_USER_PHASES} phase "
+            f"names of your own besides {', '.join(PHASES)}",
+        )
+        return OTHER_PHASE
+
+    def _enter_phase(self, name: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            seconds, open_phases = self._phase_seconds, self._open_phases
+            if open_phases:  # pause the enclosing phase
+                outer = open_phases[-1]
+                seconds[outer[0]] = seconds.get(outer[0], 0.0) + (now - outer[1])
+            open_phases.append([name, now])
+            seconds.setdefault(name, 0.0)
+
+    def _exit_phase(self, name: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            seconds, open_phases = self._phase_seconds, self._open_phases
+            if not open_phases or open_phases[-1][0] != name:
+                return  # phases closed out of order (threads): nothing to count safely
+            _, started = open_phases.pop()
+            seconds[name] = seconds.get(name, 0.0) + (now - started)
+            if open_phases:  # resume the enclosing phase
+                open_phases[-1][1] = now
+
+    def _phases_now(self) -> dict[str, float]:
+        """Cumulative seconds per phase, the open one up to now. Caller holds ``_lock``."""
+        seconds = dict(self._phase_seconds)
+        if self._open_phases:
+            name, started = self._open_phases[-1]
+            seconds[name] = seconds.get(name, 0.0) + max(0.0, time.monotonic() - started)
+        return seconds
+
+    # ------------------------------------------------------------------------------------------
     # read-only views
     # ------------------------------------------------------------------------------------------
     @property
@@ -1057,6 +1146,7 @@ class Reporter:
             model, hw, tokens, samples = dict(self._model), dict(self._hw), self._tokens, self._samples
             steps, ts = self._steps, self._ts
             has_tokens, has_samples = self._has_tokens, self._has_samples
+            phases = self._phases_now() if self._phase_seconds else None
         report = dict(self._static)
         report["model_flops_total"] = self._flops_form(model)
         if hw:
@@ -1065,8 +1155,10 @@ class Reporter:
             report["tokens_total"] = _count(tokens)
         if has_samples:
             report["samples_total"] = _count(samples)
-        report["step"] = steps
+        report["step"] = self._step_base + steps
         report["timestamp"] = ts
+        if phases:
+            report["phase_seconds_total"] = phases
         return report
 
     def _flops_form(self, amounts: dict[str, float]) -> float | dict[str, float]:
@@ -1301,6 +1393,25 @@ class Reporter:
                 self.rank,
             )
         return False
+
+
+class _Phase:
+    """The context manager :meth:`Reporter.phase` returns; exceptions inside pass through."""
+
+    __slots__ = ("_name", "_reporter")
+
+    def __init__(self, reporter: Reporter, name: str) -> None:
+        self._reporter = reporter
+        self._name = name
+
+    def __enter__(self) -> _Phase:
+        with contextlib.suppress(Exception):  # never raise into training
+            self._reporter._enter_phase(self._name)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(Exception):
+            self._reporter._exit_phase(self._name)
 
 
 def _status_kind(status: int) -> str:

@@ -13,7 +13,8 @@ Per rank, on each GPU it uses now: `mfu_job_info`, `_last_report_timestamp_secon
 `_tokens_per_second` once it sent tokens, one `mfu_job_peak_flops` or `_peak_flops_unknown` per dtype
 it reports, one `mfu_job_mfu_ratio` per dtype of its model FLOPs and one `mfu_job_hfu_ratio` per dtype
 of its hardware FLOPs; one counter series per (GPU it has counters on, counter and dtype); and
-PER_RANK rollups, plus `mfu_job_rank_hfu_ratio` once it sent hardware FLOPs and
+PER_RANK rollups (with the goodput counters, jobs/goodput.py: a fixed set and at most MAX_PHASES
+phases, all counted), plus `mfu_job_rank_hfu_ratio` once it sent hardware FLOPs and
 `mfu_job_rank_steps_per_second` once it sent a step. Per job on the node:
 PER_JOB, plus PER_JOB_MODEL per GPU model its ranks use here.
 """
@@ -24,11 +25,14 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .goodput import SERIES_PER_RANK as GOODPUT_PER_RANK
+
 if TYPE_CHECKING:
     from .rank import GpuShare
 
 PER_RANK_GPU = 3
-PER_RANK = 3  # mfu_job_rank_mfu_ratio, _last_progress_timestamp_seconds, _last_report_timestamp_seconds
+# mfu_job_rank_mfu_ratio, _last_progress_timestamp_seconds, _last_report_timestamp_seconds; goodput
+PER_RANK = 3 + GOODPUT_PER_RANK
 PER_JOB = 3  # mfu_job_node_{model_flops,tokens}_per_second, _first_report_timestamp_seconds
 PER_JOB_MODEL = 4  # mfu_job_node_{peak_flops,mfu_ratio,hfu_ratio,gpus}
 

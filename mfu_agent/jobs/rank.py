@@ -46,6 +46,8 @@ class ReportData:
     timestamp: float | None = None
     labels: tuple[tuple[str, str], ...] = ()
     final: bool = False  # the sender's last report: the rank is dropped once it is applied
+    start_step: int | None = None  # the step the sender resumed from (jobs/goodput.py)
+    phase_seconds: dict[str, float] | None = None  # {phase: cumulative seconds the sender marked}
 
     def raw_counters(self) -> dict[CounterKey, float]:
         raw: dict[CounterKey, float] = {("model_flops", d): v for d, v in self.model_flops.items()}

@@ -25,6 +25,7 @@ from ..logs import RepeatedLog
 from ..specs import PeakTable
 from .budget import NOTHING, Footprint, SeriesLedger, footprint
 from .errors import ReportRejected
+from .goodput import Goodput, GoodputLedger
 from .ownership import DEFAULT_INTERVAL, SILENT_INTERVALS, conflict_message, same_sender, takeover_reason
 from .placement import place
 from .rank import COUNTERS, CounterKey, GpuShare, RankState, Rates, ReportData, rates_of, step_rate_of
@@ -69,6 +70,7 @@ class RankView:
     last_received: float
     last_progress: float
     restarts: int
+    goodput: Goodput | None = None  # a copy of the rank's goodput accounting (jobs/goodput.py)
     # gpu_utilisation's answers: a scrape asks for each (GPU, counter) seven times (per rank and GPU,
     # per rank, per job, per GPU), and a view never changes.
     _figures: dict[tuple[str, str], dict[str, float] | None] = field(
@@ -164,6 +166,8 @@ class JobRegistry:
         self._evictable: list[tuple[float, tuple[str, int]]] = []
         self._evictable_at: dict[tuple[str, int], float] = {}
         self._log = RepeatedLog(log)  # what clients can make happen thousands of times a second
+        # Kept apart from the ranks: a rank's accounting outlives its final report (jobs/goodput.py).
+        self.goodput = GoodputLedger(rank_ttl_seconds, 2 * max_ranks, self._log)
 
     @property
     def expired_total(self) -> int:
@@ -379,6 +383,10 @@ class JobRegistry:
         if state.footprint is not None:
             self.ledger.change(key[0], state.footprint, None)
         self._evictable_at.pop(key, None)
+        if reason == "final":  # a job that closed its reporter may come back from a checkpoint
+            self.goodput.closed(key)
+        else:
+            self.goodput.forget(key)
         self.removed[reason] += 1
         self.changes += 1
 
@@ -484,6 +492,7 @@ class JobRegistry:
         )
         if earlier:
             self._schedule(state)
+        self.goodput.apply(report, now)
 
     # -- reading ------------------------------------------------------------------------------
     def _expire(self, now: float) -> None:
@@ -504,6 +513,7 @@ class JobRegistry:
         self._log.flush()
         with self._lock:
             self._expire(now)
+            self.goodput.expire(now)
             return [self._view(s, now) for s in sorted(self._ranks.values(), key=lambda s: s.key)]
 
     def __len__(self) -> int:
@@ -533,6 +543,7 @@ class JobRegistry:
             last_received=s.last_received,
             last_progress=s.last_progress,
             restarts=s.restarts,
+            goodput=self.goodput.view(s.key),
         )
 
     # -- persistence (jobs/state.py writes and reads the file) --------------------------------
@@ -540,6 +551,14 @@ class JobRegistry:
         """A consistent copy of every rank's durable part, and the change count it reflects."""
         with self._lock:
             return self.changes, [_durable_copy(s) for s in self._ranks.values()]
+
+    def export_goodput(self) -> list[dict[str, object]]:
+        with self._lock:
+            return self.goodput.export()
+
+    def restore_goodput(self, entries: Iterable[tuple[tuple[str, int], Goodput]]) -> int:
+        with self._lock:
+            return self.goodput.restore(entries, self._clock(), self._ranks)
 
     def restore(self, ranks: Iterable[RankState]) -> int:
         """Adds ranks read from the state file (before any report arrives). Returns how many."""

@@ -1,5 +1,8 @@
 """Each rank's accumulated totals on disk, so exported counters never go down across agent restarts.
 
+Each rank's goodput accounting (jobs/goodput.py) is kept in the same file ("goodput"), for the same
+reason; a file without it (an older agent's) restores the ranks with none.
+
 One JSON file in --state-dir, replaced atomically (written to a temporary file in the same directory,
 fsynced, renamed over the old one). A file that cannot be read, is corrupt, or is not ours is set aside
 under a new name with one warning, never a crash; the agent then starts empty.
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import goodput
 from .rank import RankState
 from .registry import JobRegistry
 
@@ -36,8 +40,11 @@ def _unkey(text: str) -> tuple[str, str]:
     return counter, dtype
 
 
-def encode(ranks: list[RankState], node: str) -> dict[str, Any]:
+def encode(
+    ranks: list[RankState], node: str, goodput_entries: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     return {
+        "goodput": goodput_entries or [],
         "format": FORMAT,
         "version": VERSION,
         "node": node,
@@ -123,6 +130,14 @@ def decode(data: Any, node: str) -> list[RankState]:
     return ranks
 
 
+def decode_goodput(data: Any) -> list[tuple[tuple[str, int], goodput.Goodput]]:
+    """The goodput entries of a document decode() accepted; raises ValueError naming a bad field."""
+    entries = data.get("goodput") or []
+    if not isinstance(entries, list):
+        raise ValueError("goodput: expected a list")
+    return [goodput.decode(item, f"goodput[{i}]") for i, item in enumerate(entries)]
+
+
 def _write_atomically(path: Path, text: str) -> None:
     """Leaves either the old file or the whole new one, whatever happens (temporary file, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,11 +189,14 @@ class StateStore:
             self._set_aside(f"cannot read it: {exc}")
             return 0
         try:
-            ranks = decode(json.loads(text), self.node)
-        except (ValueError, TypeError, KeyError) as exc:
+            data = json.loads(text)
+            ranks = decode(data, self.node)
+            entries = decode_goodput(data)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
             self._set_aside(str(exc))
             return 0
         restored = self.registry.restore(ranks)
+        self.registry.restore_goodput(entries)
         log.info("restored %d rank(s) from %s", restored, self.path)
         return restored
 
@@ -198,7 +216,8 @@ class StateStore:
             changes, ranks = self.registry.export_state()
             if changes == self._saved_changes:
                 return True
-            document = json.dumps(encode(ranks, self.node), separators=(",", ":"))
+            entries = self.registry.export_goodput()
+            document = json.dumps(encode(ranks, self.node, entries), separators=(",", ":"))
             try:
                 _write_atomically(self.path, document)
             except OSError as exc:
