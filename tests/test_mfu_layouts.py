@@ -82,6 +82,11 @@ def test_tensor_x_pipeline_parallel_ranks_read_the_papers_mfu():
 
 TWO_SENDERS = """
 rep = Reporter(job_id="dup", flops_per_step=1e15, url=AGENT, interval=0.1, gpus=[0], world_size=None)
+# Both senders start together, however long each took to start (a loaded machine can take seconds).
+barrier = os.environ["BARRIER"]
+open(os.path.join(barrier, str(os.getpid())), "w").close()
+while len(os.listdir(barrier)) < 2:
+    time.sleep(0.01)
 deadline = time.time() + 3
 while time.time() < deadline:
     rep.step()
@@ -91,9 +96,9 @@ emit(total=rep.snapshot()["model_flops_total"], stats=rep.stats, pid=os.getpid()
 """
 
 
-def test_two_processes_on_one_rank_are_never_merged():
+def test_two_processes_on_one_rank_are_never_merged(tmp_path):
     with AgentProcess("--simulate", "2xNVIDIA H100 80GB HBM3", "--interval", "0.2") as agent:
-        procs = [start_client(TWO_SENDERS, agent) for _ in range(2)]
+        procs = [start_client(TWO_SENDERS, agent, env={"BARRIER": str(tmp_path)}) for _ in range(2)]
         (a, err_a), (b, err_b) = (finish_client(p) for p in procs)
         owner, refused = (a, b) if a["stats"]["posts_ok"] > b["stats"]["posts_ok"] else (b, a)
         assert refused["stats"]["last_status"] == 409 and refused["stats"]["posts_ok"] == 0
