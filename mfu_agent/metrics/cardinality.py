@@ -36,9 +36,9 @@ def node_series(snapshot: Snapshot | None, labelled: int) -> int:
 
 
 def cost_series(meter: UsageMeter) -> int:
-    """The series of metrics/cost.py now: the target, each device's idle seconds and (with prices) its
-    cost counters or its price_unknown flag, and each job's energy."""
-    total = 1 + len(meter.job_joules())
+    """The series of cost_families now: the target, each device's idle seconds and (with prices) its
+    cost counters or its price_unknown flag (the jobs' energy is counted with the jobs: jobs/budget.py)."""
+    total = 1
     for d in meter.devices():
         total += d.idle_seconds is not None
         if meter.prices is not None:
