@@ -218,6 +218,7 @@ class Agent:
         yield from job_node_families(views)
         yield from gpu_rollup_families(views, snapshot)
         yield from gpu_peak_families(snapshot, self.peaks)
+        yield from job_energy_families(self.usage, views)  # counted with the jobs' series (jobs/budget.py)
         with self._outcomes_lock:
             outcomes = dict(self._report_outcomes)
         yield from report_families(
@@ -230,7 +231,6 @@ class Agent:
 
     def _cost_metrics(self) -> Iterable[Metric]:
         yield from cost_families(self.usage)
-        yield from job_energy_families(self.usage)
 
     def _agent_metrics(self) -> Iterable[Metric]:
         gateway = getattr(self.backend, "gateway", None)

@@ -404,7 +404,9 @@ def test_real_prometheus_loads_and_evaluates_every_rule(tmp_path):
             return got if got == [pytest.approx(0.003, rel=1e-3)] else None
 
         prom.wait_for(cost_rate_settled, timeout=30, what="the fleet's cost rate at its true value")
-        assert list(values("mfu:fleet_below_target_cost_dollars:rate5m").values()) == [pytest.approx(0.00075, rel=1e-3)]
+        assert list(values("mfu:fleet_below_target_cost_dollars:rate5m").values()) == [
+            pytest.approx(0.00075, rel=1e-3)
+        ]
         assert values('mfu:job_energy_joules_per_token:ratio{job_id="llm"}') == {
             (("job_id", "llm"),): pytest.approx(2 * 650 / 1e4, rel=1e-3)
         }

@@ -72,6 +72,7 @@ class UsageMeter:
         self._devices: dict[str, DeviceUsage] = {}
         self._energy_seen: dict[str, float] = {}  # uuid -> the energy counter at its last reading
         self._job_joules: dict[str, float] = {}
+        self._without_energy: set[str] = set()  # jobs with a rank on a device without an energy counter
         self._warned: set[str] = set()
 
     def tick(self, snapshot: Snapshot) -> None:
@@ -104,9 +105,11 @@ class UsageMeter:
         with self._lock:
             return [DeviceUsage(**vars(d)) for d in self._devices.values()]
 
-    def job_joules(self) -> dict[str, float]:
+    def job_joules(self, jobs: set[str]) -> dict[str, float]:
+        """{job: joules} for these jobs (the registry's now), 0 for a job not yet counted at a sample, and
+        none for a job with a rank on a device without an energy counter."""
         with self._lock:
-            return dict(self._job_joules)
+            return {j: self._job_joules.get(j, 0.0) for j in jobs if j not in self._without_energy}
 
     def _device(self, gpu: GpuReading) -> DeviceUsage:
         device = self._devices.get(gpu.uuid)
@@ -164,8 +167,7 @@ class UsageMeter:
         running = {v.job_id for v in views}
         for job in [j for j in joules if j not in running or j in without]:
             del joules[job]
-        for job in running - without:
-            joules.setdefault(job, 0.0)
+        self._without_energy = without
 
     def _warn_unpriced(self, identity: GpuIdentity) -> None:
         key = f"{identity.name}|{identity.mig.profile if identity.mig else ''}"

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..cost.meter import UsageMeter
+from ..jobs.registry import RankView
 from .labels import add_sample, device_labels
 
 DEVICE = ["gpu", "uuid"]
@@ -67,7 +68,7 @@ def cost_families(meter: UsageMeter) -> Iterator[Metric]:
     yield from (cost, idle_cost, below, unknown)
 
 
-def job_energy_families(meter: UsageMeter) -> Iterator[Metric]:
+def job_energy_families(meter: UsageMeter, views: list[RankView]) -> Iterator[Metric]:
     energy = CounterMetricFamily(
         "mfu_job_node_energy_joules",
         "Energy of the job's GPUs on this node while its ranks ran there: each GPU's energy split equally "
@@ -75,6 +76,6 @@ def job_energy_families(meter: UsageMeter) -> Iterator[Metric]:
         "counter.",
         labels=["job_id"],
     )
-    for job_id, joules in sorted(meter.job_joules().items()):
+    for job_id, joules in sorted(meter.job_joules({v.job_id for v in views}).items()):
         energy.add_metric([job_id], joules)
     yield energy
