@@ -17,12 +17,16 @@ than `max_gap` seconds (the sampler was stuck: what happened meanwhile is unknow
 - job energy: each whole GPU's energy counter increase since its last reading, split equally among
   the ranks on it now, added to their jobs. A job with a rank on a device without an energy counter
   (a MIG device: the board's energy is not split among its slices; or a GPU without one) gets none.
+
+The ranks' MFU and placement come from the job registry, read at each tick unless that is slow
+(thousands of ranks): see FIGURES_DUTY.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +38,11 @@ from ..specs import PeakTable
 from .prices import PriceTable
 
 log = logging.getLogger(__name__)
+
+# The ranks' MFU per GPU and placement are read from the job registry at every sample, unless that took
+# more than 1/FIGURES_DUTY of the time since it was last read (thousands of ranks): then they are reused
+# until that much time has passed, so the meter never takes more than 5% of a core.
+FIGURES_DUTY = 20
 
 
 @dataclass
@@ -74,15 +83,20 @@ class UsageMeter:
         self._job_joules: dict[str, float] = {}
         self._without_energy: set[str] = set()  # jobs with a rank on a device without an energy counter
         self._warned: set[str] = set()
+        # (when read, on the snapshots' clock; how long reading took; MFU by uuid; the ranks' placement)
+        self._figures: tuple[float, float, dict[str, float], list[tuple[str, tuple[str, ...]]]] | None = None
 
     def tick(self, snapshot: Snapshot) -> None:
         """Adds the time since the previous snapshot; called by the sampler after each one."""
+        # Outside the lock: reading the registry takes its lock, and the registry, holding it, asks
+        # for this meter's series count (metrics/cardinality.py), which takes this meter's lock.
+        mfu, placement = self._rank_figures(snapshot.taken_at)
         with self._lock:
             previous, self._previous = self._previous, snapshot
             dt = snapshot.taken_at - previous.taken_at if previous is not None else 0.0
             counted = previous is not None and 0 < dt <= self.max_gap
-            views = self._views()
-            mfu = {u: f.utilisation for u, f in per_gpu(views).items()} if counted and self.prices else {}
+            if not counted:
+                mfu = {}
             listed = {g.uuid for g in (*snapshot.gpus, *snapshot.vanished)}
             for uuid in [u for u in self._devices if u not in listed]:
                 del self._devices[uuid]
@@ -98,7 +112,7 @@ class UsageMeter:
                     and device.idle_seconds is None
                 ):
                     device.idle_seconds = 0.0
-            self._add_energy(snapshot, views)
+            self._add_energy(snapshot, placement)
 
     def devices(self) -> list[DeviceUsage]:
         """Copies of the devices' totals, in snapshot order."""
@@ -142,11 +156,26 @@ class UsageMeter:
             shortfall = max(0.0, self.target - mfu[gpu.uuid]) / self.target
             device.below_target_cost_dollars += price * hours * shortfall
 
-    def _add_energy(self, snapshot: Snapshot, views: list[RankView]) -> None:
+    def _rank_figures(self, now: float) -> tuple[dict[str, float], list[tuple[str, tuple[str, ...]]]]:
+        """({uuid: the GPU's MFU}, [(job_id, the uuids of the rank's GPUs)]): read anew, or reused while
+        reading them would take more than 1/FIGURES_DUTY of the time (FIGURES_DUTY). Only tick() calls
+        it, from the sampler's thread."""
+        if self._figures is not None:
+            read_at, took, mfu, placement = self._figures
+            if 0 <= now - read_at < took * FIGURES_DUTY:
+                return mfu, placement
+        started = time.perf_counter()
+        views = self._views()
+        mfu = {u: f.utilisation for u, f in per_gpu(views).items()} if self.prices else {}
+        placement = [(v.job_id, tuple(share.uuid for share in v.gpus)) for v in views]
+        self._figures = (now, time.perf_counter() - started, mfu, placement)
+        return mfu, placement
+
+    def _add_energy(self, snapshot: Snapshot, placement: list[tuple[str, tuple[str, ...]]]) -> None:
         jobs_on: dict[str, list[str]] = defaultdict(list)  # uuid -> the job of each rank on it
-        for v in views:
-            for share in v.gpus:
-                jobs_on[share.uuid].append(v.job_id)
+        for job_id, uuids in placement:
+            for uuid in uuids:
+                jobs_on[uuid].append(job_id)
         without: set[str] = set()
         for uuid, jobs in jobs_on.items():
             gpu = snapshot.by_uuid.get(uuid)
@@ -164,7 +193,7 @@ class UsageMeter:
             for job in jobs:
                 if job not in without:
                     joules[job] = joules.get(job, 0.0) + (gpu.energy_joules - last) / len(jobs)
-        running = {v.job_id for v in views}
+        running = {job_id for job_id, _ in placement}
         for job in [j for j in joules if j not in running or j in without]:
             del joules[job]
         self._without_energy = without
