@@ -206,6 +206,22 @@ def test_job_energy_is_split_equally_among_the_ranks_on_each_gpu():
     assert after["b"] - before["b"] == pytest.approx(used[gpu0] / 3)
 
 
+def test_a_model_without_a_price_is_flagged_and_logged_once_never_guessed(caplog):
+    """Two L40S and an H100, a price for the H100 only: the L40S have no cost series (not a guess, not
+    0), a flag each, and one warning for the model however many GPUs and samples."""
+    agent, _, clock = make_agent(f"2xNVIDIA L40S,1x{H100}", {H100: PRICE})
+    with caplog.at_level("WARNING", logger="mfu_agent.cost.meter"):
+        uuids = [g.uuid for g in agent.sampler.sample_once().gpus]
+        run(agent, clock, 5)
+    assert set(metric(agent, "mfu_gpu_price_unknown")) == set(uuids[:2])
+    for name in ("mfu_gpu_cost_dollars_total", "mfu_gpu_idle_cost_dollars_total"):
+        assert set(metric(agent, name)) == {uuids[2]}, name
+    warnings = [r.getMessage() for r in caplog.records if "no price" in r.getMessage()]
+    assert warnings == [
+        "no price for GPU model 'NVIDIA L40S' in --gpu-price-file and no default: no cost series for its GPUs"
+    ]
+
+
 # --- the price file ----------------------------------------------------------------------------------
 
 
