@@ -57,6 +57,9 @@ POOLS = (
     (0.23, "NVIDIA A100-SXM4-80GB", "ampere", False, 80e9, 1.41e9, 1.41e9),
     (0.02, UNKNOWN_MODEL, "blackwell", True, 180e9, 2.1e9, 2.1e9),
 )
+# US dollars per GPU-hour by model (--gpu-price-file); the unlisted model has none (mfu_gpu_price_unknown).
+PRICES = {"NVIDIA H100 80GB HBM3": 2.5, "NVIDIA H200": 3.5, "NVIDIA A100-SXM4-80GB": 1.3}
+MFU_TARGET = 0.4
 # Jobs per 2,000 by size: 15,398 GPUs for 2,000 jobs (94% of 2,048 nodes x 8).
 SIZE_MIX = ((512, 4), (256, 6), (128, 12), (64, 20), (32, 40), (16, 80), (8, 420), (4, 420), (2, 400))
 
@@ -447,6 +450,7 @@ class Fleet:
             ),
         )
         yield "mfu_agent_series_budget", "gauge", per_node(lambda n: (100_000.0, 0.0))
+        yield "mfu_agent_mfu_target_ratio", "gauge", per_node(lambda n: (MFU_TARGET, 0.0))
         # every node runs on Kubernetes: the kubelet's PodResources List answers every 30 s
         yield "mfu_agent_kubelet_up", "gauge", per_node(lambda n: (1.0, 0.0))
         yield "mfu_agent_kubelet_last_success_timestamp_seconds", "gauge", per_node(lambda n: (-12.0, 1.0))
@@ -485,11 +489,7 @@ class Fleet:
         def tensor_active(g: Gpu) -> float:
             return 0.05 if g.busy_but_idle else round(min(1.0, 1.1 * load(g)), 3)
 
-        def load(g: Gpu) -> float:
-            return sum(sum(r.mfu.values()) for r in g.ranks)
-
-        def power(g: Gpu) -> float:
-            return round(120 + 560 * min(1.0, load(g) * 1.5), 1)
+        load, power = _load, gpu_power
 
         yield (
             "mfu_gpu_info",
@@ -602,6 +602,36 @@ class Fleet:
             ),
         )
         yield "mfu_gpu_energy_joules_total", "counter", ((gl(g), 0.0, power(g), NEVER) for g in up)
+        # Cost (every GPU is priced but the unlisted model). No GPU is idle while allocated (the
+        # busy-but-idle ones have SM active 0.3, above --idle-sm-active 0.2); GPUs with an MFU below the
+        # target spend price x (target - MFU) / target below it.
+        priced = [g for g in up if g.model in PRICES]
+
+        def below_target(g: Gpu) -> float:
+            mfu = gpu_mfu(g)
+            return 0.0 if mfu is None else PRICES[g.model] / 3600 * max(0.0, MFU_TARGET - mfu) / MFU_TARGET
+
+        yield (
+            "mfu_gpu_idle_allocated_seconds_total",
+            "counter",
+            ((gl(g), 0.0, 0.0, NEVER) for g in up if g.gpm),
+        )
+        yield (
+            "mfu_gpu_cost_dollars_total",
+            "counter",
+            ((gl(g), 0.0, PRICES[g.model] / 3600, NEVER) for g in priced),
+        )
+        yield "mfu_gpu_idle_cost_dollars_total", "counter", ((gl(g), 0.0, 0.0, NEVER) for g in priced)
+        yield (
+            "mfu_gpu_below_target_cost_dollars_total",
+            "counter",
+            ((gl(g), 0.0, below_target(g), NEVER) for g in priced),
+        )
+        yield (
+            "mfu_gpu_price_unknown",
+            "gauge",
+            ((gl(g, ("model", g.model)), 1.0, 0.0, NEVER) for g in up if g.model not in PRICES),
+        )
         yield (
             "mfu_gpu_clock_event_active",
             "gauge",
@@ -884,6 +914,20 @@ class Fleet:
 
         yield "mfu_job_node_model_flops_per_second", "gauge", job_node_sum(lambda r: sum(r.flops.values()))
         yield "mfu_job_node_tokens_per_second", "gauge", job_node_sum(lambda r: r.job.tokens)
+        # each GPU's power split equally among the ranks on it (the agent's mfu_job_node_energy_joules)
+        yield (
+            "mfu_job_node_energy_joules_total",
+            "counter",
+            (
+                (
+                    nl(job_id, instance),
+                    0.0,
+                    sum(gpu_power(r.gpu) / len(r.gpu.ranks) for r in here),
+                    born(here[0]),
+                )
+                for (job_id, instance), here in per_job_node.items()
+            ),
+        )
         first = {key: min(born(r) for r in here) for key, here in per_job_node.items()}
         yield (
             "mfu_job_node_first_report_timestamp_seconds",
@@ -956,6 +1000,14 @@ def _num(v: float) -> str:
     if v == int(v) and abs(v) < 1e15:
         return str(int(v))
     return repr(float(v))
+
+
+def _load(g: Gpu) -> float:
+    return sum(sum(r.mfu.values()) for r in g.ranks)
+
+
+def gpu_power(g: Gpu) -> float:
+    return round(120 + 560 * min(1.0, _load(g) * 1.5), 1)
 
 
 def _family(sample: str) -> str:

@@ -15,6 +15,8 @@ from prometheus_client.core import Metric
 from . import __version__
 from .attribution.cache import KubeletDevices
 from .attribution.owners import Attributed, Attribution
+from .cost.meter import UsageMeter
+from .cost.prices import PriceTable
 from .events import EventCounter, EventWatcher
 from .gpu.model import GpuBackend, GpuReading, Snapshot
 from .health.catalogue import load_catalogue
@@ -23,7 +25,8 @@ from .jobs.registry import DEFAULT_MAX_SERIES, JobRegistry, pid_alive
 from .jobs.state import StateStore
 from .metrics import MetricSource, make_registry
 from .metrics.agent import agent_families
-from .metrics.cardinality import node_series
+from .metrics.cardinality import cost_series, node_series
+from .metrics.cost import cost_families, job_energy_families
 from .metrics.goodput import goodput_families
 from .metrics.gpu import gpu_families
 from .metrics.health import health_families
@@ -56,6 +59,9 @@ class AgentOptions:
     peak_overrides: dict[str, dict[str, float]] = field(default_factory=dict)
     state_dir: str | None = None  # where each rank's totals are kept across restarts; None: not kept
     kubelet_socket: str = ""  # the kubelet's PodResources socket for pod names; "": not asked
+    prices: PriceTable | None = None  # dollars per GPU-hour by model; None: no cost series
+    mfu_target: float = 0.4  # below it, GPU time counts in mfu_gpu_below_target_cost_dollars_total
+    idle_sm_active: float = 0.2  # a GPU with processes and SM active below this is idle
 
 
 class Agent:
@@ -90,6 +96,16 @@ class Agent:
             if self.options.state_dir
             else None
         )
+        self.stale_after = max(STALE_INTERVALS * self.options.interval, STALE_MIN_SECONDS)
+        self.usage = UsageMeter(
+            self.jobs.views,
+            self.peaks,
+            self.options.prices,
+            target=self.options.mfu_target,
+            idle_below=self.options.idle_sm_active,
+            max_gap=self.stale_after,  # a longer gap between samples: the time in it is not counted
+        )
+        self.sampler.listeners.append(self.usage.tick)
         self.report_token = self.options.report_token
         self._report_outcomes: Counter[str] = Counter()
         self._outcomes_lock = threading.Lock()
@@ -98,10 +114,10 @@ class Agent:
             self._health_metrics,
             self._job_metrics,
             self._agent_metrics,
+            self._cost_metrics,
             *(extra_sources or []),
         ]
         self.registry = make_registry(self.sources)
-        self.stale_after = max(STALE_INTERVALS * self.options.interval, STALE_MIN_SECONDS)
         self._running = False
 
     def start(self) -> None:
@@ -191,6 +207,7 @@ class Agent:
             + len(self.jobs.removed)
             + (len(gateway.errors_snapshot()) if gateway else 0)
             + (self.kubelet.series() if self.kubelet else 0)
+            + cost_series(self.usage)
         )
         return node_series(self.sampler.latest, labelled)
 
@@ -203,6 +220,7 @@ class Agent:
         yield from job_node_families(views)
         yield from gpu_rollup_families(views, snapshot)
         yield from gpu_peak_families(snapshot, self.peaks)
+        yield from job_energy_families(self.usage, views)  # counted with the jobs' series (jobs/budget.py)
         with self._outcomes_lock:
             outcomes = dict(self._report_outcomes)
         yield from report_families(
@@ -212,6 +230,9 @@ class Agent:
             series=self.jobs.series() + self.other_series(),
             budget=self.options.max_series,
         )
+
+    def _cost_metrics(self) -> Iterable[Metric]:
+        yield from cost_families(self.usage)
 
     def _agent_metrics(self) -> Iterable[Metric]:
         gateway = getattr(self.backend, "gateway", None)

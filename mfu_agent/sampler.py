@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from .gpu.model import GpuBackend, Snapshot
 
@@ -24,6 +25,8 @@ class Sampler:
         self.latest: Snapshot | None = None
         self.ticks_total = 0
         self.failures_total = 0
+        # Called with each new snapshot, in the sampler's thread (e.g. the usage meter's integration).
+        self.listeners: list[Callable[[Snapshot], None]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -51,6 +54,11 @@ class Sampler:
         )
         self.latest = snapshot  # a single reference swap: readers see the old or the new one, whole
         self.ticks_total += 1
+        for listener in self.listeners:
+            try:
+                listener(snapshot)
+            except Exception:  # one listener's bug must not stop the sampling nor the others
+                log.exception("a snapshot listener failed")
         return snapshot
 
     def start(self) -> None:

@@ -485,6 +485,7 @@ def fake_agent_metrics(elapsed: float, mig: bool = False) -> str:
     for outcome, n in (("accepted", 10 * t), ("invalid", 1)):
         m("mfu_agent_reports_total", {"outcome": outcome}, n)
     m("mfu_agent_tracked_ranks", {}, 4)
+    m("mfu_agent_mfu_target_ratio", {}, 0.4)
 
     # GPU -> (job, rank, {dtype: that dtype's part of the rank's MFU}, first report)
     jobs = {
@@ -534,6 +535,15 @@ def fake_agent_metrics(elapsed: float, mig: bool = False) -> str:
         m("mfu_gpu_power_watts", g, 650.0)
         m("mfu_gpu_power_limit_watts", g, 700.0)
         m("mfu_gpu_energy_joules_total", g, 1e9 + 650.0 * t)
+        # Cost at $3.60/h ($0.001 a second) for the H100s; "slow" (MFU 0.1, target 0.4) spends 3/4 of it
+        # below target; no GPU is idle while allocated; GPU 3's model has no price.
+        m("mfu_gpu_idle_allocated_seconds_total", g, 0.0)
+        if gpu == 3:
+            m("mfu_gpu_price_unknown", {**g, "model": model}, 1)
+        else:
+            m("mfu_gpu_cost_dollars_total", g, 0.001 * t)
+            m("mfu_gpu_idle_cost_dollars_total", g, 0.0)
+            m("mfu_gpu_below_target_cost_dollars_total", g, 0.00075 * t if bad else 0.0)
         m("mfu_gpu_temperature_celsius", g, 88.0 if bad else 65.0)
         m("mfu_gpu_sm_clock_hertz", g, 1.2e9 if bad else 1.98e9)
         m("mfu_gpu_sm_clock_max_hertz", g, 1.98e9)
@@ -649,6 +659,7 @@ def fake_agent_metrics(elapsed: float, mig: bool = False) -> str:
         m("mfu_job_node_model_flops_per_second", jn, acc["flops"])
         m("mfu_job_node_tokens_per_second", jn, acc["tokens"])
         m("mfu_job_node_first_report_timestamp_seconds", jn, acc["first"])
+        m("mfu_job_node_energy_joules_total", jn, 650.0 * acc["gpus"] * t)  # each GPU at 650 W
     if mig:
         _fake_mig_gpu(m, t, started)
     return "\n".join(out) + "\n"

@@ -43,6 +43,7 @@ EXTRA = {
     "mfu_gpu_peak_flops": GPU | {"dtype"},
     "mfu_gpu_clock_peak_flops": GPU | {"dtype"},
     "mfu_gpu_peak_flops_unknown": GPU | {"model"},
+    "mfu_gpu_price_unknown": GPU | {"model"},
     "mfu_job_info": RANK
     | {"pid", "local_rank", "world_size", "attributed_by", "pod", "namespace", "slurm_job_id", "hostname"}
     | {"pod_uid", "container_id", "container"},
@@ -86,6 +87,7 @@ EXTRA = {
             "mfu_job_node_model_flops_per_second",
             "mfu_job_node_tokens_per_second",
             "mfu_job_node_first_report_timestamp_seconds",
+            "mfu_job_node_energy_joules_total",
         ),
         JOB_NODE,
     ),

@@ -11,6 +11,7 @@ from metrics_text import samples
 from prometheus_client import generate_latest
 
 from mfu_agent.agent import Agent, AgentOptions
+from mfu_agent.cost.prices import PriceTable
 from mfu_agent.events import XID_CATALOGUE, EventCounter
 from mfu_agent.gpu.model import GpuEvent
 from mfu_agent.gpu.simulated import SimulatedBackend
@@ -176,7 +177,8 @@ def test_the_series_estimate_matches_a_real_render():
     backend = SimulatedBackend("2xNVIDIA H100 80GB HBM3,1xNVIDIA Imaginary X9")
     backend.set_processes(0, [(11, 1024), (12, 2048)])
     backend.set_shared(1)
-    agent = Agent(backend, AgentOptions())
+    # with prices: the cost series of the H100s and the X9's price_unknown flag count too
+    agent = Agent(backend, AgentOptions(prices=PriceTable({"NVIDIA H100 80GB HBM3": 2.0})))
     for code in (79, 79, 13, 99_999):
         agent.events.add(GpuEvent(0, "GPU-a", "xid", code))
     agent.events.add(GpuEvent(1, "GPU-b", "double_bit_ecc"))

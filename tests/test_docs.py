@@ -10,6 +10,7 @@ from prometheus_client import generate_latest
 
 from mfu_agent.agent import Agent, AgentOptions
 from mfu_agent.app import create_app
+from mfu_agent.cost.prices import PriceTable
 from mfu_agent.events import EventCounter
 from mfu_agent.gpu.model import GpuEvent
 from mfu_agent.gpu.simulated import SimulatedBackend
@@ -29,7 +30,9 @@ def exported_metrics() -> set[str]:
     backend.set_processes(0, [(1, 1024)])
     backend.set_shared(1)  # two time-sliced processes with their own utilisation
     with FakeKubelet() as kubelet:  # the kubelet's PodResources API, asked once
-        agent = Agent(backend, AgentOptions(kubelet_socket=kubelet.socket_path))
+        # A price for the H100s (the cost series), none for the X9 (mfu_gpu_price_unknown).
+        prices = PriceTable({"NVIDIA H100 80GB HBM3": 2.0})
+        agent = Agent(backend, AgentOptions(kubelet_socket=kubelet.socket_path, prices=prices))
         agent.kubelet.refresh()
         agent.kubelet.stop()
     agent.events = EventCounter()

@@ -43,7 +43,7 @@ SETTLE_SECONDS = 10
 GPUS_PER_NODE = 4
 
 
-def start_agent(port: int, node: str, *faults: str) -> subprocess.Popen:
+def start_agent(port: int, node: str, *faults: str, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     args = [
         "run",
         "--backend",
@@ -61,6 +61,7 @@ def start_agent(port: int, node: str, *faults: str) -> subprocess.Popen:
     ]
     for fault in faults:
         args += ["--fault", fault]
+    args += extra
     return subprocess.Popen(
         [sys.executable, "-m", "mfu_agent.cli", *args],
         stdout=subprocess.PIPE,
@@ -129,8 +130,11 @@ def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     ports = [free_port(), free_port()]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
+    prices = tmp / "gpu-prices.json"  # node a counts what its GPUs cost (tests/test_cost.py checks the sums)
+    prices.write_text('{"NVIDIA H100 80GB HBM3": 3.6}')
     agents = [
-        start_agent(ports[0], "node-a", "busy-idle:3", "shared:0"),  # two processes time-share GPU 0
+        # two processes time-share GPU 0
+        start_agent(ports[0], "node-a", "busy-idle:3", "shared:0", extra=("--gpu-price-file", str(prices))),
         # XID 79 (reboot the node) on GPU 1 and XID 13 (restart the application) on GPU 3.
         start_agent(ports[1], "node-b", "xid:1:79", "xid:3:13", "throttle:2", "ecc:0"),
     ]

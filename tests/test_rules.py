@@ -414,6 +414,20 @@ def test_real_prometheus_loads_and_evaluates_every_rule(tmp_path):
         assert list(values("mfu:node_gpus:count").values()) == [4]
         assert list(values("mfu:fleet_gpus_busy_but_idle:count").values()) == [1]
         assert list(values("mfu:fleet_gpus_below_target:count").values()) == [1]  # "slow" on GPU 2
+
+        # $0.001 a second for each of the three priced GPUs; "slow" spends 3/4 of its GPU's below target
+        # (rates: once the window holds 10 s of scrapes).
+        def cost_rate_settled():
+            got = list(values("mfu:fleet_cost_dollars:rate5m").values())
+            return got if got == [pytest.approx(0.003, rel=1e-3)] else None
+
+        prom.wait_for(cost_rate_settled, timeout=30, what="the fleet's cost rate at its true value")
+        assert list(values("mfu:fleet_below_target_cost_dollars:rate5m").values()) == [
+            pytest.approx(0.00075, rel=1e-3)
+        ]
+        assert values('mfu:job_energy_joules_per_token:ratio{job_id="llm"}') == {
+            (("job_id", "llm"),): pytest.approx(2 * 650 / 1e4, rel=1e-3)
+        }
         assert list(values("mfu:fleet_job_gpus:count").values()) == [4]
         assert list(values("mfu:fleet_idle_gpus:count").values()) == [0]
         # Peak-weighted: (0.5 * 1 + 0.5 * 2 + 0.1 * 1) / 4 (by GPU count it would be 1.1 / 3)
@@ -440,6 +454,7 @@ def test_real_prometheus_fires_alerts_on_agent_shaped_data(tmp_path):
         ("GpuRowRemapPending", "2"),
         ("MfuLow", None),
         ("MfuPeakUnknown", None),
+        ("GpuPriceUnknown", None),  # GPU 3's model has neither a peak nor a price
     }
     with (
         MetricsExporter(lambda: fake_agent_metrics(time.time() - start)) as agent,

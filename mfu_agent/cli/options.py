@@ -193,6 +193,17 @@ def positive_float(minimum: float):
     return parse
 
 
+def ratio_above_zero(value: str) -> float:
+    """A number in (0, 1]."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {value!r}")
+    return number
+
+
 def positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -279,6 +290,25 @@ def add_agent_flags(parser: argparse.ArgumentParser, listen_default: str) -> Non
         "--peak-flops-file",
         help="JSON file adding or overriding peak FLOP/s by GPU model and dtype "
         "(env MFU_AGENT_PEAK_FLOPS_FILE; see docs/peak-flops.md)",
+    )
+    parser.add_argument(
+        "--gpu-price-file",
+        help='JSON file of US dollars per GPU-hour by GPU model (NVML device name, or "default"): '
+        "turns on the cost counters (env MFU_AGENT_GPU_PRICE_FILE; see docs/deploy.md; default: none)",
+    )
+    parser.add_argument(
+        "--mfu-target",
+        type=ratio_above_zero,
+        default="0.4",
+        help="the MFU target: GPU time under it counts in mfu_gpu_below_target_cost_dollars_total, and "
+        "the recording rules read it from mfu_agent_mfu_target_ratio (default 0.4; env MFU_AGENT_MFU_TARGET)",
+    )
+    parser.add_argument(
+        "--idle-sm-active",
+        type=ratio_above_zero,
+        default="0.2",
+        help="a GPU with compute processes whose GPM SM active ratio is below this counts as idle while "
+        "allocated (default 0.2; env MFU_AGENT_IDLE_SM_ACTIVE)",
     )
     parser.add_argument(
         "--mfu-window",

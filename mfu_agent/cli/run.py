@@ -74,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
     if args.command == "demo":
         args.backend, args.simulate, args.fault = "simulated", DEMO_SPEC, list(DEMO_FAULTS)
     token, overrides = read_config_files(args)
+    prices = read_price_file(args)
     check_report_access(args, token)
     args.node_name = args.node_name or socket.gethostname()
     from ..server import listen_sockets
@@ -92,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
             seed=zlib.crc32(args.node_name.encode()),
             overrides=overrides,
         )
-        return serve(args, backend, token, overrides, sockets)
+        return serve(args, backend, token, overrides, sockets, prices)
     finally:
         for sock in sockets:
             sock.close()
@@ -117,6 +118,18 @@ def read_config_files(args: argparse.Namespace) -> tuple[str | None, dict[str, d
         except (OSError, ValueError) as exc:
             raise BackendError(f"bad --peak-flops-file: {exc}") from None
     return token, overrides
+
+
+def read_price_file(args: argparse.Namespace):
+    """The --gpu-price-file's PriceTable; None without one (no cost series)."""
+    if not args.gpu_price_file:
+        return None
+    from ..cost.prices import load_prices
+
+    try:
+        return load_prices(args.gpu_price_file)
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"bad --gpu-price-file: {exc}") from None
 
 
 def check_report_access(args: argparse.Namespace, token: str | None) -> None:
@@ -181,6 +194,7 @@ def serve(
     token: str | None,
     overrides: dict[str, dict[str, float]],
     sockets: list[socket.socket],
+    prices=None,
 ) -> int:
     from ..agent import Agent, AgentOptions
     from ..app import create_app
@@ -198,6 +212,9 @@ def serve(
         peak_overrides=overrides,
         state_dir=args.state_dir,
         kubelet_socket=args.kubelet_socket,
+        prices=prices,
+        mfu_target=args.mfu_target,
+        idle_sm_active=args.idle_sm_active,
     )
     agent = Agent(backend, options)
     host, port = args.listen

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 PER_RANK_GPU = 3
 # mfu_job_rank_mfu_ratio, _last_progress_timestamp_seconds, _last_report_timestamp_seconds; goodput
 PER_RANK = 3 + GOODPUT_PER_RANK
-PER_JOB = 3  # mfu_job_node_{model_flops,tokens}_per_second, _first_report_timestamp_seconds
+PER_JOB = 4  # mfu_job_node_{model_flops,tokens}_per_second, _first_report_timestamp_seconds, _energy_joules
 PER_JOB_MODEL = 4  # mfu_job_node_{peak_flops,mfu_ratio,hfu_ratio,gpus}
 
 

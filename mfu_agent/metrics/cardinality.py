@@ -4,6 +4,7 @@ against a real render."""
 
 from __future__ import annotations
 
+from ..cost.meter import UsageMeter
 from ..gpu.model import Snapshot
 from ..gpu.nvml import CLOCK_EVENT_REASONS
 from ..specs import DTYPES
@@ -43,4 +44,15 @@ def node_series(snapshot: Snapshot | None, labelled: int) -> int:
         total += PER_DEVICE + (0 if gpu.is_mig else HEALTH_SERIES_PER_GPU)
         if gpu.up:
             total += PER_LIVE_DEVICE + PER_PROCESS * min(len(gpu.processes or ()), MAX_PROCESSES_PER_GPU)
+    return total
+
+
+def cost_series(meter: UsageMeter) -> int:
+    """The series of cost_families now: the target, each device's idle seconds and (with prices) its
+    cost counters or its price_unknown flag (the jobs' energy is counted with the jobs: jobs/budget.py)."""
+    total = 1
+    for d in meter.devices():
+        total += d.idle_seconds is not None
+        if meter.prices is not None:
+            total += 1 if d.price_per_hour is None else (d.identity.mig is None) + 2 * d.runs_work
     return total
