@@ -425,9 +425,13 @@ def test_real_prometheus_loads_and_evaluates_every_rule(tmp_path):
         assert list(values("mfu:fleet_below_target_cost_dollars:rate5m").values()) == [
             pytest.approx(0.00075, rel=1e-3)
         ]
-        assert values('mfu:job_energy_joules_per_token:ratio{job_id="llm"}') == {
-            (("job_id", "llm"),): pytest.approx(2 * 650 / 1e4, rel=1e-3)
-        }
+
+        # two GPUs at 650 W for 1e4 tokens/s (the energy rate settles as the window fills, like the cost's)
+        def energy_per_token_settled():
+            got = values('mfu:job_energy_joules_per_token:ratio{job_id="llm"}')
+            return got if got == {(("job_id", "llm"),): pytest.approx(2 * 650 / 1e4, rel=1e-3)} else None
+
+        prom.wait_for(energy_per_token_settled, timeout=30, what="the job's joules per token")
         assert list(values("mfu:fleet_job_gpus:count").values()) == [4]
         assert list(values("mfu:fleet_idle_gpus:count").values()) == [0]
         # Peak-weighted: (0.5 * 1 + 0.5 * 2 + 0.1 * 1) / 4 (by GPU count it would be 1.1 / 3)
