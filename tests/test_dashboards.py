@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -336,3 +338,41 @@ def test_grafana_dashboard_provisioning():
     (provider,) = doc["providers"]
     assert provider["type"] == "file"
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards/mfu-agent"
+
+
+# --- Dashboards as code: dashboards/*.json is generated from mfu_dashboards/ -------------------------
+
+GEN_DASHBOARDS = ROOT / "scripts" / "gen_dashboards.py"
+
+
+def _gen_dashboards(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(GEN_DASHBOARDS), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_committed_dashboards_are_in_step_with_their_source():
+    """dashboards/*.json and deploy/kubernetes/dashboards/ are what mfu_dashboards/ generates: a change
+    made in the JSON alone, or in the source without regenerating, fails here."""
+    result = _gen_dashboards("--check")
+    assert result.returncode == 0, result.stderr + "\nrun `python scripts/gen_dashboards.py` and commit"
+
+
+def test_gen_dashboards_check_detects_drift_and_rewrites(tmp_path):
+    assert _gen_dashboards("--root", str(tmp_path)).returncode == 0
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert "dashboards/mfu-fleet.json" in written
+    assert "deploy/kubernetes/dashboards/kustomization.yaml" in written
+    for rel in written:  # the same bytes as committed
+        assert (tmp_path / rel).read_text() == (ROOT / rel).read_text(), rel
+    assert _gen_dashboards("--root", str(tmp_path), "--check").returncode == 0
+    fleet = tmp_path / "dashboards" / "mfu-fleet.json"
+    fleet.write_text(fleet.read_text().replace('"MFU / Fleet"', '"MFU / Fleet (edited)"'))
+    (tmp_path / "dashboards" / "hand-made.json").write_text("{}")
+    result = _gen_dashboards("--root", str(tmp_path), "--check")
+    assert result.returncode == 1
+    assert "out of date: dashboards/mfu-fleet.json" in result.stderr
+    assert "stale (no source): dashboards/hand-made.json" in result.stderr
+    assert _gen_dashboards("--root", str(tmp_path)).returncode == 0
+    assert not (tmp_path / "dashboards" / "hand-made.json").exists()
+    assert _gen_dashboards("--root", str(tmp_path), "--check").returncode == 0
