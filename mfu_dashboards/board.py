@@ -13,6 +13,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as dm
 
 from .common import DS
+from .promql import with_cluster
 
 SCHEMA_VERSION = 39
 GRID_WIDTH = 24
@@ -31,10 +32,16 @@ def datasource_variable() -> db.DatasourceVariable:
     )
 
 
+def label_values(selector: str, label: str, *, cluster: bool = True) -> str:
+    """Grafana's label_values() variable query, the selector filtered by the cluster variable."""
+    return f"label_values({with_cluster(selector) if cluster else selector}, {label})"
+
+
 def query_variable(
     name: str, label: str, query: str, *, sort: int = 1, all_value: str | None = None, multi: bool = False
 ) -> db.QueryVariable:
-    """label_values(...) of the data source, refreshed on time-range change; `all_value` adds "All"."""
+    """A variable from `query` (label_values(...)), refreshed on time-range change; `all_value` adds
+    "All" (selected by default)."""
     v = (
         db.QueryVariable(name)
         .label(label)
@@ -60,7 +67,11 @@ def cluster_variable() -> db.QueryVariable:
     every series. All (`.*`) by default, which also matches series without the label, so a single
     Prometheus without one shows everything."""
     return query_variable(
-        "cluster", "Cluster", "label_values(mfu_gpu_info, cluster)", all_value=".*", multi=True
+        "cluster",
+        "Cluster",
+        label_values("mfu_gpu_info", "cluster", cluster=False),
+        all_value=".*",
+        multi=True,
     )
 
 

@@ -30,6 +30,8 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
 
+from .promql import with_cluster
+
 REPO = Path(__file__).resolve().parent.parent
 RECORDING_RULES = REPO / "deploy" / "prometheus" / "rules" / "mfu-recording.yml"
 DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -89,7 +91,7 @@ def _targets(
             prometheus.Dataquery()
             .datasource(DS)
             .editor_mode(pm.QueryEditorMode.CODE)
-            .expr(q.expr)
+            .expr(with_cluster(q.expr))  # every selector filtered by the cluster variable
             .ref_id(chr(ord("A") + i))
             .legend_format(q.legend)
         )
@@ -183,7 +185,8 @@ def _overrides(panel: Any, overrides: Iterable[Override]) -> None:
 
 # --- Links between the dashboards -------------------------------------------------------------------
 
-TIME_AND_SOURCE = "${__url_time_range}&var-datasource=${datasource}&var-cluster=${cluster}"
+# The time range, data source and cluster(s) travel with every drill-down link.
+TIME_AND_SOURCE = "${__url_time_range}&var-datasource=${datasource}&${cluster:queryparam}"
 
 
 def job_url(job: str = "${__value.text}") -> str:
@@ -193,6 +196,22 @@ def job_url(job: str = "${__value.text}") -> str:
 def node_url(instance: str = "${__value.text}", gpu: str | None = None) -> str:
     gpu_var = f"&var-gpu={gpu}" if gpu else ""
     return f"/d/mfu-gpu-node/mfu-gpu-node?var-instance={instance}{gpu_var}&{TIME_AND_SOURCE}"
+
+
+def job_link(column: str = "Job") -> Override:
+    """A table's job column opens the job's Training job dashboard."""
+    return link(column, "Training job dashboard", job_url())
+
+
+def node_link(column: str = "Node") -> Override:
+    """A table's node column opens the node's GPU node dashboard."""
+    return link(column, "GPU node dashboard", node_url())
+
+
+def gpu_link(instance: str = "${__data.fields.Node}", column: str = "GPU") -> Override:
+    """A table's GPU column opens the GPU node dashboard on that GPU alone (`instance`: the node, by
+    default the row's Node column)."""
+    return link(column, "This GPU on the GPU node dashboard", node_url(instance, gpu="${__value.text}"))
 
 
 # --- Panels ----------------------------------------------------------------------------------------

@@ -11,9 +11,11 @@ from .common import (
     bargauge_panel,
     column,
     dashed,
+    gpu_link,
     heatmap_panel,
     histogram_panel,
-    link,
+    job_link,
+    node_link,
     row,
     stat_panel,
     table_panel,
@@ -164,11 +166,7 @@ PANELS = [
             column("HFU", "percentunit", 1, steps=MFU_STEPS, cell="color-background"),
             column("Tokens/s", "short", 0),
             column("GPU-hours below target", "short", 1),
-            link(
-                "Job",
-                "Training job dashboard",
-                "/d/mfu-training-job/mfu-training-job?var-job_id=${__value.text}&${__url_time_range}&var-datasource=${datasource}",
-            ),
+            job_link(),
         ],
     ),
     timeseries_panel(
@@ -299,6 +297,8 @@ PANELS = [
         overrides=[
             column("Utilisation", "percentunit"),
             column("SM active", "percentunit"),
+            node_link(),
+            gpu_link(),
         ],
     ),
     timeseries_panel(
@@ -377,6 +377,7 @@ PANELS = [
                     }
                 ],
             ),
+            node_link(),
         ],
     ),
     timeseries_panel(
@@ -410,6 +411,10 @@ PANELS = [
             "reason": "Reason",
         },
         hide=("Time", "__name__", "job", "Value", "alertstate", "uuid", "rank", "model", "dtype", "type"),
+        overrides=[
+            node_link(),
+            job_link(),
+        ],
     ),
     table_panel(
         "GPU processes of jobs not reporting MFU",

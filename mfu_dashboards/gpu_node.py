@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .board import dashboard, query_variable
+from .board import dashboard, label_values, query_variable
 from .common import (
     MFU_STEPS,
     Override,
@@ -12,6 +12,8 @@ from .common import (
     bargauge_panel,
     column,
     dashed,
+    gpu_link,
+    job_link,
     row,
     stat_panel,
     state_timeline_panel,
@@ -30,11 +32,11 @@ def build() -> dict[str, Any]:
         "One node's GPUs: NVML utilisation against what the SMs, tensor cores and memory really do, the "
         "MFU of the jobs on them, power, thermals, clocks and throttling, memory and hardware errors.",
         variables=[
-            query_variable("instance", "Node", "label_values(mfu_gpu_info, instance)"),
+            query_variable("instance", "Node", label_values("mfu_gpu_info", "instance")),
             query_variable(
                 "gpu",
                 "GPU",
-                'label_values(mfu_gpu_info{instance=~"$instance"}, gpu)',
+                label_values('mfu_gpu_info{instance=~"$instance"}', "gpu"),
                 sort=3,
                 all_value=".*",
                 multi=True,
@@ -78,6 +80,9 @@ PANELS = [
             "model": 5,
         },
         sort="GPU",
+        overrides=[
+            gpu_link("${instance}"),
+        ],
     ),
     stat_panel(
         "GPUs readable",
@@ -254,6 +259,10 @@ PANELS = [
         },
         hide=("Time", "__name__", "job", "Value", "instance", "uuid"),
         sort="Job",
+        overrides=[
+            job_link(),
+            gpu_link("${instance}"),
+        ],
     ),
     table_panel(
         "GPU processes",

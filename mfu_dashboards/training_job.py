@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .board import dashboard, query_variable
+from .board import dashboard, label_values, query_variable
 from .common import (
     MFU_STEPS,
     Q,
     column,
     dashed,
+    gpu_link,
     heatmap_panel,
+    node_link,
     row,
     stat_panel,
     state_timeline_panel,
@@ -30,7 +32,7 @@ def build() -> dict[str, Any]:
         "One training job across all its nodes and ranks: MFU and HFU against the peak denominator, "
         "stragglers per rank, throughput, placement, and the hardware activity of its GPUs.",
         variables=[
-            query_variable("job_id", "Job", "label_values(mfu_job_info, job_id)"),
+            query_variable("job_id", "Job", label_values("mfu_job_info", "job_id")),
         ],
         panels=PANELS,
     )
@@ -112,6 +114,9 @@ PANELS = [
         w=3,
         h=4,
         graph=False,
+        overrides=[
+            node_link(),
+        ],
     ),
     row("Utilisation"),
     timeseries_panel(
@@ -188,6 +193,7 @@ PANELS = [
             column("Tokens/s", "short", 0),
             column("Step", "none", 0),
             column("Last report", "s", 0),
+            node_link(),
         ],
     ),
     status_history_panel(
@@ -283,6 +289,10 @@ PANELS = [
         },
         hide=("Time", "__name__", "job", "Value", "job_id"),
         sort="Rank",
+        overrides=[
+            node_link(),
+            gpu_link(),
+        ],
     ),
     table_panel(
         "Nodes",

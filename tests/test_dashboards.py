@@ -211,7 +211,7 @@ def test_training_job_dashboard_selects_a_job():
     d = load(ROOT / "dashboards" / "mfu-training-job.json")
     job = next(v for v in d["templating"]["list"] if v["name"] == "job_id")
     query = job["query"]["query"] if isinstance(job["query"], dict) else job["query"]
-    assert query == "label_values(mfu_job_info, job_id)"
+    assert query == 'label_values(mfu_job_info{cluster=~"$cluster"}, job_id)'
     exprs = [t["expr"] for _, t in targets(d)]
     assert all('job_id="$job_id"' in e for e in exprs if "mfu_job_" in e or "mfu:job_" in e)
 
@@ -376,3 +376,131 @@ def test_gen_dashboards_check_detects_drift_and_rewrites(tmp_path):
     assert _gen_dashboards("--root", str(tmp_path)).returncode == 0
     assert not (tmp_path / "dashboards" / "hand-made.json").exists()
     assert _gen_dashboards("--root", str(tmp_path), "--check").returncode == 0
+
+
+def test_target_mfu_comes_from_the_recording_rule(tmp_path):
+    """The dashboards' MFU thresholds are mfu:target_mfu:ratio's value in the rules, read by the generator."""
+    from mfu_dashboards.common import target_mfu
+
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules" / "mfu-recording.yml").read_text())
+    (expr,) = [
+        r["expr"] for g in rules["groups"] for r in g["rules"] if r.get("record") == "mfu:target_mfu:ratio"
+    ]
+    target = float(re.fullmatch(r"\s*vector\(([0-9.]+)\)\s*", expr).group(1))
+
+    def steps(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("steps"), list):
+                yield [(step["color"], step["value"]) for step in node["steps"]]
+            for value in node.values():
+                yield from steps(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from steps(value)
+
+    mfu_steps = [
+        s[2][1]
+        for path in DASHBOARD_FILES
+        for s in steps(load(path))
+        if [c for c, _ in s] == ["red", "orange", "green"]
+    ]
+    assert len(mfu_steps) >= 9 and set(mfu_steps) == {target}
+    other = tmp_path / "rules.yml"
+    other.write_text(
+        "groups:\n- name: g\n  rules:\n  - record: mfu:target_mfu:ratio\n    expr: vector(0.55)\n"
+    )
+    assert target_mfu(other) == 0.55
+    other.write_text(
+        "groups:\n- name: g\n  rules:\n  - record: mfu:target_mfu:ratio\n    expr: vector(1) * 0.5\n"
+    )
+    with pytest.raises(ValueError, match="not vector"):
+        target_mfu(other)
+
+
+def test_cluster_variable_filters_every_query():
+    """Every dashboard has a `cluster` variable (All = `.*`, which also matches series without the label),
+    and every selector of every panel query and node/job/GPU variable carries cluster=~"$cluster"."""
+    from mfu_dashboards.promql import CLUSTER_MATCHER, with_cluster
+
+    for path in DASHBOARD_FILES:
+        variables = {v["name"]: v for v in load(path)["templating"]["list"]}
+        cluster = variables["cluster"]
+        assert cluster["type"] == "query" and cluster["includeAll"] and cluster["allValue"] == ".*", path.name
+        assert cluster["query"]["query"] == "label_values(mfu_gpu_info, cluster)"
+        for name, var in variables.items():
+            if var["type"] == "query" and name != "cluster":
+                assert CLUSTER_MATCHER in var["query"]["query"], (path.name, name)
+    for name, where, expr in all_exprs():
+        if where == "variable cluster":
+            continue
+        bare = expr.replace(CLUSTER_MATCHER + ", ", "").replace("{" + CLUSTER_MATCHER + "}", "")
+        assert CLUSTER_MATCHER in expr and with_cluster(bare) == expr, f"{name} {where}: {expr}"
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("up", 'up{cluster=~"$cluster"}'),
+        ('x{a="b}", c=~"$gpu"}', 'x{cluster=~"$cluster", a="b}", c=~"$gpu"}'),
+        (
+            "sum by (job_id) (rate(x_total[$__rate_interval]))",
+            'sum by (job_id) (rate(x_total{cluster=~"$cluster"}[$__rate_interval]))',
+        ),
+        (
+            "a < bool on () group_left (model) b",
+            'a{cluster=~"$cluster"} < bool on () group_left (model) b{cluster=~"$cluster"}',
+        ),
+        (
+            "(a - a offset $__range) or a",
+            '(a{cluster=~"$cluster"} - a{cluster=~"$cluster"} offset $__range) or a{cluster=~"$cluster"}',
+        ),
+        (
+            "sum_over_time(r:x:count[$__range:$__interval]) * $__interval_ms > 1e-09",
+            'sum_over_time(r:x:count{cluster=~"$cluster"}[$__range:$__interval]) * $__interval_ms > 1e-09',
+        ),
+        (
+            'time() - max without (pid) (y{job_id="$job_id"})',
+            'time() - max without (pid) (y{cluster=~"$cluster", job_id="$job_id"})',
+        ),
+        ('topk(5, {__name__="up"})', 'topk(5, {cluster=~"$cluster", __name__="up"})'),
+        ("vector(1)", "vector(1)"),
+    ],
+)
+def test_with_cluster_adds_the_matcher_to_every_selector(expr, expected):
+    from mfu_dashboards.promql import with_cluster
+
+    assert with_cluster(expr) == expected
+
+
+def _links(dashboard: dict) -> Iterator[tuple[str, str, str]]:
+    """(panel title, column or series, url) of every data link."""
+    for panel in all_panels(dashboard["panels"]):
+        for override in panel.get("fieldConfig", {}).get("overrides", []):
+            for prop in override["properties"]:
+                if prop["id"] == "links":
+                    for link in prop["value"]:
+                        yield panel["title"], override["matcher"]["options"], link["url"]
+
+
+def test_drill_down_links_fleet_to_job_to_node_to_gpu():
+    """Table cells link fleet -> training job -> GPU node -> one GPU; every link names a dashboard that
+    exists and only its variables, and keeps the time range, data source and cluster."""
+    dashboards = {load(p)["uid"]: load(p) for p in DASHBOARD_FILES}
+    variables = {uid: {v["name"] for v in d["templating"]["list"]} for uid, d in dashboards.items()}
+    targets_of: dict[str, set[tuple[str, frozenset[str]]]] = {}
+    for uid, dashboard in dashboards.items():
+        for title, column, url in _links(dashboard):
+            m = re.fullmatch(r"/d/([a-z0-9-]+)/[a-z0-9-]+\?(.*)", url)
+            assert m, f"{uid} {title} {column}: {url}"
+            target, query = m.groups()
+            assert target in dashboards, f"{uid} {title}: no dashboard {target}"
+            names = set(re.findall(r"var-(\w+)=", query)) - {"datasource"}
+            assert names <= variables[target], f"{uid} {title}: {names - variables[target]}"
+            assert {"${__url_time_range}", "var-datasource=${datasource}", "${cluster:queryparam}"} <= set(
+                query.split("&")
+            ), f"{uid} {title}: {url}"
+            targets_of.setdefault(uid, set()).add((target, frozenset(names)))
+    assert ("mfu-training-job", frozenset({"job_id"})) in targets_of["mfu-fleet"]
+    assert ("mfu-gpu-node", frozenset({"instance"})) in targets_of["mfu-fleet"]
+    assert ("mfu-gpu-node", frozenset({"instance"})) in targets_of["mfu-training-job"]
+    assert ("mfu-gpu-node", frozenset({"instance", "gpu"})) in targets_of["mfu-gpu-node"]
