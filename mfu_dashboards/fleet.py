@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from grafana_foundation_sdk.cog.builder import Builder
+
+from . import interconnect
 from .board import dashboard
 from .common import (
     MFU_STEPS,
@@ -21,6 +24,7 @@ from .common import (
     table_panel,
     timeseries_panel,
 )
+from .goodput import fleet_goodput_panels
 
 UID = "mfu-fleet"
 
@@ -34,6 +38,14 @@ def build() -> dict[str, Any]:
         variables=[],
         panels=PANELS,
     )
+
+
+def cost_panels() -> list[Builder]:
+    """COST PANEL GOES HERE: "What low MFU and idle GPUs cost this week" (the cost metrics and rules of
+    issue 13's cost work). Return its panels (e.g. a stat of this week's cost of GPU-hours below
+    target and of idle GPUs, and a bar gauge by job); the row "Goodput, communication and cost" holds
+    them. Empty until those metrics are merged."""
+    return []
 
 
 PANELS = [
@@ -203,6 +215,10 @@ PANELS = [
             dashed(),
         ],
     ),
+    row("Goodput, communication and cost"),
+    *fleet_goodput_panels(),
+    *interconnect.fleet_panels(),
+    *cost_panels(),
     row("MFU across GPUs"),
     histogram_panel(
         "MFU across GPUs (now)",

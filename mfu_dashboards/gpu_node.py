@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import interconnect
 from .board import dashboard, label_values, query_variable
 from .common import (
     MFU_STEPS,
@@ -554,6 +555,7 @@ PANELS = [
             column("Remap failure", steps=(("transparent", None), ("red", 1)), cell="color-background"),
         ],
     ),
+    *interconnect.node_panels(),
     row(
         "Agent",
         collapsed=True,

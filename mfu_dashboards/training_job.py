@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import interconnect
 from .board import dashboard, label_values, query_variable
 from .common import (
     MFU_STEPS,
@@ -21,6 +22,7 @@ from .common import (
     timeseries_panel,
     value_mapping,
 )
+from .goodput import job_goodput_panels, job_straggler_panels
 
 UID = "mfu-training-job"
 
@@ -118,6 +120,7 @@ PANELS = [
             node_link(),
         ],
     ),
+    *job_goodput_panels(),
     row("Utilisation"),
     timeseries_panel(
         "MFU and HFU",
@@ -230,6 +233,7 @@ PANELS = [
         soft_max=1,
         legend_table=True,
     ),
+    *job_straggler_panels(),
     row("Throughput and progress"),
     timeseries_panel(
         "Tokens/s and samples/s",
@@ -440,4 +444,5 @@ PANELS = [
         steps=(("red", None),),
         mappings=[value_mapping("1", "throttled", "red")],
     ),
+    *interconnect.job_panels(),
 ]

@@ -309,6 +309,11 @@ EMPTY_ON_FAKE_DATA = {
     # Job "llm" runs on the fake agent's healthy GPUs: no XIDs, no throttling there.
     ("mfu-training-job.json", "Hardware events on the job's GPUs (time range) / A"),
     ("mfu-training-job.json", "Throttling on the job's GPUs / A"),
+    # Job "llm" has two ranks: its median step rate (and each rank's pace against it) needs three, so
+    # no rank straggles either (test_straggler_panels_show_the_straggler_gpu covers those panels).
+    ("mfu-training-job.json", "Step rate per rank / B"),
+    ("mfu-training-job.json", "Pace vs job median / A"),
+    *(("mfu-training-job.json", f"Stragglers / {ref}") for ref in "ABCDE"),
 }
 
 
@@ -504,3 +509,56 @@ def test_drill_down_links_fleet_to_job_to_node_to_gpu():
     assert ("mfu-gpu-node", frozenset({"instance"})) in targets_of["mfu-fleet"]
     assert ("mfu-gpu-node", frozenset({"instance"})) in targets_of["mfu-training-job"]
     assert ("mfu-gpu-node", frozenset({"instance", "gpu"})) in targets_of["mfu-gpu-node"]
+
+
+def _straggling_job_metrics() -> str:
+    """Job "big": ranks 0..2 on GPUs 0..2 of one node, rank 2 stepping at half the others' rate on a hot,
+    throttled GPU that needs a reset (severity 3)."""
+    lines = []
+    for rank in range(3):
+        slow = rank == 2
+        g = f'gpu="{rank}",uuid="GPU-big-{rank}"'
+        r = f'job_id="big",rank="{rank}"'
+        lines += [
+            f"mfu_job_rank_steps_per_second{{{r}}} {1.0 if slow else 2.0}",
+            f'mfu_job_step{{{r},{g},dtype="bf16"}} 100',
+            f"mfu_gpu_sm_clock_hertz{{{g}}} {1.2e9 if slow else 1.98e9}",
+            f"mfu_gpu_sm_clock_max_hertz{{{g}}} 1.98e9",
+            f'mfu_gpu_clock_event_active{{{g},reason="hw_thermal_slowdown"}} {int(slow)}',
+            f'mfu_gpu_clock_event_active{{{g},reason="gpu_idle"}} 0',
+            f"mfu_gpu_temperature_celsius{{{g}}} {90 if slow else 60}",
+            f"mfu_gpu_health_severity{{{g}}} {3 if slow else 0}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def test_straggler_panels_show_the_straggler_gpu(tmp_path):
+    """The training job's straggler panels on a job with a straggler: the pace against the median, and
+    the Stragglers table's queries, one row for the slow rank with its GPU's clock, throttle reasons,
+    temperature and health (the fake agent's job has too few ranks for a median)."""
+    with (
+        MetricsExporter(_straggling_job_metrics) as agent,
+        PrometheusServer(rule_files=RULE_FILES, scrape_targets=[agent.target], tmp_dir=tmp_path) as prom,
+    ):
+        prom.wait_for(
+            lambda: prom.query('ALERTS{alertname="RankStraggler", job_id="big"}'),
+            timeout=60,
+            what="a pending RankStraggler alert",
+        )
+        dashboard = load(ROOT / "dashboards" / "mfu-training-job.json")
+        panels = {p["title"]: p for p in all_panels(dashboard["panels"])}
+
+        def query(expr: str) -> dict[str, float]:
+            result = prom.query(substitute(expr).replace('job_id="llm"', 'job_id="big"'))
+            return {s["metric"].get("rank", ""): float(s["value"][1]) for s in result}
+
+        pace = query(panels["Pace vs job median"]["targets"][0]["expr"])
+        assert pace == {"0": 1.0, "1": 1.0, "2": 0.5}
+        stragglers = [query(t["expr"]) for t in panels["Stragglers"]["targets"]]
+        assert stragglers == [
+            {"2": 1.0},
+            {"2": pytest.approx(1.2 / 1.98)},
+            {"2": 1.0},
+            {"2": 90.0},
+            {"2": 3.0},
+        ]
