@@ -8,23 +8,17 @@ from grafana_foundation_sdk.cog.builder import Builder
 
 from . import interconnect
 from .board import dashboard
-from .common import (
-    MFU_STEPS,
-    Q,
+from .common import MFU_STEPS, Q, column, dashed, gpu_link, job_link, node_link
+from .goodput import fleet_goodput_panels
+from .panels import (
     bargauge_panel,
-    column,
-    dashed,
-    gpu_link,
     heatmap_panel,
     histogram_panel,
-    job_link,
-    node_link,
     row,
     stat_panel,
     table_panel,
     timeseries_panel,
 )
-from .goodput import fleet_goodput_panels
 
 UID = "mfu-fleet"
 

@@ -5,18 +5,8 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.cog.builder import Builder
 
-from .common import (
-    Q,
-    bargauge_panel,
-    column,
-    dashed,
-    gpu_link,
-    node_link,
-    row,
-    stat_panel,
-    table_panel,
-    timeseries_panel,
-)
+from .common import Q, column, dashed, gpu_link, node_link
+from .panels import bargauge_panel, row, stat_panel, table_panel, timeseries_panel
 
 JOB = 'job_id="$job_id"'
 STRAGGLERS = f'ALERTS{{alertname="RankStraggler", {JOB}}}'

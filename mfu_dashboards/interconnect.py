@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.cog.builder import Builder
 
-from .common import MFU_STEPS, Q, column, job_link, row, table_panel, timeseries_panel
+from .common import MFU_STEPS, Q, column, job_link
+from .panels import row, table_panel, timeseries_panel
 
 NODE_GPUS = 'instance=~"$instance", gpu=~"$gpu"'
 

@@ -6,23 +6,17 @@ from typing import Any
 
 from . import interconnect
 from .board import dashboard, label_values, query_variable
-from .common import (
-    MFU_STEPS,
-    Q,
-    column,
-    dashed,
-    gpu_link,
+from .common import MFU_STEPS, Q, column, dashed, gpu_link, node_link, value_mapping
+from .goodput import job_goodput_panels, job_straggler_panels
+from .panels import (
     heatmap_panel,
-    node_link,
     row,
     stat_panel,
     state_timeline_panel,
     status_history_panel,
     table_panel,
     timeseries_panel,
-    value_mapping,
 )
-from .goodput import job_goodput_panels, job_straggler_panels
 
 UID = "mfu-training-job"
 
