@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 LISTEN ?= 127.0.0.1:8469
 
-.PHONY: install install-test dist prometheus deploy-tools browser demo run test lint bench bench-rules soak clean landing-screenshot
+.PHONY: install install-test dist dashboards prometheus deploy-tools browser demo run test lint bench bench-rules soak clean landing-screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install-test: $(BIN)/python
 dist: $(BIN)/python
 	$(BIN)/pip install -q 'build>=1'
 	$(BIN)/python -m build --outdir dist .
+
+# dashboards/*.json and their Kubernetes copies, from their source in mfu_dashboards/ (docs/dashboards.md).
+dashboards: install-test
+	$(BIN)/python scripts/gen_dashboards.py
 
 # Real Prometheus and promtool for the tests (Debian package `prometheus`).
 prometheus:

@@ -3,7 +3,7 @@
 
 Sources (edit these):
     deploy/prometheus/rules/*.yml   recording and alerting rules (plain Prometheus rule files)
-    dashboards/*.json               Grafana dashboards
+    dashboards/*.json               Grafana dashboards (themselves generated: scripts/gen_dashboards.py)
 
 Generated (never edit by hand; tests/test_deploy.py fails when they drift):
     deploy/kubernetes/prometheusrule.yaml          one PrometheusRule per rule file
@@ -117,13 +117,15 @@ def render_prometheusrule(repo: Path) -> str:
     return HEADER.format(source=f"{RULES_DIR}/*.yml") + "".join("---\n" + _dump(d) for d in docs)
 
 
-def render_dashboards(repo: Path) -> dict[str, str]:
-    """{file name in deploy/kubernetes/dashboards/: content}."""
-    files = sorted((repo / DASHBOARDS_DIR).glob("*.json"))
+def render_dashboards(repo: Path, contents: dict[str, str] | None = None) -> dict[str, str]:
+    """{file name in deploy/kubernetes/dashboards/: content}, from dashboards/*.json or from `contents`
+    ({file name: JSON text}, as scripts/gen_dashboards.py renders them)."""
+    if contents is None:
+        contents = {p.name: p.read_text(encoding="utf-8") for p in (repo / DASHBOARDS_DIR).glob("*.json")}
     out: dict[str, str] = {}
     generators = []
-    for path in files:
-        out[path.name] = path.read_text(encoding="utf-8")
+    for path in (Path(name) for name in sorted(contents)):
+        out[path.name] = contents[path.name]
         # ConfigMap keys allow only [-._a-zA-Z0-9]; kustomize's "key=file" renames where needed.
         key = re.sub(r"[^-._a-zA-Z0-9]+", "-", path.name)
         generators.append({"name": _configmap_name(path.stem),

@@ -660,9 +660,41 @@ def fake_agent_metrics(elapsed: float, mig: bool = False) -> str:
         m("mfu_job_node_tokens_per_second", jn, acc["tokens"])
         m("mfu_job_node_first_report_timestamp_seconds", jn, acc["first"])
         m("mfu_job_node_energy_joules_total", jn, 650.0 * acc["gpus"] * t)  # each GPU at 650 W
+    _fake_goodput_and_interconnect(m, t, jobs)
     if mig:
         _fake_mig_gpu(m, t, started)
     return "\n".join(out) + "\n"
+
+
+def _fake_goodput_and_interconnect(
+    m: Callable[[str, dict[str, str], float], None], t: float, jobs: dict
+) -> None:
+    """Goodput counters and step rates per rank, GPM status, NVLink/PCIe traffic and NVLink error
+    counters per GPU (docs/metrics.md), for the dashboards' panels over them. Every rank ran 90 % of
+    its wall time productively, stalled 4 %, spent 6 % checkpointing, restarted once (a new process)
+    and redid 2 % of its wall time; rank 1 of "llm" steps at 1.9/s against rank 0's 2/s."""
+    for gpu, (job_id, rank, _, _) in jobs.items():
+        r = {"job_id": job_id, "rank": rank}
+        m("mfu_job_wall_seconds_total", r, 100.0 + t)
+        m("mfu_job_productive_seconds_total", r, 0.9 * (100.0 + t))
+        m("mfu_job_stall_seconds_total", r, 0.04 * (100.0 + t))
+        m("mfu_job_restart_downtime_seconds_total", r, 5.0)
+        m("mfu_job_phase_seconds_total", {**r, "phase": "checkpoint"}, 0.06 * (100.0 + t))
+        for cause in ("new_process", "counter_reset"):
+            m("mfu_job_restarts_total", {**r, "cause": cause}, int(cause == "new_process"))
+        m("mfu_job_lost_work_steps_total", r, 4)
+        m("mfu_job_lost_work_seconds_total", r, 2.0)
+        m("mfu_job_lost_work_flops_total", r, 2.0e15)
+        m("mfu_job_lost_work_tokens_total", r, 10000)
+        m("mfu_job_rank_steps_per_second", r, 1.9 if (job_id, rank) == ("llm", "1") else 2.0)
+        g = {"gpu": str(gpu), "uuid": f"GPU-fake-{gpu}"}
+        for status in ("ok", "not_supported", "no_permission", "in_use", "error"):
+            m("mfu_gpu_gpm_status", {**g, "status": status}, int(status == "ok"))
+        for direction, share in (("rx", 1.0), ("tx", 0.98)):
+            m("mfu_gpu_nvlink_bytes_per_second", {**g, "direction": direction}, share * 150e9)
+            m("mfu_gpu_pcie_bytes_per_second", {**g, "direction": direction}, share * 2e9)
+        for kind in ("replay", "recovery", "crc_flit", "crc_data"):
+            m("mfu_gpu_nvlink_errors_total", {**g, "type": kind}, 0)
 
 
 def _fake_mig_gpu(m: Callable[[str, dict[str, str], float], None], t: float, started: float) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,7 +211,7 @@ def test_training_job_dashboard_selects_a_job():
     d = load(ROOT / "dashboards" / "mfu-training-job.json")
     job = next(v for v in d["templating"]["list"] if v["name"] == "job_id")
     query = job["query"]["query"] if isinstance(job["query"], dict) else job["query"]
-    assert query == "label_values(mfu_job_info, job_id)"
+    assert query == 'label_values(mfu_job_info{cluster=~"$cluster"}, job_id)'
     exprs = [t["expr"] for _, t in targets(d)]
     assert all('job_id="$job_id"' in e for e in exprs if "mfu_job_" in e or "mfu:job_" in e)
 
@@ -307,6 +309,11 @@ EMPTY_ON_FAKE_DATA = {
     # Job "llm" runs on the fake agent's healthy GPUs: no XIDs, no throttling there.
     ("mfu-training-job.json", "Hardware events on the job's GPUs (time range) / A"),
     ("mfu-training-job.json", "Throttling on the job's GPUs / A"),
+    # Job "llm" has two ranks: its median step rate (and each rank's pace against it) needs three, so
+    # no rank straggles either (test_straggler_panels_show_the_straggler_gpu covers those panels).
+    ("mfu-training-job.json", "Step rate per rank / B"),
+    ("mfu-training-job.json", "Pace vs job median / A"),
+    *(("mfu-training-job.json", f"Stragglers / {ref}") for ref in "ABCDE"),
 }
 
 
@@ -336,3 +343,215 @@ def test_grafana_dashboard_provisioning():
     (provider,) = doc["providers"]
     assert provider["type"] == "file"
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards/mfu-agent"
+
+
+# --- Dashboards as code: dashboards/*.json is generated from mfu_dashboards/ -------------------------
+
+GEN_DASHBOARDS = ROOT / "scripts" / "gen_dashboards.py"
+
+
+def _gen_dashboards(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(GEN_DASHBOARDS), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_committed_dashboards_are_in_step_with_their_source():
+    """dashboards/*.json and deploy/kubernetes/dashboards/ are what mfu_dashboards/ generates: a change
+    made in the JSON alone, or in the source without regenerating, fails here."""
+    result = _gen_dashboards("--check")
+    assert result.returncode == 0, result.stderr + "\nrun `python scripts/gen_dashboards.py` and commit"
+
+
+def test_gen_dashboards_check_detects_drift_and_rewrites(tmp_path):
+    assert _gen_dashboards("--root", str(tmp_path)).returncode == 0
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert "dashboards/mfu-fleet.json" in written
+    assert "deploy/kubernetes/dashboards/kustomization.yaml" in written
+    for rel in written:  # the same bytes as committed
+        assert (tmp_path / rel).read_text() == (ROOT / rel).read_text(), rel
+    assert _gen_dashboards("--root", str(tmp_path), "--check").returncode == 0
+    fleet = tmp_path / "dashboards" / "mfu-fleet.json"
+    fleet.write_text(fleet.read_text().replace('"MFU / Fleet"', '"MFU / Fleet (edited)"'))
+    (tmp_path / "dashboards" / "hand-made.json").write_text("{}")
+    result = _gen_dashboards("--root", str(tmp_path), "--check")
+    assert result.returncode == 1
+    assert "out of date: dashboards/mfu-fleet.json" in result.stderr
+    assert "stale (no source): dashboards/hand-made.json" in result.stderr
+    assert _gen_dashboards("--root", str(tmp_path)).returncode == 0
+    assert not (tmp_path / "dashboards" / "hand-made.json").exists()
+    assert _gen_dashboards("--root", str(tmp_path), "--check").returncode == 0
+
+
+def test_target_mfu_is_the_agents_default_which_the_rules_read():
+    """The dashboards' MFU threshold colours are drawn at the agents' --mfu-target default, which the
+    agents export and the recording rule reads."""
+    from mfu_agent.cli import build_parser
+    from mfu_agent.cli.options import DEFAULT_MFU_TARGET
+
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules" / "mfu-recording.yml").read_text())
+    (expr,) = [
+        r["expr"] for g in rules["groups"] for r in g["rules"] if r.get("record") == "mfu:target_mfu:ratio"
+    ]
+    assert "mfu_agent_mfu_target_ratio" in expr
+    assert build_parser().parse_args(["run"]).mfu_target == DEFAULT_MFU_TARGET
+
+    def steps(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("steps"), list):
+                yield [(step["color"], step["value"]) for step in node["steps"]]
+            for value in node.values():
+                yield from steps(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from steps(value)
+
+    mfu_steps = [
+        s[2][1]
+        for path in DASHBOARD_FILES
+        for s in steps(load(path))
+        if [c for c, _ in s] == ["red", "orange", "green"]
+    ]
+    assert len(mfu_steps) >= 9 and set(mfu_steps) == {DEFAULT_MFU_TARGET}
+
+
+def test_cluster_variable_filters_every_query():
+    """Every dashboard has a `cluster` variable (All = `.*`, which also matches series without the label),
+    and every selector of every panel query and node/job/GPU variable carries cluster=~"$cluster"."""
+    from mfu_dashboards.promql import CLUSTER_MATCHER, with_cluster
+
+    for path in DASHBOARD_FILES:
+        variables = {v["name"]: v for v in load(path)["templating"]["list"]}
+        cluster = variables["cluster"]
+        assert cluster["type"] == "query" and cluster["includeAll"] and cluster["allValue"] == ".*", path.name
+        assert cluster["query"]["query"] == "label_values(mfu_gpu_info, cluster)"
+        for name, var in variables.items():
+            if var["type"] == "query" and name != "cluster":
+                assert CLUSTER_MATCHER in var["query"]["query"], (path.name, name)
+    for name, where, expr in all_exprs():
+        if where == "variable cluster":
+            continue
+        bare = expr.replace(CLUSTER_MATCHER + ", ", "").replace("{" + CLUSTER_MATCHER + "}", "")
+        assert CLUSTER_MATCHER in expr and with_cluster(bare) == expr, f"{name} {where}: {expr}"
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("up", 'up{cluster=~"$cluster"}'),
+        ('x{a="b}", c=~"$gpu"}', 'x{cluster=~"$cluster", a="b}", c=~"$gpu"}'),
+        (
+            "sum by (job_id) (rate(x_total[$__rate_interval]))",
+            'sum by (job_id) (rate(x_total{cluster=~"$cluster"}[$__rate_interval]))',
+        ),
+        (
+            "a < bool on () group_left (model) b",
+            'a{cluster=~"$cluster"} < bool on () group_left (model) b{cluster=~"$cluster"}',
+        ),
+        (
+            "(a - a offset $__range) or a",
+            '(a{cluster=~"$cluster"} - a{cluster=~"$cluster"} offset $__range) or a{cluster=~"$cluster"}',
+        ),
+        (
+            "sum_over_time(r:x:count[$__range:$__interval]) * $__interval_ms > 1e-09",
+            'sum_over_time(r:x:count{cluster=~"$cluster"}[$__range:$__interval]) * $__interval_ms > 1e-09',
+        ),
+        (
+            'time() - max without (pid) (y{job_id="$job_id"})',
+            'time() - max without (pid) (y{cluster=~"$cluster", job_id="$job_id"})',
+        ),
+        ('topk(5, {__name__="up"})', 'topk(5, {cluster=~"$cluster", __name__="up"})'),
+        ("vector(1)", "vector(1)"),
+    ],
+)
+def test_with_cluster_adds_the_matcher_to_every_selector(expr, expected):
+    from mfu_dashboards.promql import with_cluster
+
+    assert with_cluster(expr) == expected
+
+
+def _links(dashboard: dict) -> Iterator[tuple[str, str, str]]:
+    """(panel title, column or series, url) of every data link."""
+    for panel in all_panels(dashboard["panels"]):
+        for override in panel.get("fieldConfig", {}).get("overrides", []):
+            for prop in override["properties"]:
+                if prop["id"] == "links":
+                    for link in prop["value"]:
+                        yield panel["title"], override["matcher"]["options"], link["url"]
+
+
+def test_drill_down_links_fleet_to_job_to_node_to_gpu():
+    """Table cells link fleet -> training job -> GPU node -> one GPU; every link names a dashboard that
+    exists and only its variables, and keeps the time range, data source and cluster."""
+    dashboards = {load(p)["uid"]: load(p) for p in DASHBOARD_FILES}
+    variables = {uid: {v["name"] for v in d["templating"]["list"]} for uid, d in dashboards.items()}
+    targets_of: dict[str, set[tuple[str, frozenset[str]]]] = {}
+    for uid, dashboard in dashboards.items():
+        for title, column, url in _links(dashboard):
+            m = re.fullmatch(r"/d/([a-z0-9-]+)/[a-z0-9-]+\?(.*)", url)
+            assert m, f"{uid} {title} {column}: {url}"
+            target, query = m.groups()
+            assert target in dashboards, f"{uid} {title}: no dashboard {target}"
+            names = set(re.findall(r"var-(\w+)=", query)) - {"datasource"}
+            assert names <= variables[target], f"{uid} {title}: {names - variables[target]}"
+            assert {"${__url_time_range}", "var-datasource=${datasource}", "${cluster:queryparam}"} <= set(
+                query.split("&")
+            ), f"{uid} {title}: {url}"
+            targets_of.setdefault(uid, set()).add((target, frozenset(names)))
+    assert ("mfu-training-job", frozenset({"job_id"})) in targets_of["mfu-fleet"]
+    assert ("mfu-gpu-node", frozenset({"instance"})) in targets_of["mfu-fleet"]
+    assert ("mfu-gpu-node", frozenset({"instance"})) in targets_of["mfu-training-job"]
+    assert ("mfu-gpu-node", frozenset({"instance", "gpu"})) in targets_of["mfu-gpu-node"]
+
+
+def _straggling_job_metrics() -> str:
+    """Job "big": ranks 0..2 on GPUs 0..2 of one node, rank 2 stepping at half the others' rate on a hot,
+    throttled GPU that needs a reset (severity 3)."""
+    lines = []
+    for rank in range(3):
+        slow = rank == 2
+        g = f'gpu="{rank}",uuid="GPU-big-{rank}"'
+        r = f'job_id="big",rank="{rank}"'
+        lines += [
+            f"mfu_job_rank_steps_per_second{{{r}}} {1.0 if slow else 2.0}",
+            f'mfu_job_step{{{r},{g},dtype="bf16"}} 100',
+            f"mfu_gpu_sm_clock_hertz{{{g}}} {1.2e9 if slow else 1.98e9}",
+            f"mfu_gpu_sm_clock_max_hertz{{{g}}} 1.98e9",
+            f'mfu_gpu_clock_event_active{{{g},reason="hw_thermal_slowdown"}} {int(slow)}',
+            f'mfu_gpu_clock_event_active{{{g},reason="gpu_idle"}} 0',
+            f"mfu_gpu_temperature_celsius{{{g}}} {90 if slow else 60}",
+            f"mfu_gpu_health_severity{{{g}}} {3 if slow else 0}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def test_straggler_panels_show_the_straggler_gpu(tmp_path):
+    """The training job's straggler panels on a job with a straggler: the pace against the median, and
+    the Stragglers table's queries, one row for the slow rank with its GPU's clock, throttle reasons,
+    temperature and health (the fake agent's job has too few ranks for a median)."""
+    with (
+        MetricsExporter(_straggling_job_metrics) as agent,
+        PrometheusServer(rule_files=RULE_FILES, scrape_targets=[agent.target], tmp_dir=tmp_path) as prom,
+    ):
+        prom.wait_for(
+            lambda: prom.query('ALERTS{alertname="RankStraggler", job_id="big"}'),
+            timeout=60,
+            what="a pending RankStraggler alert",
+        )
+        dashboard = load(ROOT / "dashboards" / "mfu-training-job.json")
+        panels = {p["title"]: p for p in all_panels(dashboard["panels"])}
+
+        def query(expr: str) -> dict[str, float]:
+            result = prom.query(substitute(expr).replace('job_id="llm"', 'job_id="big"'))
+            return {s["metric"].get("rank", ""): float(s["value"][1]) for s in result}
+
+        pace = query(panels["Pace vs job median"]["targets"][0]["expr"])
+        assert pace == {"0": 1.0, "1": 1.0, "2": 0.5}
+        stragglers = [query(t["expr"]) for t in panels["Stragglers"]["targets"]]
+        assert stragglers == [
+            {"2": 1.0},
+            {"2": pytest.approx(1.2 / 1.98)},
+            {"2": 1.0},
+            {"2": 90.0},
+            {"2": 3.0},
+        ]

@@ -14,6 +14,9 @@ from typing import Any
 
 DEFAULT_PORT = 8469  # outside 9100-9999, the Prometheus exporter range, which is fully allocated
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+# The MFU target (--mfu-target): the agents export it, the rules read it (mfu:target_mfu:ratio), and the
+# dashboards' threshold colours are drawn at this default (mfu_dashboards/common.py).
+DEFAULT_MFU_TARGET = 0.4
 DEFAULT_KUBELET_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 LOG_FORMATS = ("text", "json")
 
@@ -299,7 +302,7 @@ def add_agent_flags(parser: argparse.ArgumentParser, listen_default: str) -> Non
     parser.add_argument(
         "--mfu-target",
         type=ratio_above_zero,
-        default="0.4",
+        default=str(DEFAULT_MFU_TARGET),
         help="the MFU target: GPU time under it counts in mfu_gpu_below_target_cost_dollars_total, and "
         "the recording rules read it from mfu_agent_mfu_target_ratio (default 0.4; env MFU_AGENT_MFU_TARGET)",
     )
