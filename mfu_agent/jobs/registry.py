@@ -214,7 +214,13 @@ class JobRegistry:
                     where = f"reports[{i}]." if batch else ""
                     raise ReportRejected(409, f"{where}rank", conflict_message(state, report, now, where))
                 takeovers[state.key] = reason
-            shares = [self._shares_of(r, entry) for r, entry in zip(reports, placed, strict=True)]
+            shares = []  # each report's GPUs with their peaks at its dtypes, cached with its placement
+            for report, (placement, by_dtypes) in zip(reports, placed, strict=True):
+                dtypes = _dtypes(report)
+                gpus = by_dtypes.get(dtypes)
+                if gpus is None:
+                    gpus = by_dtypes[dtypes] = tuple(self._share(g, dtypes) for g in placement.gpus)
+                shares.append(gpus)
             raws = [r.raw_counters() for r in reports]
             changing = self._admit(reports, shares, raws, now)
             for report, (placement, _), gpus, raw in zip(reports, placed, shares, raws, strict=True):
@@ -435,15 +441,6 @@ class JobRegistry:
             placed.append(entry)
         return placed
 
-    def _shares_of(self, report: ReportData, placed: _Placed) -> tuple[GpuShare, ...]:
-        """The report's GPUs with their peaks at its dtypes, cached with its placement."""
-        placement, by_dtypes = placed
-        dtypes = _dtypes(report)
-        shares = by_dtypes.get(dtypes)
-        if shares is None:
-            shares = by_dtypes[dtypes] = tuple(self._share(g, dtypes) for g in placement.gpus)
-        return shares
-
     def _share(self, gpu: GpuReading, dtypes: tuple[str, ...]) -> GpuShare:
         key = (gpu.uuid, gpu.identity.name, dtypes)
         share = self._shares.get(key)
@@ -619,9 +616,9 @@ class JobRegistry:
 def _dtypes(report: ReportData) -> tuple[str, ...]:
     """The dtypes a report gives FLOPs in, sorted."""
     model, hardware = report.model_flops, report.hardware_flops
-    if hardware is None or hardware.keys() == model.keys():
-        return tuple(model) if len(model) == 1 else tuple(sorted(model))
-    return tuple(sorted(model.keys() | hardware.keys()))
+    if hardware is not None and hardware.keys() != model.keys():
+        return tuple(sorted(model.keys() | hardware.keys()))
+    return tuple(model) if len(model) == 1 else tuple(sorted(model))
 
 
 def _footprint_after(
