@@ -345,10 +345,13 @@ class JobRegistry:
         kept: list[tuple[float, tuple[str, int]]] = []
         chosen: list[tuple[float, tuple[str, int]]] = []
         keep = set(keep)
+        taken: set[tuple[str, int]] = set()
         while (ranks > 0 or series > 0) and heap and heap[0][0] <= now:
             due, key = heapq.heappop(heap)
-            if at.get(key) != due:
-                continue  # an entry of a rank that went, or that has an earlier one
+            if at.get(key) != due or key in taken:
+                # An entry of a rank that went, or that has an earlier one; or a second entry of a rank
+                # already chosen, pushed again at the same time (an earlier entry found too early).
+                continue
             if key in keep:  # reported in this very batch
                 kept.append((due, key))
                 continue
@@ -359,6 +362,7 @@ class JobRegistry:
                 heapq.heappush(heap, (actual, key))
                 continue
             chosen.append((due, key))
+            taken.add(key)
             ranks -= 1
             series -= state.footprint.series if state.footprint is not None else 0  # its job's: a bonus
         if ranks > 0 or series > 0:
