@@ -137,6 +137,30 @@ def test_a_refused_report_evicts_nobody(snapshot):
     assert sorted((v.job_id, v.rank) for v in registry.views()) == [("j", 1), ("new", 0)]
 
 
+def test_a_rank_with_two_heap_entries_at_the_same_time_is_counted_once(snapshot):
+    """A rank whose interval shrank has an earlier heap entry; found too early, it is pushed again at
+    its actual time, which can equal its older entry's. Both entries then come due together: the rank
+    frees one place, not two (it was evicted twice: KeyError, a 500 on the endpoint)."""
+    clock = Clock()
+    start = clock.now
+    registry = JobRegistry(max_ranks=1, clock=clock)
+    registry.apply([report(0, 1e15, interval=100.0, timestamp=start)], snapshot)  # evictable at +300
+    clock.now = start + 1
+    registry.apply([report(0, 2e15, interval=10.0, timestamp=clock.now)], snapshot)  # and at +31
+    clock.now = start + 270
+    registry.apply([report(0, 3e15, interval=10.0, timestamp=clock.now)], snapshot)  # at +300 again
+    clock.now = start + 280
+    with pytest.raises(ReportRejected):  # rank 0 is not evictable yet: its entry is pushed to +300
+        registry.apply([report(1)], snapshot)
+    clock.now = start + 300
+    with pytest.raises(ReportRejected) as refused:  # two new ranks: evicting rank 0 would not be enough
+        registry.apply([report(1), report(2)], snapshot)
+    assert refused.value.status == 429
+    assert [v.rank for v in registry.views()] == [0] and registry.removed["stalled"] == 0
+    registry.apply([report(1)], snapshot)  # one new rank: rank 0 makes room
+    assert [v.rank for v in registry.views()] == [1] and registry.removed["stalled"] == 1
+
+
 def test_the_eviction_heap_stays_bounded_while_ranks_come_and_go(snapshot):
     clock = Clock()
     registry = JobRegistry(rank_ttl_seconds=5, clock=clock)

@@ -50,9 +50,12 @@ class ReportData:
     phase_seconds: dict[str, float] | None = None  # {phase: cumulative seconds the sender marked}
 
     def raw_counters(self) -> dict[CounterKey, float]:
-        raw: dict[CounterKey, float] = {("model_flops", d): v for d, v in self.model_flops.items()}
-        for d, v in (self.hardware_flops or {}).items():
-            raw[("hardware_flops", d)] = v
+        raw: dict[CounterKey, float] = {}
+        for d, v in self.model_flops.items():
+            raw["model_flops", d] = v
+        if self.hardware_flops:
+            for d, v in self.hardware_flops.items():
+                raw["hardware_flops", d] = v
         if self.tokens_total is not None:
             raw[("tokens", "")] = self.tokens_total
         if self.samples_total is not None:
@@ -82,7 +85,7 @@ class GpuShare:
         return max(known) if known and len(known) == len(self.peaks) else None
 
 
-@dataclass
+@dataclass(slots=True)
 class Point:
     t: float
     values: tuple[float, ...]  # accumulated totals at t, in the order of RankState.totals
@@ -126,9 +129,12 @@ class RankState:
     def accumulate(self, raw: dict[CounterKey, float], restarted: bool) -> None:
         """Adds the increase since the last report to the rank's and its current GPUs' totals."""
         gpus = self.gpus
-        share = 1.0 / len(gpus) if gpus else 0.0
+        gpus_seen = self.gpus_seen
         for g in gpus:
-            self.gpus_seen[g.uuid] = g.index
+            gpus_seen[g.uuid] = g.index
+        # The one GPU of most ranks gets the whole increase: no inner loop, no multiplication.
+        only = gpus[0].uuid if len(gpus) == 1 else None
+        share = 1.0 / len(gpus) if gpus else 0.0
         last_raw, totals, gpu_totals = self.last_raw, self.totals, self.gpu_totals
         for key, value in raw.items():
             previous = last_raw.get(key)
@@ -142,25 +148,42 @@ class RankState:
             else:
                 delta = value - previous
             last_raw[key] = value
-            totals[key] = totals.get(key, 0.0) + delta
-            part = delta * share
-            for g in gpus:
-                gk = (g.uuid, key)
-                gpu_totals[gk] = gpu_totals.get(gk, 0.0) + part
+            # `d[k] += x` is the cheap form of `d[k] = d.get(k, 0.0) + x` for a key that is there; a new
+            # key starts from 0.0 + x, a float as the totals always are.
+            try:
+                totals[key] += delta
+            except KeyError:
+                totals[key] = 0.0 + delta
+            if only is not None:
+                gk = (only, key)
+                try:
+                    gpu_totals[gk] += delta
+                except KeyError:
+                    gpu_totals[gk] = 0.0 + delta
+            else:
+                part = delta * share
+                for g in gpus:
+                    gk = (g.uuid, key)
+                    try:
+                        gpu_totals[gk] += part
+                    except KeyError:
+                        gpu_totals[gk] = 0.0 + part
 
     def add_point(self, t: float, now: float, window: float, step: int | None = None) -> None:
-        point = Point(t, tuple(self.totals.values()), step)
+        values = tuple(self.totals.values())
         history = self.history
         if history and t <= history[-1].t:
             # The same step time again (a stalled job re-posting), or a sender clock that went back:
             # keep the point's time, take the new values.
-            history[-1] = Point(history[-1].t, point.values, step)
+            last = history[-1]
+            last.values, last.step = values, step
             return
         self.last_progress = now
         if len(history) >= 2 and t - history[-2].t < window / (HISTORY_SLOTS - 2):
-            history[-1] = point  # too close to the one before: merge
+            last = history[-1]  # too close to the one before: merge (in place; no one else holds it)
+            last.t, last.values, last.step = t, values, step
         else:
-            history.append(point)
+            history.append(Point(t, values, step))
         while len(history) > 2 and history[1].t <= t - window:
             history.popleft()
 

@@ -27,7 +27,7 @@ from .budget import NOTHING, Footprint, SeriesLedger, footprint
 from .errors import ReportRejected
 from .goodput import Goodput, GoodputLedger
 from .ownership import DEFAULT_INTERVAL, SILENT_INTERVALS, conflict_message, same_sender, takeover_reason
-from .placement import place
+from .placement import Placement, place
 from .rank import COUNTERS, CounterKey, GpuShare, RankState, Rates, ReportData, rates_of, step_rate_of
 
 __all__ = ["COUNTERS", "GpuShare", "JobRegistry", "RankView", "ReportData", "ReportRejected"]
@@ -39,6 +39,10 @@ DEFAULT_MAX_SERIES = 100_000
 # (TrainingJobStalled fires after 5 minutes, so it has fired by then).
 STALLED_SECONDS = 600.0
 EVICTION_REASONS = ("ttl", "silent", "stalled", "final")
+PLACEMENT_CACHE = 4096  # placements kept per snapshot, whatever GPUs, pids and local_ranks reports name
+
+# A report's placement, and its GPUs as GpuShares by the dtypes of its FLOPs.
+_Placed = tuple[Placement, dict[tuple[str, ...], tuple[GpuShare, ...]]]
 
 
 def pid_alive(pid: int, proc_root: str = "/proc") -> bool:
@@ -153,6 +157,11 @@ class JobRegistry:
         self._lock = threading.Lock()
         self._unknown_peaks_logged: set[tuple[str, str]] = set()
         self._shares: dict[tuple[str, str, tuple[str, ...]], GpuShare] = {}  # peaks looked up once
+        # place()'s answers for one snapshot, by the report's gpus or by its (pid, local_rank), each
+        # with the report's GpuShares by dtypes (_place_all).
+        self._placed_for: Snapshot | None = None
+        self._by_gpus: dict[tuple[int | str, ...], _Placed] = {}
+        self._by_pid: dict[tuple[int | None, int | None], _Placed] = {}
         self.ledger = SeriesLedger()  # the ranks' and their jobs' series
         self.removed: Counter[str] = Counter({reason: 0 for reason in EVICTION_REASONS})
         self.changes = 0  # bumped on every change; the state writer saves when it moved
@@ -178,15 +187,17 @@ class JobRegistry:
         """Applies every report or none: raises ReportRejected before changing anything."""
         now = self._clock()
         batch = len(reports) > 1
-        placed = [place(r, snapshot, f"reports[{i}]." if batch else "") for i, r in enumerate(reports)]
         with self._lock:
+            placed = self._place_all(reports, snapshot, batch)
             if now - self._oldest_received > self.ttl:
                 self._expire(now)
+            ranks = self._ranks
+            keys = [(r.job_id, r.rank) for r in reports]
             takeovers: dict[tuple[str, int], str] = {}
             first_in_batch: dict[tuple[str, int], ReportData] = {}
             for i, report in enumerate(reports):
-                key = (report.job_id, report.rank)
-                state = self._ranks.get(key)
+                key = keys[i]
+                state = ranks.get(key)
                 earlier = first_in_batch.setdefault(key, report)
                 if earlier is not report and not same_sender(earlier, report):
                     where = f"reports[{i}]." if batch else ""
@@ -203,11 +214,17 @@ class JobRegistry:
                     where = f"reports[{i}]." if batch else ""
                     raise ReportRejected(409, f"{where}rank", conflict_message(state, report, now, where))
                 takeovers[state.key] = reason
-            shares = [tuple(self._share(g, r) for g in p.gpus) for r, p in zip(reports, placed, strict=True)]
+            shares = []  # each report's GPUs with their peaks at its dtypes, cached with its placement
+            for report, (placement, by_dtypes) in zip(reports, placed, strict=True):
+                dtypes = _dtypes(report)
+                gpus = by_dtypes.get(dtypes)
+                if gpus is None:
+                    gpus = by_dtypes[dtypes] = tuple(self._share(g, dtypes) for g in placement.gpus)
+                shares.append(gpus)
             raws = [r.raw_counters() for r in reports]
             changing = self._admit(reports, shares, raws, now)
-            for report, placement, gpus, raw in zip(reports, placed, shares, raws, strict=True):
-                reason = takeovers.get((report.job_id, report.rank))
+            for report, (placement, _), gpus, raw in zip(reports, placed, shares, raws, strict=True):
+                reason = takeovers.get((report.job_id, report.rank)) if takeovers else None
                 if reason is not None:
                     self._log.log(
                         ("takeover", report.job_id),
@@ -328,10 +345,13 @@ class JobRegistry:
         kept: list[tuple[float, tuple[str, int]]] = []
         chosen: list[tuple[float, tuple[str, int]]] = []
         keep = set(keep)
+        taken: set[tuple[str, int]] = set()
         while (ranks > 0 or series > 0) and heap and heap[0][0] <= now:
             due, key = heapq.heappop(heap)
-            if at.get(key) != due:
-                continue  # an entry of a rank that went, or that has an earlier one
+            if at.get(key) != due or key in taken:
+                # An entry of a rank that went, or that has an earlier one; or a second entry of a rank
+                # already chosen, pushed again at the same time (an earlier entry found too early).
+                continue
             if key in keep:  # reported in this very batch
                 kept.append((due, key))
                 continue
@@ -342,6 +362,7 @@ class JobRegistry:
                 heapq.heappush(heap, (actual, key))
                 continue
             chosen.append((due, key))
+            taken.add(key)
             ranks -= 1
             series -= state.footprint.series if state.footprint is not None else 0  # its job's: a bonus
         if ranks > 0 or series > 0:
@@ -402,12 +423,29 @@ class JobRegistry:
         with self._lock:
             return self.ledger.total
 
-    def _share(self, gpu: GpuReading, report: ReportData) -> GpuShare:
-        model, hardware = report.model_flops, report.hardware_flops
-        if hardware is None or hardware.keys() == model.keys():
-            dtypes = tuple(model) if len(model) == 1 else tuple(sorted(model))
-        else:
-            dtypes = tuple(sorted(model.keys() | hardware.keys()))
+    def _place_all(
+        self, reports: Sequence[ReportData], snapshot: Snapshot | None, batch: bool
+    ) -> list[_Placed]:
+        """Each report's placement, from a cache of place()'s answers for this snapshot: place() depends
+        only on the snapshot and the report's gpus (or, without them, its pid and local_rank), and a
+        batch of ranks names a handful of GPUs. A refusal is never cached."""
+        if self._placed_for is not snapshot:
+            self._placed_for = snapshot
+            self._by_gpus, self._by_pid = {}, {}
+        by_gpus, by_pid = self._by_gpus, self._by_pid
+        placed = []
+        for i, r in enumerate(reports):
+            gpus = r.gpus
+            cache, key = (by_gpus, gpus) if gpus is not None else (by_pid, (r.pid, r.local_rank))
+            entry = cache.get(key)
+            if entry is None:
+                if len(cache) >= PLACEMENT_CACHE:
+                    cache.clear()
+                entry = cache[key] = (place(r, snapshot, f"reports[{i}]." if batch else ""), {})
+            placed.append(entry)
+        return placed
+
+    def _share(self, gpu: GpuReading, dtypes: tuple[str, ...]) -> GpuShare:
         key = (gpu.uuid, gpu.identity.name, dtypes)
         share = self._shares.get(key)
         if share is None:
@@ -452,14 +490,15 @@ class JobRegistry:
             earlier = True
         else:  # a report only moves when its rank may be evicted later, unless its interval shrinks
             earlier = report.interval != state.interval
-        state.dtype, state.gpus, state.attributed_by, state.attribution_detail = (
-            report.dtype,
-            gpus,
-            how,
-            detail,
-        )
-        state.local_rank, state.world_size, state.pid = report.local_rank, report.world_size, report.pid
-        state.instance, state.interval = report.instance, report.interval
+        state.dtype = report.dtype
+        state.gpus = gpus
+        state.attributed_by = how
+        state.attribution_detail = detail
+        state.local_rank = report.local_rank
+        state.world_size = report.world_size
+        state.pid = report.pid
+        state.instance = report.instance
+        state.interval = report.interval
         state.labels = report.labels
         if report.step is not None:
             state.step = report.step
@@ -576,6 +615,14 @@ class JobRegistry:
                 self._oldest_received = min(self._oldest_received, s.last_received)
                 restored += 1
         return restored
+
+
+def _dtypes(report: ReportData) -> tuple[str, ...]:
+    """The dtypes a report gives FLOPs in, sorted."""
+    model, hardware = report.model_flops, report.hardware_flops
+    if hardware is not None and hardware.keys() != model.keys():
+        return tuple(sorted(model.keys() | hardware.keys()))
+    return tuple(model) if len(model) == 1 else tuple(sorted(model))
 
 
 def _footprint_after(
