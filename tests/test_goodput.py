@@ -80,7 +80,7 @@ def test_each_interval_goes_to_one_place_and_they_add_up_to_the_wall_time(snapsh
     registry.apply([report(30, phase_seconds={"checkpoint": 4.0, "eval": 7.0})], snapshot)
     g = goodput(registry)
     assert g.seconds == {"wall": 50.0, "productive": 26.0, "stall": 13.0, "restart_downtime": 0.0}
-    assert g.phases == {"checkpoint": 4.0, "eval": 7.0, "data_wait": 0.0, "other": 0.0}
+    assert g.phases == {"checkpoint": 4.0, "eval": 7.0}  # phases from the first time they are named
     assert sum(g.seconds.values()) - g.seconds["wall"] + sum(g.phases.values()) == g.seconds["wall"]
     assert g.restarts == {"new_process": 0, "counter_reset": 0}
     assert g.lost == {"steps": 0.0, "flops": 0.0, "tokens": 0.0, "seconds": 0.0}
@@ -173,13 +173,7 @@ def test_a_rank_marks_at_most_four_phase_names_of_its_own(snapshot, caplog):
     with caplog.at_level(logging.WARNING, logger="mfu_agent.jobs.registry"):
         registry.apply([report(10, phase_seconds={"eval": 1.0, **names})], snapshot)
     g = goodput(registry)
-    assert g.phases == {
-        "checkpoint": 0.0,
-        "eval": 1.0,
-        "data_wait": 0.0,
-        "other": 2.0,
-        **{f"mine_{i}": 1.0 for i in range(4)},
-    }
+    assert g.phases == {"eval": 1.0, "other": 2.0, **{f"mine_{i}": 1.0 for i in range(4)}}
     assert "counted as 'other'" in caplog.text
     assert g.seconds["productive"] == 3.0
 
@@ -219,14 +213,18 @@ def test_a_bad_goodput_entry_in_the_state_file_is_set_aside(snapshot, tmp_path):
     assert any(p.name.startswith("ranks.json.bad-") for p in tmp_path.iterdir())
 
 
-def test_every_rank_exports_its_goodput_series(snapshot):
+def test_every_rank_exports_its_goodput_series_and_a_phase_once_it_is_named(snapshot):
     agent = Agent(SimulatedBackend("2xNVIDIA H100 80GB HBM3"), AgentOptions())
-    agent.jobs.apply([report(0, phase_seconds={"own_phase": 0.0})], agent.sampler.sample_once())
+    sample = agent.sampler.sample_once()
+    agent.jobs.apply([report(0)], sample)
     found = samples(generate_latest(agent.registry).decode())
     labels = {("job_id", "j"), ("rank", "0")}
     assert found["mfu_job_wall_seconds_total", frozenset(labels)] == 0.0
+    assert not [n for n, _ in found if n == "mfu_job_phase_seconds_total"]  # none marked: no series
+    agent.jobs.apply([report(0, phase_seconds={"own_phase": 0.0, "eval": 0.0})], sample)
+    found = samples(generate_latest(agent.registry).decode())
     phases = {dict(ls)["phase"] for n, ls in found if n == "mfu_job_phase_seconds_total"}
-    assert phases == {"checkpoint", "eval", "data_wait", "other", "own_phase"}
+    assert phases == {"eval", "own_phase"}
     causes = {dict(ls)["cause"] for n, ls in found if n == "mfu_job_restarts_total"}
     assert causes == {"new_process", "counter_reset"}
 

@@ -13,9 +13,10 @@ Per rank, on each GPU it uses now: `mfu_job_info`, `_last_report_timestamp_secon
 `_tokens_per_second` once it sent tokens, one `mfu_job_peak_flops` or `_peak_flops_unknown` per dtype
 it reports, one `mfu_job_mfu_ratio` per dtype of its model FLOPs and one `mfu_job_hfu_ratio` per dtype
 of its hardware FLOPs; one counter series per (GPU it has counters on, counter and dtype); and
-PER_RANK rollups (with the goodput counters, jobs/goodput.py: a fixed set and at most MAX_PHASES
-phases, all counted), plus `mfu_job_rank_hfu_ratio` once it sent hardware FLOPs and
-`mfu_job_rank_steps_per_second` once it sent a step. Per job on the node:
+PER_RANK rollups (with the goodput counters, jobs/goodput.py: a fixed set, and one series per phase
+the rank has marked or is marking in the report, MAX_PHASES at most), plus `mfu_job_rank_hfu_ratio`
+once it sent hardware FLOPs and `mfu_job_rank_steps_per_second` once it sent a step. Per job on the
+node:
 PER_JOB, plus PER_JOB_MODEL per GPU model its ranks use here.
 """
 
@@ -25,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .goodput import MAX_PHASES
 from .goodput import SERIES_PER_RANK as GOODPUT_PER_RANK
 
 if TYPE_CHECKING:
@@ -55,12 +57,18 @@ def footprint(
     gpu_counters: int,
     step: bool = False,
     tokens: bool = False,
+    phases: int = 0,
 ) -> Footprint:
     """`gpu_counters`: the (GPU, counter, dtype) triples the rank has counters for; `step`, `tokens`:
-    whether it has sent a step, tokens."""
+    whether it has sent a step, tokens; `phases`: the goodput phases it exports (at most)."""
     per_gpu = PER_RANK_GPU + model_dtypes + hardware_dtypes + step + tokens
     series = (
-        sum(per_gpu + len(g.peaks) for g in gpus) + gpu_counters + PER_RANK + (hardware_dtypes > 0) + step
+        sum(per_gpu + len(g.peaks) for g in gpus)
+        + gpu_counters
+        + PER_RANK
+        + (hardware_dtypes > 0)
+        + step
+        + min(phases, MAX_PHASES)
     )
     return Footprint(series, frozenset(g.model for g in gpus))
 

@@ -42,8 +42,9 @@ PHASE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 RESTART_CAUSES = ("new_process", "counter_reset")
 SECONDS = ("wall", "productive", "stall", "restart_downtime")
 LOST = ("steps", "flops", "tokens", "seconds")
-# Per rank on /metrics: the seconds, the lost work, the restarts by cause, and MAX_PHASES phases at most.
-SERIES_PER_RANK = len(SECONDS) + len(LOST) + len(RESTART_CAUSES) + MAX_PHASES
+# Per rank on /metrics: the seconds, the lost work and the restarts by cause; and one series per phase
+# the rank has marked (MAX_PHASES at most), counted as they come (jobs/budget.py).
+SERIES_PER_RANK = len(SECONDS) + len(LOST) + len(RESTART_CAUSES)
 
 
 @dataclass(slots=True)
@@ -76,18 +77,19 @@ class Goodput:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SECONDS, 0.0))
     lost: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOST, 0.0))
     restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESTART_CAUSES, 0))
-    phases: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys((*BUILTIN_PHASES, OTHER_PHASE), 0.0)
-    )
+    # The phases the rank has marked, from the first time each was named: a rank that marks none has
+    # no phase series (a flood of plain ranks must not pay for them).
+    phases: dict[str, float] = field(default_factory=dict)
 
     def phase_name(self, name: str) -> str:
-        """The exported name of a phase: itself while the rank has room for it, else "other"."""
-        if name in self.phases:
-            return name
-        if len(self.phases) < MAX_PHASES:
-            self.phases[name] = 0.0
-            return name
-        return OTHER_PHASE
+        """The exported name of a phase: a built-in name or "other" always; a name of the rank's own
+        while it has room for MAX_USER_PHASES of them, else "other"."""
+        if name not in self.phases:
+            own = sum(1 for p in self.phases if p not in BUILTIN_PHASES and p != OTHER_PHASE)
+            if name not in BUILTIN_PHASES and name != OTHER_PHASE and own >= MAX_USER_PHASES:
+                name = OTHER_PHASE
+            self.phases.setdefault(name, 0.0)
+        return name
 
     def copy(self) -> Goodput:
         return Goodput(
@@ -313,6 +315,11 @@ class GoodputLedger:
             del self._closed[key]
             del self.entries[key]
 
+    def phase_names(self, key: tuple[str, int]) -> frozenset[str]:
+        """The phases the rank's accounting exports (jobs/budget.py counts them)."""
+        e = self.entries.get(key)
+        return frozenset(e.phases) if e is not None else frozenset()
+
     def view(self, key: tuple[str, int]) -> Goodput | None:
         e = self.entries.get(key)
         return e.copy() if e is not None else None
@@ -393,7 +400,7 @@ def decode(item: Any, where: str) -> tuple[tuple[str, int], Goodput]:
         raise ValueError(f"{where}.rank missing")
     start = item.get("instance_start")
     per_step = item.get("per_step")
-    phases = _numbers(item.get("phases") or {}, (*BUILTIN_PHASES, OTHER_PHASE), f"{where}.phases")
+    phases = _numbers(item.get("phases") or {}, None, f"{where}.phases")
     if len(phases) > MAX_PHASES:
         raise ValueError(f"{where}.phases: more than {MAX_PHASES} phases")
     e = Goodput(

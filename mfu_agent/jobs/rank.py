@@ -118,9 +118,10 @@ class RankState:
     restarts: int = 0
     history: deque[Point] = field(default_factory=lambda: deque(maxlen=HISTORY_SLOTS))
     # What the rank puts on /metrics (jobs/budget.py), and the shape it was last computed for (its GPUs,
-    # its counter keys, whether it sent a step): a report of the same shape adds no series.
+    # its counter keys, whether it sent a step, the goodput phases it named): a report of the same shape
+    # adds no series.
     footprint: Footprint | None = None  # None: not counted yet
-    shape: tuple[tuple[GpuShare, ...], frozenset[CounterKey], bool] | None = None
+    shape: tuple[tuple[GpuShare, ...], frozenset[CounterKey], bool, frozenset[str]] | None = None
 
     @property
     def key(self) -> tuple[str, int]:

@@ -25,7 +25,7 @@ from ..logs import RepeatedLog
 from ..specs import PeakTable
 from .budget import NOTHING, Footprint, SeriesLedger, footprint
 from .errors import ReportRejected
-from .goodput import Goodput, GoodputLedger
+from .goodput import MAX_PHASES, Goodput, GoodputLedger
 from .ownership import DEFAULT_INTERVAL, SILENT_INTERVALS, conflict_message, same_sender, takeover_reason
 from .placement import Placement, place
 from .rank import COUNTERS, CounterKey, GpuShare, RankState, Rates, ReportData, rates_of, step_rate_of
@@ -253,7 +253,12 @@ class JobRegistry:
                     self.ledger.change(key[0], state.footprint, fp)
                     state.footprint = fp
                     # Every (GPU, counter) pair of this last report now has a series.
-                    state.shape = (state.gpus, frozenset(last.raw_counters()), state.step is not None)
+                    state.shape = (
+                        state.gpus,
+                        frozenset(last.raw_counters()),
+                        state.step is not None,
+                        self.goodput.phase_names(key) | frozenset(last.phase_seconds or ()),
+                    )
             self._compact()
             self.changes += 1
         return len(reports)
@@ -282,19 +287,25 @@ class JobRegistry:
                 and gpus == shape[0]
                 and raw.keys() <= shape[1]
                 and (report.step is None or shape[2])
+                and (not report.phase_seconds or report.phase_seconds.keys() <= shape[3])
             )
             if not same_shape or report.final:
                 changed[key] = report
         if not changed:
             return {}
         items: dict[tuple[str, int], list[tuple[tuple[GpuShare, ...], dict[CounterKey, float], bool]]] = {}
+        phases: dict[tuple[str, int], set[str]] = {}
         for report, gpus, raw in zip(reports, shares, raws, strict=True):
             key = (report.job_id, report.rank)
             if key in changed:
                 items.setdefault(key, []).append((gpus, raw, report.step is not None))
+                phases.setdefault(key, set(self.goodput.phase_names(key))).update(report.phase_seconds or ())
                 changed[key] = report
         changing = {
-            key: (report, NOTHING if report.final else _footprint_after(ranks.get(key), items[key]))
+            key: (
+                report,
+                NOTHING if report.final else _footprint_after(ranks.get(key), items[key], len(phases[key])),
+            )
             for key, report in changed.items()
         }
         keep = {(r.job_id, r.rank) for r in reports}
@@ -597,7 +608,14 @@ class JobRegistry:
 
     def restore_goodput(self, entries: Iterable[tuple[tuple[str, int], Goodput]]) -> int:
         with self._lock:
-            return self.goodput.restore(entries, self._clock(), self._ranks)
+            restored = self.goodput.restore(entries, self._clock(), self._ranks)
+            for key, s in self._ranks.items():  # restored ranks (restore()) now count their phases
+                named = len(self.goodput.phase_names(key))
+                if named and s.footprint is not None:
+                    fp = Footprint(s.footprint.series + min(named, MAX_PHASES), s.footprint.models)
+                    self.ledger.change(s.job_id, s.footprint, fp)
+                    s.footprint = fp
+            return restored
 
     def restore(self, ranks: Iterable[RankState]) -> int:
         """Adds ranks read from the state file (before any report arrives). Returns how many."""
@@ -626,9 +644,12 @@ def _dtypes(report: ReportData) -> tuple[str, ...]:
 
 
 def _footprint_after(
-    state: RankState | None, items: list[tuple[tuple[GpuShare, ...], dict[CounterKey, float], bool]]
+    state: RankState | None,
+    items: list[tuple[tuple[GpuShare, ...], dict[CounterKey, float], bool]],
+    phases: int,
 ) -> Footprint:
-    """What the rank will put on /metrics after these (GPUs, counters, step sent) of its reports."""
+    """What the rank will put on /metrics after these (GPUs, counters, step sent) of its reports, with
+    `phases` phase names (those its accounting has and those the reports name: an upper bound)."""
     keys: set[CounterKey] = set(state.last_raw) if state is not None else set()
     pairs: set[tuple[str, CounterKey]] = set(state.gpu_totals) if state is not None else set()
     step = state is not None and state.step is not None
@@ -638,7 +659,7 @@ def _footprint_after(
         step = step or has_step
     model = sum(1 for counter, _ in keys if counter == "model_flops")
     hardware = sum(1 for counter, _ in keys if counter == "hardware_flops")
-    return footprint(items[-1][0], model, hardware, len(pairs), step, ("tokens", "") in keys)
+    return footprint(items[-1][0], model, hardware, len(pairs), step, ("tokens", "") in keys, phases)
 
 
 def _durable_copy(s: RankState) -> RankState:
