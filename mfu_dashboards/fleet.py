@@ -34,12 +34,81 @@ def build() -> dict[str, Any]:
     )
 
 
+WEEK_IDLE = "sum_over_time(mfu:fleet_idle_cost_dollars:rate5m[7d:5m]) * 300"
+WEEK_BELOW = "sum_over_time(mfu:fleet_below_target_cost_dollars:rate5m[7d:5m]) * 300"
+COST_SOURCE = (
+    " From the agents' cost counters (--gpu-price-file: US dollars per GPU-hour by model; no price, no "
+    "cost) through the rules in mfu-cost.yml; each 5-minute rate times 300 s, summed over the range."
+)
+
+
 def cost_panels() -> list[Builder]:
-    """COST PANEL GOES HERE: "What low MFU and idle GPUs cost this week" (the cost metrics and rules of
-    issue 13's cost work). Return its panels (e.g. a stat of this week's cost of GPU-hours below
-    target and of idle GPUs, and a bar gauge by job); the row "Goodput, communication and cost" holds
-    them. Empty until those metrics are merged."""
-    return []
+    """What low MFU and idle GPUs cost: this week, over the range, per hour and by node (mfu-cost.yml)."""
+    dollars = {"unit": "currencyUSD", "decimals": 0}
+    return [
+        stat_panel(
+            "What low MFU and idle GPUs cost this week",
+            "Dollars of GPU time in the last 7 days spent idle while allocated (processes on the GPU, SM "
+            "active below --idle-sm-active) plus spent below the MFU target (price x (target - MFU) / "
+            "target while a GPU has an MFU)." + COST_SOURCE,
+            [Q(f"{WEEK_IDLE} + {WEEK_BELOW}", "idle + below target")],
+            w=6,
+            graph=False,
+            **dollars,
+        ),
+        stat_panel(
+            "Idle GPUs cost this week",
+            "Dollars of GPU time in the last 7 days on GPUs idle while allocated." + COST_SOURCE,
+            [Q(WEEK_IDLE, "idle")],
+            w=6,
+            graph=False,
+            **dollars,
+        ),
+        stat_panel(
+            "Below the MFU target this week",
+            "Dollars of GPU time in the last 7 days spent below the MFU target." + COST_SOURCE,
+            [Q(WEEK_BELOW, "below target")],
+            w=6,
+            graph=False,
+            **dollars,
+        ),
+        stat_panel(
+            "All GPU time this week",
+            "Dollars of all GPU time in the last 7 days, used or not, for comparison." + COST_SOURCE,
+            [Q("sum_over_time(mfu:fleet_cost_dollars:rate5m[7d:5m]) * 300", "all")],
+            w=6,
+            graph=False,
+            **dollars,
+        ),
+        timeseries_panel(
+            "Dollars per hour",
+            "What the fleet's GPUs cost per hour: all of them, idle while allocated, and below the MFU "
+            "target (mfu:fleet_*_dollars:rate5m x 3600).",
+            [
+                Q("mfu:fleet_cost_dollars:rate5m * 3600", "all GPUs"),
+                Q("mfu:fleet_idle_cost_dollars:rate5m * 3600", "idle while allocated"),
+                Q("mfu:fleet_below_target_cost_dollars:rate5m * 3600", "below target"),
+            ],
+            w=12,
+            unit="currencyUSD",
+            min=0,
+        ),
+        bargauge_panel(
+            "Idle and below-target dollars by node (range)",
+            "The 20 nodes whose GPUs cost most idle or below the MFU target over the dashboard's range."
+            + COST_SOURCE,
+            [
+                Q(
+                    "topk(20, sum_over_time(mfu:node_idle_cost_dollars:rate5m[$__range:5m]) * 300"
+                    " + sum_over_time(mfu:node_below_target_cost_dollars:rate5m[$__range:5m]) * 300)",
+                    "{{instance}}",
+                )
+            ],
+            w=12,
+            unit="currencyUSD",
+            decimals=0,
+        ),
+    ]
 
 
 PANELS = [
