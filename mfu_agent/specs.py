@@ -769,7 +769,9 @@ def _validate_overrides(data: Any, origin: str) -> dict[str, dict[str, float]]:
     return result
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object_pairs_hook for the agent's JSON files: a key given twice is an error, not the
+    last one silently winning."""
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
@@ -788,7 +790,7 @@ def load_overrides(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
     try:
-        data = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+        data = json.loads(text, object_pairs_hook=reject_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{origin}: not valid JSON: {exc}") from None
     except ValueError as exc:  # duplicate key

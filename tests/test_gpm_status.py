@@ -9,35 +9,13 @@ import subprocess
 
 import pynvml
 import pytest
+from agent_clock import Clock, started, tick
 from fakenvml import FakeDevice, FakeNvml
 from metrics_text import one, values
-from prometheus_client import generate_latest
 from prometheus_server import find_binary
 
-from mfu_agent.agent import Agent, AgentOptions
 from mfu_agent.gpu.gpm import GPM_REFUSAL_RETRY_SECONDS
 from mfu_agent.gpu.model import GPM_STATUSES
-from mfu_agent.gpu.nvml_backend import NvmlBackend
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def started(clock: Clock) -> tuple[NvmlBackend, Agent]:
-    backend = NvmlBackend(clock=clock)
-    backend.start()
-    return backend, Agent(backend, AgentOptions(interval=1.0))
-
-
-def tick(agent: Agent, clock: Clock, seconds: float = 1.0) -> str:
-    clock.now += seconds
-    agent.sampler.sample_once()
-    return generate_latest(agent.registry).decode()
 
 
 def status(text: str, gpu: str) -> str:

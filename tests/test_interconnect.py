@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pynvml
 import pytest
+from agent_clock import Clock, started, tick
 from agent_process import AgentProcess
 from fakenvml import NVLINK_TOTAL_FIELDS, FakeDevice, FakeNvml
 from metrics_text import one, values
@@ -18,7 +19,7 @@ from prometheus_client import generate_latest
 from prometheus_server import find_binary
 
 from mfu_agent.agent import Agent, AgentOptions
-from mfu_agent.gpu.nvml_backend import NVLINK_READ_EVERY_TICKS, NvmlBackend
+from mfu_agent.gpu.nvml_backend import NVLINK_READ_EVERY_TICKS
 from mfu_agent.gpu.simulated import SimulatedBackend
 
 MIB = 1024**2
@@ -35,26 +36,6 @@ def link_errors(links: int, scale: int = 1) -> list[list[int]]:
     """Distinct counts per link and counter (and ECC data errors, which are not exported), so that a
     total shows which links and counters went into it."""
     return [[scale * (link + 1) * 10**kind for kind in range(4)] + [7] for link in range(links)]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def started(clock: Clock) -> tuple[NvmlBackend, Agent]:
-    backend = NvmlBackend(clock=clock)
-    backend.start()
-    return backend, Agent(backend, AgentOptions(interval=1.0))
-
-
-def tick(agent: Agent, clock: Clock, seconds: float = 1.0) -> str:
-    clock.now += seconds
-    agent.sampler.sample_once()
-    return generate_latest(agent.registry).decode()
 
 
 def summed_per_link(index: int) -> dict[str, int]:

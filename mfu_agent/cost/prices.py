@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..gpu.model import GpuIdentity
-from ..specs import PeakTable
+from ..specs import PeakTable, reject_duplicate_keys
 
 DEFAULT_KEY = "default"
 EXAMPLE = '{"NVIDIA H100 80GB HBM3": 2.49, "default": 1.5}'
@@ -54,7 +54,7 @@ def load_prices(path: str | os.PathLike[str]) -> PriceTable:
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
     try:
-        data = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+        data = json.loads(text, object_pairs_hook=reject_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{origin}: not valid JSON: {exc}") from None
     except ValueError as exc:
@@ -87,12 +87,3 @@ def validate_prices(data: Any, origin: str) -> dict[str, float]:
             raise ValueError(f"{origin}: key {key!r}: a price must be above 0, got {value!r}")
         result[DEFAULT_KEY if folded == DEFAULT_KEY else " ".join(key.split())] = float(value)
     return result
-
-
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
