@@ -79,6 +79,17 @@ def _overrides(panel: Any, overrides: Iterable[Override]) -> None:
 # --- Panels ----------------------------------------------------------------------------------------
 
 
+def _no_legend_single_tooltip(panel: Any) -> None:
+    """The state panels' legend (hidden: the rows name the series) and tooltip (the hovered cell)."""
+    panel.legend(
+        cb.VizLegendOptions()
+        .display_mode(cm.LegendDisplayMode.LIST)
+        .placement(cm.LegendPlacement.BOTTOM)
+        .show_legend(False)
+    )
+    panel.tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.SINGLE).sort(cm.SortOrder.NONE))
+
+
 def row(title: str, *, collapsed: bool = False, panels: Sequence[Builder] = ()) -> db.Row:
     r = db.Row(title).collapsed(collapsed)
     for p in panels:
@@ -266,13 +277,7 @@ def histogram_panel(
     _field(p, unit, None, min, max)
     p.color_scheme(color("palette-classic")).fill_opacity(80).line_width(1)
     p.bucket_offset(0).bucket_size(bucket_size).combine(True)
-    p.legend(
-        cb.VizLegendOptions()
-        .display_mode(cm.LegendDisplayMode.LIST)
-        .placement(cm.LegendPlacement.BOTTOM)
-        .show_legend(False)
-    )
-    p.tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.SINGLE).sort(cm.SortOrder.NONE))
+    _no_legend_single_tooltip(p)
     return p
 
 
@@ -338,13 +343,7 @@ def state_timeline_panel(
     p.align_value(cm.TimelineValueAlignment.LEFT).merge_values(True).row_height(0.9).show_value(
         cm.VisibilityMode.NEVER
     )
-    p.legend(
-        cb.VizLegendOptions()
-        .display_mode(cm.LegendDisplayMode.LIST)
-        .placement(cm.LegendPlacement.BOTTOM)
-        .show_legend(False)
-    )
-    p.tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.SINGLE).sort(cm.SortOrder.NONE))
+    _no_legend_single_tooltip(p)
     return p
 
 
@@ -366,11 +365,5 @@ def status_history_panel(
     p.color_scheme(color("thresholds")).fill_opacity(80).line_width(0)
     p.mappings([]).thresholds(thresholds(steps))
     p.col_width(0.9).row_height(0.9).show_value(cm.VisibilityMode.NEVER)
-    p.legend(
-        cb.VizLegendOptions()
-        .display_mode(cm.LegendDisplayMode.LIST)
-        .placement(cm.LegendPlacement.BOTTOM)
-        .show_legend(False)
-    )
-    p.tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.SINGLE).sort(cm.SortOrder.NONE))
+    _no_legend_single_tooltip(p)
     return p
