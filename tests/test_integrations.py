@@ -474,6 +474,40 @@ def test_huggingface_trainer_reports_optimizer_steps(fake: FakeAgent, tmp_path: 
     assert fake.posts[-1].headers["authorization"] == "Bearer hf-token"
 
 
+def test_huggingface_resumed_run_reports_the_step_it_resumes_from(fake: FakeAgent, tmp_path: Any) -> None:
+    """A Trainer resumed from checkpoint-2 sends start_step 2 (goodput: the agent counts the steps redone
+    after the highest step reached as lost work) and counts its steps on from there."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
+    from mfu_agent.integrations.huggingface import MfuTrainerCallback
+
+    def run(resume: str | None) -> Any:
+        callback = MfuTrainerCallback(flops_per_step=F, job_id="hf-resume", url=fake.url, interval=60)
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path),
+            report_to=[],
+            use_cpu=True,
+            max_steps=4,
+            per_device_train_batch_size=2,
+            save_strategy="steps",
+            save_steps=2,
+            logging_strategy="no",
+            disable_tqdm=True,
+        )
+        trainer = transformers.Trainer(
+            model=_tiny_gpt2(), args=args, train_dataset=_tiny_lm_dataset(8), callbacks=[callback]
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return callback
+
+    first = run(None)
+    assert first.reporter is not None and first.reporter.start_step == 0
+    second = run(str(tmp_path / "checkpoint-2"))
+    assert second.reporter is not None and second.reporter.start_step == 2
+    sent = [r for r in fake.reports if r.get("job_id") == "hf-resume" and r.get("start_step") == 2]
+    assert sent and sent[-1]["step"] == 4  # two steps redone, counted on from the checkpoint's
+
+
 def test_huggingface_callback_in_a_real_training_loop(fake: FakeAgent) -> None:
     """Drives the callback through transformers' own CallbackHandler, TrainerState and
     TrainerControl around a real (tiny) GPT-2 trained on the CPU with gradient accumulation.

@@ -86,11 +86,14 @@ class MfuTrainerCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self._owner.guarded("on_train_begin", lambda: self._start(args))
+        self._owner.guarded("on_train_begin", lambda: self._start(args, state))
 
-    def _start(self, args: TrainingArguments) -> None:
+    def _start(self, args: TrainingArguments, state: TrainerState) -> None:
         self._owner.ensure(
             {
+                # The Trainer loads its state before on_train_begin: a run resumed from a checkpoint
+                # starts at the checkpoint's step, and the agent counts the steps it redoes as lost work.
+                "start_step": getattr(state, "global_step", None),
                 "rank": getattr(args, "process_index", None),
                 "local_rank": getattr(args, "local_process_index", None),
                 "world_size": getattr(args, "world_size", None),
