@@ -143,6 +143,28 @@ def test_lightning_callback_reports_optimizer_steps(
     assert fake.posts[-1].headers["authorization"] == "Bearer lit-token"
 
 
+def test_lightning_resumed_fit_reports_the_step_it_resumes_from(fake: FakeAgent, tmp_path: Any) -> None:
+    """A fit resumed from the checkpoint of step 2 sends start_step 2 (goodput: the agent counts the
+    steps redone after the highest step reached as lost work) and counts its steps on from there."""
+    pl = _lightning()
+    from mfu_agent.integrations.lightning import MfuCallback
+
+    def fit(ckpt_path: str | None) -> Any:
+        callback = MfuCallback(flops_per_step=F, job_id="lit-resume", url=fake.url, interval=60)
+        every_2 = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1)
+        trainer = _trainer(pl, callback, max_steps=4, enable_checkpointing=True)
+        trainer.callbacks.append(every_2)
+        trainer.fit(_tiny_lightning_module(pl), ckpt_path=ckpt_path)
+        return callback
+
+    assert fit(None).reporter.start_step == 0
+    (step_2,) = [p for p in tmp_path.iterdir() if "step=2" in p.name]
+    resumed = fit(str(step_2))
+    assert resumed.reporter.start_step == 2
+    sent = [r for r in fake.reports if r.get("job_id") == "lit-resume" and r.get("start_step") == 2]
+    assert sent and sent[-1]["step"] == 4  # two steps redone, counted on from the checkpoint's
+
+
 def test_lightning_validation_does_not_count_and_precision_sets_dtype(fake: FakeAgent) -> None:
     pl = _lightning()
     from mfu_agent.integrations.lightning import MfuCallback

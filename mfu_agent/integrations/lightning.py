@@ -73,8 +73,9 @@ class MfuCallback(pl.Callback):
 
     Rank, local rank and world size come from the trainer and the dtype from ``trainer.precision``
     unless given in ``reporter_kwargs`` (any :class:`mfu_agent.client.Reporter` argument, e.g.
-    ``job_id``, ``url``, ``interval``). The Reporter is created in ``setup`` (in the training
-    process, after any launcher forked or spawned it) and closed when training ends. A
+    ``job_id``, ``url``, ``interval``). The Reporter is created in ``on_train_start`` (in the training
+    process, after any launcher forked or spawned it, and after a resumed fit restored its checkpoint:
+    it starts at ``trainer.global_step``) and closed when training ends. A
     ``reporter`` you pass in is used as is and only flushed at the end (you close it).
     """
 
@@ -106,15 +107,14 @@ class MfuCallback(pl.Callback):
 
     # Every hook runs through _ReporterOwner.guarded: an error is logged once and reporting stops for
     # the run; training goes on.
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self._owner.guarded("setup", lambda: self._start(trainer))
-
     def _start(self, trainer: pl.Trainer) -> None:
         if self._cannot_split(trainer.precision):
             return
         self._owner.ensure(
             {
+                # At on_train_start a resumed fit has restored its checkpoint: the Reporter counts on
+                # from its step, and the agent counts the steps redone as lost work.
+                "start_step": trainer.global_step,
                 "rank": trainer.global_rank,
                 "local_rank": trainer.local_rank,
                 "world_size": trainer.world_size,
@@ -145,7 +145,7 @@ class MfuCallback(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         owner = self._owner
         if owner.reporter is None or (owner.owned and owner.reporter.closed):
-            self.setup(trainer, pl_module, "fit")
+            owner.guarded("on_train_start", lambda: self._start(trainer))
         self._last_global_step = trainer.global_step  # resumed runs do not count restored steps
 
     def on_train_batch_end(
