@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+from agent_clock import Clock
 from agent_process import ROOT, AgentProcess
 from metrics_text import samples
 from prometheus_client import generate_latest
@@ -31,18 +32,10 @@ TARGET = 0.4
 JOB_MFU = 0.2  # half the target: half of the price is below target
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def make_agent(
     spec: str, prices: dict[str, float] | None, **options
 ) -> tuple[Agent, SimulatedBackend, Clock]:
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     backend = SimulatedBackend(spec, clock=clock)
     table = PriceTable(prices) if prices is not None else None
     agent = Agent(backend, AgentOptions(prices=table, mfu_target=TARGET, **options), clock=clock)
@@ -399,7 +392,13 @@ def test_idle_and_below_target_dollars_in_prometheus_match_a_hand_calculation(pr
 
 def test_job_energy_per_token_in_prometheus(priced_node):
     """The rank is alone on GPU 1: the job's power is GPU 1's, over the tokens the rank makes."""
-    prom, _ = priced_node
+    prom, started = priced_node
+    # The rate windows full and settled, whichever test of the module ran first (or alone).
+    prom.wait_for(
+        lambda: time.monotonic() - started > RATE_WINDOW_SECONDS + SETTLE_SECONDS + 2,
+        timeout=RATE_WINDOW_SECONDS + SETTLE_SECONDS + 30,
+        what="full rate windows",
+    )
     window = f"[{SETTLE_SECONDS}s]"
     (power,) = prom.query(f"avg_over_time(mfu:job_power_watts:rate5m{window})")
     (gpu,) = prom.query(
