@@ -1,4 +1,5 @@
-"""The agent in process on the fake libnvidia-ml, on a clock the test moves: one sample per tick()."""
+"""A clock tests move by hand, and the agent in process on the fake libnvidia-ml on it: one sample per
+tick()."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from mfu_agent.gpu.nvml_backend import NvmlBackend
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+    """A clock a test moves by hand (`clock.now += 10`), for the code's `clock=` arguments."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
 
     def __call__(self) -> float:
         return self.now

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from agent_clock import Clock
 from metrics_text import samples
 from prometheus_client import generate_latest
 
@@ -19,14 +20,6 @@ from mfu_agent.jobs.budget import footprint, job_series
 from mfu_agent.jobs.registry import STALLED_SECONDS, JobRegistry, ReportData, ReportRejected
 from mfu_agent.logs import RepeatedLog
 from mfu_agent.sampler import Sampler
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 80_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -68,7 +61,7 @@ def full_report(rank: int, t: float, gpus: tuple[int, ...], job_id: str = "full"
 
 
 def test_a_new_rank_is_refused_only_while_no_rank_has_stopped_and_the_longest_silent_goes_first(snapshot):
-    clock = Clock()
+    clock = Clock(80_000.0)
     registry = JobRegistry(max_ranks=3, clock=clock)
     for rank in range(3):  # one report each, a second apart, every one saying it reports every second
         registry.apply([report(rank)], snapshot)
@@ -85,7 +78,7 @@ def test_a_new_rank_is_refused_only_while_no_rank_has_stopped_and_the_longest_si
 
 
 def test_a_flood_that_stops_does_not_block_new_jobs_for_the_ttl(snapshot):
-    clock = Clock()
+    clock = Clock(80_000.0)
     registry = JobRegistry(max_ranks=64, rank_ttl_seconds=600, clock=clock)
     refused = 0
     for batch in range(625):  # 10,000 distinct pairs in batches of 16
@@ -103,7 +96,7 @@ def test_a_flood_that_stops_does_not_block_new_jobs_for_the_ttl(snapshot):
 
 
 def test_a_rank_stalled_for_minutes_can_be_evicted_but_a_progressing_one_cannot(snapshot):
-    clock = Clock()
+    clock = Clock(80_000.0)
     registry = JobRegistry(max_ranks=2, rank_ttl_seconds=3600, clock=clock)
     for t in range(0, int(STALLED_SECONDS) + 30, 10):  # both report every 10 s; rank 0 at the same step
         clock.now = 80_000.0 + t
@@ -115,7 +108,7 @@ def test_a_rank_stalled_for_minutes_can_be_evicted_but_a_progressing_one_cannot(
 
 
 def test_a_rank_in_the_batch_is_never_evicted_to_make_room_for_it(snapshot):
-    clock = Clock()
+    clock = Clock(80_000.0)
     registry = JobRegistry(max_ranks=1, clock=clock)
     registry.apply([report(0)], snapshot)
     clock.now += 10  # rank 0 silent: evictable, but it is in the batch
@@ -125,7 +118,7 @@ def test_a_rank_in_the_batch_is_never_evicted_to_make_room_for_it(snapshot):
 
 
 def test_a_refused_report_evicts_nobody(snapshot):
-    clock = Clock()
+    clock = Clock(80_000.0)
     registry = JobRegistry(max_ranks=2, clock=clock)
     registry.apply([report(0)], snapshot)
     clock.now += 10
@@ -141,7 +134,7 @@ def test_a_rank_with_two_heap_entries_at_the_same_time_is_counted_once(snapshot)
     """A rank whose interval shrank has an earlier heap entry; found too early, it is pushed again at
     its actual time, which can equal its older entry's. Both entries then come due together: the rank
     frees one place, not two (it was evicted twice: KeyError, a 500 on the endpoint)."""
-    clock = Clock()
+    clock = Clock(80_000.0)
     start = clock.now
     registry = JobRegistry(max_ranks=1, clock=clock)
     registry.apply([report(0, 1e15, interval=100.0, timestamp=start)], snapshot)  # evictable at +300
@@ -162,7 +155,7 @@ def test_a_rank_with_two_heap_entries_at_the_same_time_is_counted_once(snapshot)
 
 
 def test_the_eviction_heap_stays_bounded_while_ranks_come_and_go(snapshot):
-    clock = Clock()
+    clock = Clock(80_000.0)
     registry = JobRegistry(rank_ttl_seconds=5, clock=clock)
     for job in range(2000):
         registry.apply([report(r, job_id=f"short-{job}") for r in range(4)], snapshot)
@@ -175,7 +168,7 @@ def test_the_eviction_heap_stays_bounded_while_ranks_come_and_go(snapshot):
 
 
 def test_the_series_budget_refuses_new_ranks_and_growth_naming_the_budget(snapshot):
-    clock = Clock()
+    clock = Clock(80_000.0)
     one_rank = JobRegistry(clock=clock)
     one_rank.apply([report(0, gpus=tuple(range(8)))], snapshot)
     per_rank = one_rank.ledger.total  # a rank on 8 GPUs, with its job's series
@@ -247,7 +240,7 @@ def test_the_estimate_is_never_below_the_render_whatever_ranks_send():
     import random
 
     rng = random.Random(11)
-    clock = Clock()
+    clock = Clock(80_000.0)
     agent = Agent(SimulatedBackend("4xNVIDIA H100 80GB HBM3"), AgentOptions(max_ranks=12))
     agent.jobs._clock = clock
     snapshot = agent.sampler.sample_once()
@@ -284,7 +277,7 @@ def test_the_estimate_is_never_below_the_render_whatever_ranks_send():
 
 
 def test_the_estimate_follows_ranks_that_move_grow_and_go(snapshot):
-    clock = Clock()
+    clock = Clock(80_000.0)
     registry = JobRegistry(clock=clock, rank_ttl_seconds=60)
     registry.apply([report(0, gpus=(0,)), report(1, gpus=(1,))], snapshot)
     two = registry.ledger.total
@@ -358,7 +351,7 @@ def test_the_xid_storm_fault_delivers_twenty_thousand_events():
 
 
 def test_repeated_lines_are_written_once_then_summarised(caplog):
-    clock = Clock()
+    clock = Clock(80_000.0)
     logger = logging.getLogger("test.repeated")
     repeated = RepeatedLog(logger, period=60, clock=clock)
     with caplog.at_level(logging.INFO, logger="test.repeated"):
@@ -381,7 +374,7 @@ def test_repeated_lines_are_written_once_then_summarised(caplog):
 
 
 def test_repeated_log_kinds_are_bounded(caplog):
-    clock = Clock()
+    clock = Clock(80_000.0)
     logger = logging.getLogger("test.kinds")
     repeated = RepeatedLog(logger, period=60, max_kinds=10, clock=clock)
     with caplog.at_level(logging.INFO, logger="test.kinds"):

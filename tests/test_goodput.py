@@ -10,6 +10,7 @@ import time
 
 import httpx
 import pytest
+from agent_clock import Clock
 from agent_process import AgentProcess, start_client
 from metrics_text import samples
 from prometheus_client import generate_latest
@@ -24,14 +25,6 @@ from mfu_agent.jobs.state import StateStore
 
 F = 3e15  # model FLOPs per step
 T = 4096.0  # tokens per step
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +59,7 @@ def goodput(registry: JobRegistry, rank: int = 0):
 
 
 def test_each_interval_goes_to_one_place_and_they_add_up_to_the_wall_time(snapshot):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(clock=clock)
     registry.apply([report(0)], snapshot)
     for step in (10, 20):  # 10 s each, steps advancing
@@ -87,7 +80,7 @@ def test_each_interval_goes_to_one_place_and_they_add_up_to_the_wall_time(snapsh
 
 
 def test_a_restore_behind_the_highest_step_counts_the_redone_steps_as_lost_work(snapshot):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(clock=clock)
     registry.apply([report(0, "a")], snapshot)
     for step in range(10, 61, 10):  # a: 1 step a second up to 60, 60 productive seconds
@@ -112,7 +105,7 @@ def test_a_restore_behind_the_highest_step_counts_the_redone_steps_as_lost_work(
 
 
 def test_a_restore_at_or_past_the_highest_step_loses_nothing(snapshot):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(clock=clock)
     registry.apply([report(0, "a")], snapshot)
     clock.now += 10
@@ -124,7 +117,7 @@ def test_a_restore_at_or_past_the_highest_step_loses_nothing(snapshot):
 
 
 def test_counters_going_down_under_the_same_sender_is_a_counter_reset(snapshot):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(clock=clock)
     registry.apply([report(0, "a")], snapshot)
     clock.now += 10
@@ -137,7 +130,7 @@ def test_counters_going_down_under_the_same_sender_is_a_counter_reset(snapshot):
 
 
 def test_a_restart_that_does_not_say_where_it_resumed_counts_no_lost_work_and_says_so(snapshot, caplog):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(clock=clock)
     registry.apply([report(0, "a")], snapshot)
     clock.now += 10
@@ -151,7 +144,7 @@ def test_a_restart_that_does_not_say_where_it_resumed_counts_no_lost_work_and_sa
 
 
 def test_the_accounting_outlives_a_final_report_for_the_next_sender(snapshot):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(clock=clock)
     registry.apply([report(0, "a")], snapshot)
     clock.now += 60
@@ -165,7 +158,7 @@ def test_the_accounting_outlives_a_final_report_for_the_next_sender(snapshot):
 
 
 def test_a_rank_marks_at_most_four_phase_names_of_its_own(snapshot, caplog):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(clock=clock)
     registry.apply([report(0)], snapshot)
     clock.now += 10
@@ -179,7 +172,7 @@ def test_a_rank_marks_at_most_four_phase_names_of_its_own(snapshot, caplog):
 
 
 def test_goodput_counters_never_go_down_across_an_agent_restart(snapshot, tmp_path):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(clock=clock)
     registry.apply([report(0, "a")], snapshot)
     clock.now += 60
@@ -412,7 +405,7 @@ def test_the_agent_refuses_a_start_step_past_the_step_and_a_bad_phase_name(agent
 
 
 def test_the_worked_example_of_docs_goodput_md(snapshot):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(clock=clock)
     registry.apply([report(0, "A")], snapshot)
     for step in range(10, 61, 10):
@@ -430,7 +423,7 @@ def test_the_worked_example_of_docs_goodput_md(snapshot):
 
 
 def test_a_closed_rank_s_accounting_expires_with_the_rank_ttl_and_makes_room_first(snapshot):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(clock=clock, rank_ttl_seconds=100, max_ranks=2)
     registry.apply([report(0, "a")], snapshot)
     clock.now += 10
@@ -449,7 +442,7 @@ def test_a_closed_rank_s_accounting_expires_with_the_rank_ttl_and_makes_room_fir
 
 
 def test_a_sender_that_stops_sending_tokens_has_not_restarted(snapshot):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(clock=clock)
     registry.apply([report(0)], snapshot)
     clock.now += 10

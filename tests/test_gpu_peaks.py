@@ -12,6 +12,7 @@ import uuid
 
 import pynvml
 import pytest
+from agent_clock import Clock
 from fakenvml import FakeDevice, FakeNvml
 from metrics_text import one, samples, values
 from prometheus_client import generate_latest
@@ -33,14 +34,6 @@ H100_BF16 = 989.4e12
 H100_TENSOR_MHZ = 1830
 H100_FP32 = 66.9e12
 H100_MAX_BOOST_MHZ = 1980
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def scrape_nvml(**options) -> tuple[Agent, Clock]:

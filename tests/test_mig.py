@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pynvml
 import pytest
+from agent_clock import Clock
 from agent_process import AgentProcess, finish_client, start_client
 from fakenvml import FakeNvml, mig_devices
 from metrics_text import one, values
@@ -20,14 +21,6 @@ from mfu_agent.jobs.rank import ReportData
 H100_SXM_BF16 = 989.4e12  # NVIDIA H100 whitepaper, SXM5 dense BF16
 SLICE_1G_BF16 = H100_SXM_BF16 * 16 / 132  # a 1g.10gb slice: 16 of the H100 SXM's 132 SMs
 GIB = 1024**3
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from agent_clock import Clock
 from agent_process import AgentProcess
 from fakenvml import default_mig_uuid, default_uuid
 from kubelet_server import FakeKubelet
@@ -25,14 +26,6 @@ PROTO = Path(podresources.__file__).with_name("podresources_v1.proto")
 FIXTURES = Path(__file__).parent / "fixtures" / "proc"
 GPU0, GPU1, GPU2, GPU3 = (default_uuid(i) for i in range(4))
 MIG = default_mig_uuid(4, 7, 0)  # GPU 4's 1g.10gb device (GPU instance 7, compute instance 0)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

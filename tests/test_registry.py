@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from agent_clock import Clock
 
 from mfu_agent.gpu.simulated import SimulatedBackend
 from mfu_agent.jobs.registry import JobRegistry, ReportData, ReportRejected
 
 H100_SXM_BF16 = 989.4e12  # datasheet, dense
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -36,7 +29,7 @@ def report(flops: float, **kw) -> ReportData:
 
 
 def test_window_uses_receive_time_without_sender_timestamps(snapshot):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(window_seconds=60, clock=clock)
     rate = 0.3 * H100_SXM_BF16
     for t in range(0, 121, 10):
@@ -47,7 +40,7 @@ def test_window_uses_receive_time_without_sender_timestamps(snapshot):
 
 
 def test_window_follows_a_change_of_pace(snapshot):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(window_seconds=60, clock=clock)
     flops = 0.0
     for t in range(0, 301, 5):
@@ -58,7 +51,7 @@ def test_window_follows_a_change_of_pace(snapshot):
 
 
 def test_stale_rank_has_no_mfu_then_expires(snapshot):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(window_seconds=60, rank_ttl_seconds=600, clock=clock)
     registry.apply([report(0)], snapshot)
     clock.now += 10
@@ -72,7 +65,7 @@ def test_stale_rank_has_no_mfu_then_expires(snapshot):
 
 
 def test_sender_clock_going_back_never_gives_a_negative_rate(snapshot):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(clock=clock)
     registry.apply([report(0, timestamp=1000.0)], snapshot)
     registry.apply([report(1e15, timestamp=1010.0)], snapshot)
@@ -100,7 +93,7 @@ def test_optional_counters_only_when_sent(snapshot):
 
 
 def test_stalled_rank_reposting_the_same_step_time_loses_its_mfu(snapshot):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(window_seconds=60, clock=clock)
     for t in range(0, 31, 5):
         clock.now = 50_000.0 + t
@@ -117,7 +110,7 @@ def test_stalled_rank_reposting_the_same_step_time_loses_its_mfu(snapshot):
 
 
 def test_a_second_sender_is_refused_until_the_owner_is_silent_for_three_intervals(snapshot):
-    clock = Clock()
+    clock = Clock(50_000.0)
     registry = JobRegistry(clock=clock)
     registry.apply([report(1e15, instance="owner", interval=2.0)], snapshot)
     clock.now += 5.9  # under 3 x 2 s

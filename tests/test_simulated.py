@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from agent_clock import Clock
 
 from mfu_agent.events import EventCounter, EventWatcher
 from mfu_agent.gpu.model import GpuProcess, Snapshot
@@ -12,14 +13,6 @@ from mfu_agent.specs import PeakTable
 
 H100 = "NVIDIA H100 80GB HBM3"
 MIG_H100 = f"1x{H100}[mig=3g.40gb,2g.20gb,1g.10gb,1g.10gb]"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_spec_parsing():
@@ -84,7 +77,7 @@ def test_bad_mig_specs_name_the_bad_part(spec, message):
 
 
 def test_values_vary_over_time_and_stay_in_range():
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     backend = SimulatedBackend("2xNVIDIA H100 80GB HBM3", clock=clock)
     seen = []
     for _ in range(30):
@@ -98,7 +91,7 @@ def test_values_vary_over_time_and_stay_in_range():
 
 
 def test_energy_is_a_counter_consistent_with_power():
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     backend = SimulatedBackend("1xNVIDIA H100 80GB HBM3", clock=clock)
     first = backend.read_all()[0].energy_joules
     clock.now += 10
@@ -107,7 +100,7 @@ def test_energy_is_a_counter_consistent_with_power():
 
 
 def test_faults():
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     backend = SimulatedBackend("4xNVIDIA H100 80GB HBM3", clock=clock)
     backend.apply_fault("lost:0")
     backend.apply_fault("busy-idle:1")
@@ -122,7 +115,7 @@ def test_faults():
 
 
 def test_shared_gpu_has_two_processes_with_their_own_utilization():
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     backend = SimulatedBackend("2xNVIDIA H100 80GB HBM3", clock=clock)
     backend.apply_fault("shared:1")
     backend.set_processes(0, [(10, 1024, 0.5, 0.25), (11, 2048)])
@@ -178,7 +171,7 @@ def test_bad_fault_specs(bad):
 
 
 def test_mig_gpu_reads_like_the_driver():
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     backend = SimulatedBackend(f"1x{H100},{MIG_H100}", seed=3, clock=clock)
     for _ in range(20):
         clock.now += 5
@@ -234,7 +227,7 @@ def test_mig_gpu_reads_like_the_driver():
 
 
 def test_slice_activity_moves_and_the_gpu_without_gpm_has_none():
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     backend = SimulatedBackend(MIG_H100 + ",1xNVIDIA A100-SXM4-80GB[mig=3g.40gb,3g.40gb]", clock=clock)
     seen, memory = [], []
     for _ in range(30):
@@ -262,7 +255,7 @@ def test_mig_uuids_are_deterministic():
 
 
 def test_lost_parent_takes_its_slices_down_and_faults_reach_the_slices():
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     backend = SimulatedBackend(f"{MIG_H100},1x{H100}", clock=clock)
     backend.apply_fault("lost:0")
     parent, *slices, whole = backend.read_all()
