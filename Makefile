@@ -27,15 +27,15 @@ dashboards: install-test
 
 # Real Prometheus and promtool for the tests (Debian package `prometheus`).
 prometheus:
-	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || scripts/install-prometheus.sh
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || scripts/apt-install.sh prometheus
 
 # systemd-analyze for tests/test_deploy.py (Debian package `systemd`).
 deploy-tools:
-	@command -v systemd-analyze >/dev/null 2>&1 || scripts/install-deploy-tools.sh
+	@command -v systemd-analyze >/dev/null 2>&1 || scripts/apt-install.sh systemd
 
 # Headless Chromium for tests/test_landing.py (Debian package `chromium`).
 browser:
-	@command -v chromium >/dev/null 2>&1 || scripts/install-browser.sh
+	@command -v chromium >/dev/null 2>&1 || scripts/apt-install.sh chromium
 
 demo: install
 	$(BIN)/mfu-agent demo --listen $(LISTEN)

@@ -1,5 +1,5 @@
 """A real headless Chromium (Debian's `chromium`, installed by `make test` through
-scripts/install-browser.sh): the DOM of a page after its scripts ran, or a screenshot.
+scripts/apt-install.sh chromium): the DOM of a page after its scripts ran, or a screenshot.
 
 Each call starts a fresh browser with its own profile. The flags keep it off the network except for the
 page it is given: without the background-networking ones it dials Google's services, which a closed
@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import tempfile
 
-INSTALL_HINT = "chromium is missing: `make test` installs Debian's chromium (scripts/install-browser.sh)"
+INSTALL_HINT = "chromium is missing: `make test` installs Debian's chromium (scripts/apt-install.sh chromium)"
 
 FLAGS = [
     "--headless",

